@@ -1,0 +1,560 @@
+//! A channel inside a connection: its lifecycle (open, close, flow), content assembly
+//! (publish method + header + body frames → one message), publishing with mandatory returns,
+//! publisher confirms and transactions. The per-class methods live in `methods/`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{access, channel, confirm, tx, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::codec::{self, ContentHeader};
+use super::connection::Connection;
+use super::delivery::ChannelHandle;
+use super::error::{AmqpError, AmqpResult, ReplyCode};
+use super::outbound::Outbound;
+use crate::broker::message::Message;
+use crate::queue::{PublishOutcome, Queue};
+use crate::store::message_store::MessageStore;
+
+/// RabbitMQ's default max_message_size (128 MiB).
+pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
+
+pub struct PendingPublish {
+    pub exchange: String,
+    pub routing_key: String,
+    pub mandatory: bool,
+    pub header: Option<ContentHeader>,
+    pub chunks: Vec<Bytes>,
+    pub received: u64,
+}
+
+enum ConfirmItem {
+    Ack(u64, Option<u64>),
+    Nack(u64),
+}
+
+pub struct Confirms {
+    next_seq: u64,
+    tx: mpsc::UnboundedSender<ConfirmItem>,
+}
+
+/// What a transaction holds until commit.
+#[derive(Default)]
+pub struct TxBuffer {
+    pub publishes: Vec<(Arc<Message>, bool)>,
+    pub acks: Vec<TxAck>,
+}
+
+pub enum TxAck {
+    Ack { tag: u64, multiple: bool },
+    Reject { tag: u64, multiple: bool, requeue: bool },
+}
+
+pub struct Channel {
+    pub handle: Arc<ChannelHandle>,
+    /// consumer tag → (queue, consumer id in the queue)
+    pub consumers: HashMap<String, (Arc<Queue>, u64)>,
+    /// basic.qos global=false: the limit each new consumer gets.
+    pub prefetch: u16,
+    pub confirm: Option<Confirms>,
+    pub tx: Option<TxBuffer>,
+    pub pending: Option<PendingPublish>,
+    /// The server sent channel.close and waits for close-ok.
+    pub closing: bool,
+    /// The last queue declared on this channel (an empty queue name refers to it).
+    pub last_queue: Option<String>,
+}
+
+impl Channel {
+    fn new(handle: Arc<ChannelHandle>) -> Channel {
+        Channel {
+            handle,
+            consumers: HashMap::new(),
+            prefetch: 0,
+            confirm: None,
+            tx: None,
+            pending: None,
+            closing: false,
+            last_queue: None,
+        }
+    }
+
+    /// Cancels consumers and requeues unacked deliveries (channel or connection closed).
+    pub fn release(&self) {
+        self.handle.mark_closed();
+        for (queue, id) in self.consumers.values() {
+            queue.cancel(*id);
+        }
+        requeue_all(&self.handle);
+    }
+}
+
+/// Requeues everything a channel has unacked, queue by queue.
+pub fn requeue_all(handle: &ChannelHandle) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in handle.take_all_unacked() {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.msg_id),
+            None => by_queue.push((u.queue.clone(), vec![u.msg_id])),
+        }
+    }
+    for (q, ids) in by_queue {
+        q.reject(&ids, true);
+    }
+}
+
+fn unexpected_frame(text: &str) -> AmqpError {
+    AmqpError::connection(
+        ReplyCode::UnexpectedFrame,
+        format!("UNEXPECTED_FRAME - {text}"),
+    )
+}
+
+impl Connection {
+    pub(crate) fn channel(&mut self, id: u16) -> AmqpResult<&mut Channel> {
+        self.channels.get_mut(&id).ok_or_else(|| {
+            AmqpError::connection(
+                ReplyCode::ChannelError,
+                format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"),
+            )
+        })
+    }
+
+    /// A soft error: close the channel, keep the connection.
+    pub(crate) fn close_channel_with(&mut self, e: AmqpError) {
+        let id = e.channel;
+        tracing::debug!(channel = id, error = %e, "closing channel");
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.closing = true;
+            ch.pending = None;
+            ch.release();
+            let consumers = std::mem::take(&mut ch.consumers);
+            drop(consumers);
+        }
+        self.send(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: e.code.code(),
+                reply_text: e.text.as_str().into(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+    }
+
+    pub(crate) async fn channel_method(&mut self, id: u16, method: AMQPClass) -> AmqpResult<()> {
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
+            if id > self.channel_max {
+                return Err(AmqpError::connection(
+                    ReplyCode::ChannelError,
+                    format!("CHANNEL_ERROR - channel {id} exceeds channel_max {}", self.channel_max),
+                ));
+            }
+            if self.channels.contains_key(&id) {
+                return Err(AmqpError::connection(
+                    ReplyCode::ChannelError,
+                    "CHANNEL_ERROR - second 'channel.open' seen",
+                ));
+            }
+            let handle = Arc::new(ChannelHandle::new(
+                id,
+                self.id,
+                self.out.clone(),
+                self.cancel_notify,
+            ));
+            if let Some(i) = &self.info {
+                i.channel_handles.lock().insert(id, handle.clone());
+            }
+            self.channels.insert(id, Channel::new(handle));
+            self.update_channel_count();
+            self.send(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let ch = self.channel(id)?;
+        if ch.closing {
+            match method {
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                    self.channels.remove(&id);
+                    self.update_channel_count();
+                }
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    self.channels.remove(&id);
+                    self.update_channel_count();
+                    self.send(
+                        id,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                }
+                // Everything else is dropped until the client acknowledges the close.
+                _ => {}
+            }
+            return Ok(());
+        }
+        if ch.pending.is_some() {
+            return Err(unexpected_frame(
+                "expected content header or body, got a method frame",
+            ));
+        }
+        match method {
+            AMQPClass::Channel(m) => self.channel_class(id, m),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.send(
+                    id,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Exchange(m) => self.exchange_method(id, m).await,
+            AMQPClass::Queue(m) => self.queue_method(id, m).await,
+            AMQPClass::Basic(m) => self.basic_method(id, m).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                let store = self.broker.store.clone();
+                let ch = self.channel(id)?;
+                if ch.tx.is_some() {
+                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                }
+                if ch.confirm.is_none() {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(run_confirmer(rx, ch.handle.clone(), store));
+                    ch.confirm = Some(Confirms { next_seq: 1, tx });
+                    ch.handle.confirm.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if !s.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(m) => self.tx_method(id, m).await,
+            other => Err(AmqpError::command_invalid(format!(
+                "unexpected method {:?}",
+                super::connection::method_ids(&other)
+            ))),
+        }
+    }
+
+    fn update_channel_count(&self) {
+        if let Some(i) = &self.info {
+            i.channel_handles.lock().retain(|k, _| self.channels.contains_key(k));
+            i.channels
+                .store(self.channels.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn channel_class(&mut self, id: u16, m: channel::AMQPMethod) -> AmqpResult<()> {
+        match m {
+            channel::AMQPMethod::Close(_) => {
+                if let Some(ch) = self.channels.remove(&id) {
+                    ch.release();
+                }
+                self.update_channel_count();
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                Ok(())
+            }
+            channel::AMQPMethod::CloseOk(_) => Ok(()),
+            channel::AMQPMethod::Flow(f) => {
+                let ch = self.channel(id)?;
+                ch.handle.set_flow(f.active);
+                if f.active {
+                    for (q, _) in ch.consumers.values() {
+                        q.kick();
+                    }
+                }
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: f.active,
+                    })),
+                );
+                Ok(())
+            }
+            channel::AMQPMethod::FlowOk(_) => Ok(()),
+            channel::AMQPMethod::Open(_) | channel::AMQPMethod::OpenOk(_) => {
+                Err(AmqpError::command_invalid("unexpected channel method"))
+            }
+        }
+    }
+
+    async fn tx_method(&mut self, id: u16, m: tx::AMQPMethod) -> AmqpResult<()> {
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                let ch = self.channel(id)?;
+                if ch.confirm.is_some() {
+                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                }
+                if ch.tx.is_none() {
+                    ch.tx = Some(TxBuffer::default());
+                    ch.handle.transactional.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.send(id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let ch = self.channel(id)?;
+                let Some(buffer) = ch.tx.as_mut().map(std::mem::take) else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                let mut last_ticket = None;
+                for (msg, mandatory) in buffer.publishes {
+                    let (ticket, _) = self.route_and_enqueue(id, msg, mandatory)?;
+                    last_ticket = last_ticket.max(ticket);
+                }
+                for ack in buffer.acks {
+                    match ack {
+                        TxAck::Ack { tag, multiple } => self.ack(id, tag, multiple)?,
+                        TxAck::Reject {
+                            tag,
+                            multiple,
+                            requeue,
+                        } => self.reject(id, tag, multiple, requeue)?,
+                    }
+                }
+                if let (Some(t), Some(store)) = (last_ticket, &self.broker.store) {
+                    store
+                        .wait_synced(t)
+                        .await
+                        .map_err(|e| AmqpError::internal(format!("message store: {e}")))?;
+                }
+                self.send(id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let ch = self.channel(id)?;
+                let Some(buffer) = ch.tx.as_mut() else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                *buffer = TxBuffer::default();
+                self.send(id, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid("unexpected tx method")),
+        }
+    }
+
+    pub(crate) async fn content_header(&mut self, id: u16, payload: Bytes) -> AmqpResult<()> {
+        let ch = self.channel(id).map_err(|_| unexpected_frame("content header on a closed channel"))?;
+        if ch.closing {
+            return Ok(());
+        }
+        let Some(pending) = ch.pending.as_mut() else {
+            return Err(unexpected_frame("expected method frame, got content header"));
+        };
+        if pending.header.is_some() {
+            return Err(unexpected_frame("expected content body, got content header"));
+        }
+        let header = codec::decode_content_header(payload)?;
+        if header.class_id != 60 {
+            return Err(unexpected_frame("content header for a class other than basic"));
+        }
+        if header.body_size > MAX_MESSAGE_SIZE {
+            ch.pending = None;
+            return Err(AmqpError::precondition(format!(
+                "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                header.body_size
+            ))
+            .with_method(60, 40)
+            .on_channel(id));
+        }
+        let done = header.body_size == 0;
+        pending.header = Some(header);
+        if done {
+            self.finish_publish(id)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult<()> {
+        let ch = self.channel(id).map_err(|_| unexpected_frame("content body on a closed channel"))?;
+        if ch.closing {
+            return Ok(());
+        }
+        let Some(pending) = ch.pending.as_mut() else {
+            return Err(unexpected_frame("expected method frame, got content body"));
+        };
+        let Some(header) = &pending.header else {
+            return Err(unexpected_frame("expected content header, got content body"));
+        };
+        pending.received += payload.len() as u64;
+        if pending.received > header.body_size {
+            return Err(unexpected_frame(&format!(
+                "content body of {} bytes exceeds the {} announced",
+                pending.received, header.body_size
+            )));
+        }
+        pending.chunks.push(payload);
+        if pending.received == header.body_size {
+            self.finish_publish(id)?;
+        }
+        Ok(())
+    }
+
+    fn finish_publish(&mut self, id: u16) -> AmqpResult<()> {
+        let ch = self.channel(id)?;
+        let Some(p) = ch.pending.take() else {
+            return Ok(());
+        };
+        let Some(header) = p.header else {
+            return Ok(());
+        };
+        let body = if p.chunks.len() == 1 {
+            p.chunks.into_iter().next().unwrap_or_default()
+        } else {
+            let mut b = BytesMut::with_capacity(p.received as usize);
+            for c in &p.chunks {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        };
+        let msg = Message::new(
+            p.exchange,
+            p.routing_key,
+            header.properties,
+            header.properties_raw,
+            body,
+        );
+        let fail = |e: AmqpError| e.with_method(60, 40).on_channel(id);
+        if let Err(e) = msg.expiration_ms() {
+            return Err(fail(AmqpError::precondition(e)));
+        }
+        let vhost = self.vhost.clone();
+        if !msg.exchange.is_empty() {
+            match vhost.as_ref().and_then(|v| v.exchange(&msg.exchange)) {
+                None => {
+                    return Err(fail(AmqpError::not_found(format!(
+                        "no exchange '{}' in vhost '{}'",
+                        msg.exchange,
+                        vhost.as_ref().map(|v| v.name.as_str()).unwrap_or("")
+                    ))))
+                }
+                Some(x) if x.record.internal => {
+                    return Err(fail(AmqpError::access_refused(format!(
+                        "cannot publish to internal exchange '{}' in vhost '{}'",
+                        msg.exchange, x.record.vhost
+                    ))))
+                }
+                Some(_) => {}
+            }
+        }
+        let msg = Arc::new(msg);
+        let ch = self.channel(id)?;
+        if let Some(buffer) = ch.tx.as_mut() {
+            buffer.publishes.push((msg, p.mandatory));
+            return Ok(());
+        }
+        let (ticket, rejected) = self.route_and_enqueue(id, msg, p.mandatory)?;
+        let ch = self.channel(id)?;
+        if let Some(c) = ch.confirm.as_mut() {
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            let item = if rejected {
+                ConfirmItem::Nack(seq)
+            } else {
+                ConfirmItem::Ack(seq, ticket)
+            };
+            let _ = c.tx.send(item);
+        }
+        Ok(())
+    }
+
+    /// Routes a message and hands it to its queues: (highest store ticket, rejected by a queue).
+    fn route_and_enqueue(
+        &mut self,
+        id: u16,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) -> AmqpResult<(Option<u64>, bool)> {
+        let Some(vhost) = self.vhost.clone() else {
+            return Ok((None, false));
+        };
+        let mut queues = Vec::new();
+        vhost.route(
+            &msg.exchange,
+            &msg.routing_key,
+            msg.properties.headers().as_ref(),
+            &mut queues,
+        );
+        if queues.is_empty() {
+            if mandatory {
+                let _ = self.out.send(Outbound::Return {
+                    channel: id,
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE",
+                    msg,
+                });
+            }
+            return Ok((None, false));
+        }
+        let msg_id = self.broker.next_message_id();
+        let mut ticket = None;
+        let mut rejected = false;
+        for q in &queues {
+            match q.publish(msg.clone(), msg_id) {
+                PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
+                PublishOutcome::Rejected => rejected = true,
+            }
+        }
+        Ok((ticket, rejected))
+    }
+}
+
+/// Sends a confirm channel's acks in order, each once the store has what it confirms on disk;
+/// everything that is ready together goes out as one `multiple` ack.
+async fn run_confirmer(
+    mut rx: mpsc::UnboundedReceiver<ConfirmItem>,
+    handle: Arc<ChannelHandle>,
+    store: Option<MessageStore>,
+) {
+    use amq_protocol::protocol::basic;
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.push(first);
+        while let Ok(item) = rx.try_recv() {
+            batch.push(item);
+        }
+        let max_ticket = batch
+            .iter()
+            .filter_map(|i| match i {
+                ConfirmItem::Ack(_, t) => *t,
+                ConfirmItem::Nack(_) => None,
+            })
+            .max();
+        let mut failed = false;
+        if let (Some(t), Some(store)) = (max_ticket, &store) {
+            failed = store.wait_synced(t).await.is_err();
+        }
+        let mut run_end: Option<u64> = None;
+        let flush = |run_end: &mut Option<u64>| {
+            if let Some(tag) = run_end.take() {
+                handle.send(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: true,
+                })));
+            }
+        };
+        for item in batch.drain(..) {
+            match item {
+                ConfirmItem::Ack(seq, t) if !(failed && t.is_some()) => run_end = Some(seq),
+                ConfirmItem::Ack(seq, _) | ConfirmItem::Nack(seq) => {
+                    flush(&mut run_end);
+                    handle.send(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: seq,
+                        multiple: false,
+                        requeue: false,
+                    })));
+                }
+            }
+        }
+        flush(&mut run_end);
+    }
+}

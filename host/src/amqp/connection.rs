@@ -1,0 +1,540 @@
+//! One client connection: the protocol header, the handshake (start, tune, open), the frame
+//! loop that hands methods and content to channels, heartbeats, flow control and closing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{FieldTable, LongString};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::channel::Channel;
+use super::codec::{self, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use super::error::{AmqpError, AmqpResult, ReplyCode};
+use super::outbound::{Outbound, OutboundTx};
+use super::server_properties::{client_has_capability, server_properties};
+use super::writer::{run_writer, WriterShared};
+use crate::auth::{parse_amqplain, parse_plain};
+use crate::broker::permissions::LoginError;
+use crate::broker::{Broker, ConnectionInfo, VhostRt};
+use crate::queue::now_ms;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Connection {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    /// Owner id of exclusive queues: unique across the cluster.
+    pub(crate) owner: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) out: OutboundTx,
+    pub(crate) writer: Arc<WriterShared>,
+    pub(crate) user: String,
+    pub(crate) vhost: Option<Arc<VhostRt>>,
+    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) cancel_notify: bool,
+    blocked_capable: bool,
+    client_properties: FieldTable,
+    pub(crate) exclusive_queues: Vec<String>,
+    pub(crate) info: Option<Arc<ConnectionInfo>>,
+    pub(crate) has_published: bool,
+    recv_bytes: u64,
+}
+
+enum ReadEnd {
+    Closed,
+    Timeout,
+    Error(AmqpError),
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    let _ = socket.set_nodelay(true);
+    let (mut rd, mut wr) = socket.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        while buf.len() < 8 {
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    })
+    .await;
+    if header != Ok(true) {
+        return;
+    }
+    if &buf[..8] != PROTOCOL_HEADER {
+        // The spec: answer with the protocol version we speak, then close.
+        let _ = wr.write_all(PROTOCOL_HEADER).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+    buf.advance(8);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = Arc::new(WriterShared {
+        frame_max: AtomicU32::new(broker.config.frame_max),
+        heartbeat: AtomicU32::new(0),
+        sent_bytes: AtomicU64::new(0),
+    });
+    let writer_task = tokio::spawn(run_writer(wr, rx, writer.clone()));
+    let id = broker.next_connection_id();
+    let mut conn = Connection {
+        owner: format!("{}/{}", broker.config.node, id),
+        frame_max: broker.config.frame_max,
+        channel_max: broker.config.channel_max,
+        broker,
+        id,
+        peer,
+        out: tx,
+        writer,
+        user: String::new(),
+        vhost: None,
+        channels: HashMap::new(),
+        cancel_notify: false,
+        blocked_capable: false,
+        client_properties: FieldTable::default(),
+        exclusive_queues: Vec::new(),
+        info: None,
+        has_published: false,
+        recv_bytes: 0,
+    };
+    match conn.handshake(&mut rd, &mut buf).await {
+        Ok(()) => conn.run(&mut rd, &mut buf).await,
+        Err(Some(e)) => conn.close_with(&mut rd, &mut buf, e).await,
+        Err(None) => {}
+    }
+    conn.cleanup().await;
+    let _ = conn.out.send(Outbound::Close);
+    let _ = writer_task.await;
+}
+
+impl Connection {
+    pub(crate) fn send(&self, channel: u16, method: AMQPClass) {
+        let _ = self.out.send(Outbound::Method { channel, method });
+    }
+
+    async fn next_frame(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+        timeout: Option<Duration>,
+    ) -> Result<RawFrame, ReadEnd> {
+        loop {
+            match codec::take_frame(buf, self.frame_max) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(ReadEnd::Error(e)),
+            }
+            let read = rd.read_buf(buf);
+            let n = match timeout {
+                Some(t) => match tokio::time::timeout(t, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ReadEnd::Timeout),
+                },
+                None => read.await,
+            };
+            match n {
+                Ok(0) | Err(_) => return Err(ReadEnd::Closed),
+                Ok(n) => self.recv_bytes += n as u64,
+            }
+        }
+    }
+
+    /// Start, start-ok, tune, tune-ok, open. `Err(None)` = just drop the socket.
+    async fn handshake(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+    ) -> Result<(), Option<AmqpError>> {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(&self.broker.config.node),
+                mechanisms: LongString::from("PLAIN AMQPLAIN".as_bytes().to_vec()),
+                locales: LongString::from("en_US".as_bytes().to_vec()),
+            })),
+        );
+        let start_ok = match self.handshake_method(rd, buf).await? {
+            connection::AMQPMethod::StartOk(s) => s,
+            _ => return Err(Some(handshake_error("expected connection.start-ok"))),
+        };
+        self.client_properties = start_ok.client_properties.clone();
+        self.cancel_notify = client_has_capability(&self.client_properties, "consumer_cancel_notify");
+        self.blocked_capable = client_has_capability(&self.client_properties, "connection.blocked");
+        let auth_failure_close =
+            client_has_capability(&self.client_properties, "authentication_failure_close");
+        let creds = match start_ok.mechanism.as_str() {
+            "PLAIN" => parse_plain(start_ok.response.as_bytes()),
+            "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
+            other => {
+                return Err(Some(AmqpError::connection(
+                    ReplyCode::CommandInvalid,
+                    format!("COMMAND_INVALID - unknown authentication mechanism '{other}'"),
+                )))
+            }
+        };
+        let Some((user, pass)) = creds else {
+            return Err(Some(AmqpError::connection(
+                ReplyCode::AccessRefused,
+                format!(
+                    "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism.as_str()
+                ),
+            )));
+        };
+        if let Err(e) = self.broker.login(&user, &pass, self.peer.ip()) {
+            let text = match e {
+                LoginError::Refused(_) => format!(
+                    "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism.as_str()
+                ),
+                LoginError::LoopbackOnly(t) => t,
+            };
+            tracing::warn!(peer = %self.peer, user, "login refused");
+            // Without authentication_failure_close a client learns only that the socket closed.
+            return Err(auth_failure_close
+                .then(|| AmqpError::connection(ReplyCode::AccessRefused, text)));
+        }
+        self.user = user;
+        let cfg = self.broker.config.clone();
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: cfg.channel_max,
+                frame_max: cfg.frame_max,
+                heartbeat: cfg.heartbeat,
+            })),
+        );
+        let tune_ok = match self.handshake_method(rd, buf).await? {
+            connection::AMQPMethod::TuneOk(t) => t,
+            _ => return Err(Some(handshake_error("expected connection.tune-ok"))),
+        };
+        self.frame_max = match tune_ok.frame_max {
+            0 => cfg.frame_max,
+            n => n.min(cfg.frame_max).max(FRAME_MIN_SIZE),
+        };
+        self.channel_max = match tune_ok.channel_max {
+            0 => cfg.channel_max,
+            n => n.min(cfg.channel_max),
+        };
+        self.writer.frame_max.store(self.frame_max, Ordering::Relaxed);
+        self.writer
+            .heartbeat
+            .store(tune_ok.heartbeat as u32, Ordering::Relaxed);
+        let open = match self.handshake_method(rd, buf).await? {
+            connection::AMQPMethod::Open(o) => o,
+            _ => return Err(Some(handshake_error("expected connection.open"))),
+        };
+        let vhost = open.virtual_host.as_str().to_string();
+        self.broker
+            .check_vhost_access(&self.user, &vhost)
+            .map_err(|e| Some(e.with_method(10, 40)))?;
+        self.vhost = self.broker.vhost(&vhost);
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        let info = Arc::new(ConnectionInfo {
+            id: self.id,
+            name: format!("{} -> {}", self.peer, self.broker.config.node),
+            peer: self.peer,
+            user: self.user.clone(),
+            vhost,
+            client_properties: describe_client(&self.client_properties),
+            connected_at: now_ms(),
+            channels: AtomicU64::new(0),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
+            channel_handles: Default::default(),
+            kill: tokio::sync::Notify::new(),
+        });
+        self.broker.register_connection(info.clone());
+        self.info = Some(info);
+        tracing::debug!(peer = %self.peer, user = %self.user, "connection opened");
+        Ok(())
+    }
+
+    async fn handshake_method(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+    ) -> Result<connection::AMQPMethod, Option<AmqpError>> {
+        loop {
+            let frame = match self.next_frame(rd, buf, Some(HANDSHAKE_TIMEOUT)).await {
+                Ok(f) => f,
+                Err(ReadEnd::Error(e)) => return Err(Some(e)),
+                Err(_) => return Err(None),
+            };
+            match frame {
+                RawFrame::Heartbeat { .. } => continue,
+                RawFrame::Method {
+                    channel: 0,
+                    payload,
+                } => match codec::decode_method(&payload).map_err(Some)? {
+                    AMQPClass::Connection(m) => return Ok(m),
+                    _ => return Err(Some(handshake_error("expected a connection method"))),
+                },
+                _ => return Err(Some(handshake_error("expected a connection method"))),
+            }
+        }
+    }
+
+    async fn run(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut) {
+        let info = self.info.clone();
+        let mut alarms = self.broker.alarms.subscribe();
+        loop {
+            if self.has_published && alarms.borrow().any() {
+                if !self.wait_while_blocked(&mut alarms, info.as_deref()).await {
+                    return;
+                }
+            }
+            let hb = self.writer.heartbeat.load(Ordering::Relaxed);
+            // Two missed heartbeats mean the peer is gone.
+            let timeout = (hb > 0).then(|| Duration::from_secs(hb as u64 * 2));
+            let frame = tokio::select! {
+                f = self.next_frame(rd, buf, timeout) => f,
+                _ = async {
+                    match &info {
+                        Some(i) => i.kill.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let e = AmqpError::connection(
+                        ReplyCode::ConnectionForced,
+                        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+                    );
+                    return self.close_with(rd, buf, e).await;
+                }
+            };
+            if let Some(i) = &info {
+                i.recv_oct.store(self.recv_bytes, Ordering::Relaxed);
+                i.send_oct
+                    .store(self.writer.sent_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let frame = match frame {
+                Ok(f) => f,
+                Err(ReadEnd::Closed) => return,
+                Err(ReadEnd::Timeout) => {
+                    tracing::warn!(peer = %self.peer, "missed heartbeats from client, closing");
+                    return;
+                }
+                Err(ReadEnd::Error(e)) => return self.close_with(rd, buf, e).await,
+            };
+            match self.handle_frame(frame).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) if e.closes_connection() => return self.close_with(rd, buf, e).await,
+                Err(e) => self.close_channel_with(e),
+            }
+        }
+    }
+
+    /// Blocks a publishing connection until the alarm clears. False if the client went away.
+    async fn wait_while_blocked(
+        &mut self,
+        alarms: &mut tokio::sync::watch::Receiver<crate::broker::Alarms>,
+        info: Option<&ConnectionInfo>,
+    ) -> bool {
+        let reason = alarms.borrow().reason().to_string();
+        if self.blocked_capable {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: reason.as_str().into(),
+                })),
+            );
+        }
+        tracing::info!(peer = %self.peer, reason, "publisher blocked by resource alarm");
+        loop {
+            let changed = tokio::select! {
+                c = alarms.changed() => c.is_ok(),
+                _ = async {
+                    match info {
+                        Some(i) => i.kill.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => false,
+            };
+            if !changed {
+                return false;
+            }
+            if !alarms.borrow().any() {
+                break;
+            }
+        }
+        if self.blocked_capable {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
+        }
+        true
+    }
+
+    /// Ok(false) = the connection is done.
+    async fn handle_frame(&mut self, frame: RawFrame) -> AmqpResult<bool> {
+        match frame {
+            RawFrame::Heartbeat { channel: 0 } => Ok(true),
+            RawFrame::Heartbeat { .. } => Err(AmqpError::connection(
+                ReplyCode::FrameError,
+                "FRAME_ERROR - heartbeat frame on a non-zero channel",
+            )),
+            RawFrame::Method {
+                channel: 0,
+                payload,
+            } => {
+                let method = codec::decode_method(&payload)?;
+                self.connection_method(method)
+            }
+            RawFrame::Method { channel, payload } => {
+                let method = codec::decode_method(&payload)?;
+                let (class_id, method_id) = method_ids(&method);
+                self.channel_method(channel, method)
+                    .await
+                    .map_err(|e| e.with_method(class_id, method_id).on_channel(channel))?;
+                Ok(true)
+            }
+            RawFrame::Header { channel, payload } => {
+                self.content_header(channel, payload).await?;
+                Ok(true)
+            }
+            RawFrame::Body { channel, payload } => {
+                self.content_body(channel, payload).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> AmqpResult<bool> {
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Ok(false)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(true)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
+            other => {
+                let (c, m) = method_ids(&other);
+                Err(AmqpError::connection(
+                    ReplyCode::CommandInvalid,
+                    format!("COMMAND_INVALID - unexpected method {c}.{m} on channel 0"),
+                )
+                .with_method(c, m))
+            }
+        }
+    }
+
+    /// Sends connection.close and waits (briefly) for close-ok, ignoring everything else.
+    async fn close_with(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, e: AmqpError) {
+        tracing::info!(peer = %self.peer, error = %e, "closing connection");
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code.code(),
+                reply_text: e.text.as_str().into(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        let deadline = tokio::time::Instant::now() + CLOSE_OK_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_frame(rd, buf, Some(left)).await {
+                Ok(RawFrame::Method {
+                    channel: 0,
+                    payload,
+                }) => match codec::decode_method(&payload) {
+                    Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => return,
+                    Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        return;
+                    }
+                    _ => {}
+                },
+                Ok(_) => {}
+                Err(ReadEnd::Error(_)) => {
+                    // Garbage after the close: drop what is buffered and keep waiting.
+                    buf.clear();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Releases everything the connection held: channels (requeueing unacked messages),
+    /// consumers, exclusive queues.
+    async fn cleanup(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(ch) = self.channels.remove(&id) {
+                ch.release();
+            }
+        }
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            if let Some(v) = &self.vhost {
+                let _ = self
+                    .broker
+                    .meta
+                    .submit(crate::meta::MetaCommand::DeleteQueue {
+                        vhost: v.name.clone(),
+                        name: q,
+                    })
+                    .await;
+            }
+        }
+        if let Some(i) = &self.info {
+            self.broker.unregister_connection(i.id);
+        }
+    }
+}
+
+fn handshake_error(text: &str) -> AmqpError {
+    AmqpError::connection(ReplyCode::CommandInvalid, format!("COMMAND_INVALID - {text}"))
+}
+
+pub fn method_ids(m: &AMQPClass) -> (u16, u16) {
+    (m.get_amqp_class_id(), m.get_amqp_method_id())
+}
+
+fn describe_client(props: &FieldTable) -> String {
+    let get = |k: &str| match props.inner().get(k) {
+        Some(amq_protocol::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        _ => String::new(),
+    };
+    format!("{} {}", get("product"), get("version")).trim().to_string()
+}

@@ -1,0 +1,212 @@
+//! The part of a channel that queues deliver into: delivery-tag assignment, the unacked set,
+//! channel-wide prefetch and flow. Queues call `deliver` while holding their own lock, so this
+//! lock is only ever taken after a queue's (never the other way round).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use parking_lot::Mutex;
+
+use super::outbound::{Outbound, OutboundTx};
+use crate::broker::message::Message;
+use crate::queue::Queue;
+
+/// One unacknowledged delivery of this channel.
+pub struct Unacked {
+    pub queue: Arc<Queue>,
+    pub msg_id: u64,
+    /// Consumer id within the queue; None for basic.get.
+    pub consumer: Option<u64>,
+}
+
+struct DeliveryState {
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    /// basic.qos global=true: limit of unacked deliveries over the whole channel (0 = none).
+    global_prefetch: u32,
+    /// Unacked deliveries counted against the global limit (not basic.get ones).
+    global_unacked: u32,
+}
+
+pub struct ChannelHandle {
+    pub id: u16,
+    pub connection: u64,
+    pub out: OutboundTx,
+    /// Whether the client understands basic.cancel from the server.
+    pub cancel_notify: bool,
+    flow_active: AtomicBool,
+    closed: AtomicBool,
+    state: Mutex<DeliveryState>,
+    /// For listings: basic.qos global=false, confirm and tx mode.
+    pub prefetch: AtomicU16,
+    pub confirm: AtomicBool,
+    pub transactional: AtomicBool,
+}
+
+impl ChannelHandle {
+    pub fn new(id: u16, connection: u64, out: OutboundTx, cancel_notify: bool) -> ChannelHandle {
+        ChannelHandle {
+            id,
+            connection,
+            out,
+            cancel_notify,
+            flow_active: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            prefetch: AtomicU16::new(0),
+            confirm: AtomicBool::new(false),
+            transactional: AtomicBool::new(false),
+            state: Mutex::new(DeliveryState {
+                next_tag: 1,
+                unacked: BTreeMap::new(),
+                global_prefetch: 0,
+                global_unacked: 0,
+            }),
+        }
+    }
+
+    pub fn send(&self, method: AMQPClass) {
+        let _ = self.out.send(Outbound::Method {
+            channel: self.id,
+            method,
+        });
+    }
+
+    pub fn set_flow(&self, active: bool) {
+        self.flow_active.store(active, Ordering::SeqCst);
+    }
+
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn set_global_prefetch(&self, n: u32) {
+        self.state.lock().global_prefetch = n;
+    }
+
+    /// Whether a consumer on this channel may be sent one more message now.
+    pub fn can_deliver(&self) -> bool {
+        if self.is_closed() || !self.flow_active.load(Ordering::SeqCst) {
+            return false;
+        }
+        let st = self.state.lock();
+        st.global_prefetch == 0 || st.global_unacked < st.global_prefetch
+    }
+
+    /// Sends one message to a consumer; records it as unacked unless `no_ack`.
+    pub fn deliver(
+        &self,
+        queue: &Arc<Queue>,
+        consumer_tag: &Arc<str>,
+        consumer: u64,
+        msg_id: u64,
+        redelivered: bool,
+        no_ack: bool,
+        msg: Arc<Message>,
+    ) {
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    msg_id,
+                    consumer: Some(consumer),
+                },
+            );
+            st.global_unacked += 1;
+        }
+        let _ = self.out.send(Outbound::Deliver {
+            channel: self.id,
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag: tag,
+            redelivered,
+            msg,
+        });
+    }
+
+    /// Answers a basic.get with one message.
+    pub fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        msg_id: u64,
+        redelivered: bool,
+        no_ack: bool,
+        message_count: u32,
+        msg: Arc<Message>,
+    ) {
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    msg_id,
+                    consumer: None,
+                },
+            );
+        }
+        let _ = self.out.send(Outbound::GetOk {
+            channel: self.id,
+            delivery_tag: tag,
+            redelivered,
+            message_count,
+            msg,
+        });
+    }
+
+    /// Takes the deliveries an ack/nack/reject names. `tag == 0` with `multiple` means all.
+    /// `None` when a named tag is unknown (a 406 for the client).
+    pub fn take_unacked(&self, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        let mut st = self.state.lock();
+        let taken: Vec<Unacked> = if multiple {
+            // As RabbitMQ: the named tag itself must be outstanding (0 means everything).
+            if tag != 0 && !st.unacked.contains_key(&tag) {
+                return None;
+            }
+            let upper = if tag == 0 { u64::MAX } else { tag };
+            let keys: Vec<u64> = st.unacked.range(..=upper).map(|(k, _)| *k).collect();
+            keys.into_iter()
+                .filter_map(|k| st.unacked.remove(&k))
+                .collect()
+        } else {
+            vec![st.unacked.remove(&tag)?]
+        };
+        let counted = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
+        st.global_unacked = st.global_unacked.saturating_sub(counted);
+        Some(taken)
+    }
+
+    /// Everything still unacked (channel close, basic.recover).
+    pub fn take_all_unacked(&self) -> Vec<Unacked> {
+        let mut st = self.state.lock();
+        st.global_unacked = 0;
+        std::mem::take(&mut st.unacked).into_values().collect()
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked.len()
+    }
+
+    pub fn prefetch_global(&self) -> u32 {
+        self.state.lock().global_prefetch
+    }
+
+    pub fn send_cancel(&self, consumer_tag: &str) {
+        if self.cancel_notify && !self.is_closed() {
+            self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: consumer_tag.into(),
+                nowait: false,
+            })));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! basic.*: qos, consume, cancel, publish (the start of content), get, ack, nack, reject,
+//! recover.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+
+use super::queue::generated_name;
+use crate::amqp::channel::{requeue_all, PendingPublish, TxAck};
+use crate::amqp::connection::Connection;
+use crate::amqp::delivery::Unacked;
+use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::broker::permissions::Access;
+use crate::meta::equivalence::as_int;
+use crate::queue::{ConsumeRequest, Queue};
+
+/// Groups deliveries by queue so each queue is locked once per ack.
+fn by_queue(items: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<u64>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in items {
+        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.msg_id),
+            None => out.push((u.queue, vec![u.msg_id])),
+        }
+    }
+    out
+}
+
+impl Connection {
+    pub(crate) async fn basic_method(&mut self, id: u16, m: basic::AMQPMethod) -> AmqpResult<()> {
+        match m {
+            basic::AMQPMethod::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::connection(
+                        ReplyCode::NotImplemented,
+                        "NOT_IMPLEMENTED - immediate=true",
+                    ));
+                }
+                let exchange = p.exchange.as_str().to_string();
+                self.check("exchange", &exchange, Access::Write)?;
+                self.has_published = true;
+                self.channel(id)?.pending = Some(PendingPublish {
+                    exchange,
+                    routing_key: p.routing_key.as_str().to_string(),
+                    mandatory: p.mandatory,
+                    header: None,
+                    chunks: Vec::new(),
+                    received: 0,
+                });
+                Ok(())
+            }
+            basic::AMQPMethod::Qos(q) => {
+                {
+                    let ch = self.channel(id)?;
+                    if q.global {
+                        ch.handle.set_global_prefetch(q.prefetch_count as u32);
+                        for (queue, _) in ch.consumers.values() {
+                            queue.kick();
+                        }
+                    } else {
+                        ch.prefetch = q.prefetch_count;
+                    }
+                    ch.handle.prefetch.store(ch.prefetch, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.send(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+                Ok(())
+            }
+            basic::AMQPMethod::Consume(c) => {
+                let name = self.resolve_queue_name(id, c.queue.as_str())?;
+                self.check("queue", &name, Access::Read)?;
+                let q = self.usable_queue(&name)?;
+                let tag = match c.consumer_tag.as_str() {
+                    "" => generated_name("amq.ctag-"),
+                    t => t.to_string(),
+                };
+                let priority = match c.arguments.inner().get("x-priority") {
+                    None => 0,
+                    Some(v) => match as_int(v) {
+                        Some(p) => p.clamp(i32::MIN as i128, i32::MAX as i128) as i32,
+                        None => {
+                            return Err(AmqpError::precondition(format!(
+                                "invalid arg 'x-priority' for consumer: {v:?}"
+                            )))
+                        }
+                    },
+                };
+                let ch = self.channel(id)?;
+                if ch.consumers.contains_key(&tag) {
+                    return Err(AmqpError::connection(
+                        ReplyCode::NotAllowed,
+                        format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+                    ));
+                }
+                let req = ConsumeRequest {
+                    tag: Arc::from(tag.as_str()),
+                    channel: ch.handle.clone(),
+                    no_ack: c.no_ack,
+                    exclusive: c.exclusive,
+                    priority,
+                    prefetch: ch.prefetch as u32,
+                };
+                // consume-ok must reach the client before the first delivery.
+                if !c.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                            consumer_tag: tag.as_str().into(),
+                        })),
+                    );
+                }
+                let consumer = q.consume(req)?;
+                self.channel(id)?.consumers.insert(tag, (q, consumer));
+                Ok(())
+            }
+            basic::AMQPMethod::Cancel(c) => {
+                let ch = self.channel(id)?;
+                if let Some((q, consumer)) = ch.consumers.remove(c.consumer_tag.as_str()) {
+                    q.cancel(consumer);
+                }
+                self.reply(
+                    id,
+                    c.nowait,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::Get(g) => {
+                let name = self.resolve_queue_name(id, g.queue.as_str())?;
+                self.check("queue", &name, Access::Read)?;
+                let q = self.usable_queue(&name)?;
+                let handle = self.channel(id)?.handle.clone();
+                if !q.get(&handle, g.no_ack) {
+                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Ack(a) => {
+                if let Some(tx) = self.channel(id)?.tx.as_mut() {
+                    tx.acks.push(TxAck::Ack {
+                        tag: a.delivery_tag,
+                        multiple: a.multiple,
+                    });
+                    return Ok(());
+                }
+                self.ack(id, a.delivery_tag, a.multiple)
+            }
+            basic::AMQPMethod::Nack(n) => {
+                if let Some(tx) = self.channel(id)?.tx.as_mut() {
+                    tx.acks.push(TxAck::Reject {
+                        tag: n.delivery_tag,
+                        multiple: n.multiple,
+                        requeue: n.requeue,
+                    });
+                    return Ok(());
+                }
+                self.reject(id, n.delivery_tag, n.multiple, n.requeue)
+            }
+            basic::AMQPMethod::Reject(r) => {
+                if let Some(tx) = self.channel(id)?.tx.as_mut() {
+                    tx.acks.push(TxAck::Reject {
+                        tag: r.delivery_tag,
+                        multiple: false,
+                        requeue: r.requeue,
+                    });
+                    return Ok(());
+                }
+                self.reject(id, r.delivery_tag, false, r.requeue)
+            }
+            basic::AMQPMethod::Recover(r) => {
+                self.recover(id, r.requeue)?;
+                self.send(id, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(r) => self.recover(id, r.requeue),
+            _ => Err(AmqpError::command_invalid("unexpected basic method")),
+        }
+    }
+
+    fn recover(&mut self, id: u16, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::connection(
+                ReplyCode::NotImplemented,
+                "NOT_IMPLEMENTED - requeue=false",
+            ));
+        }
+        let ch = self.channel(id)?;
+        requeue_all(&ch.handle);
+        Ok(())
+    }
+
+    fn unknown_tag(tag: u64) -> AmqpError {
+        AmqpError::precondition(format!("unknown delivery tag {tag}"))
+    }
+
+    pub(crate) fn ack(&mut self, id: u16, tag: u64, multiple: bool) -> AmqpResult<()> {
+        let ch = self.channel(id)?;
+        let items = ch
+            .handle
+            .take_unacked(tag, multiple)
+            .ok_or_else(|| Self::unknown_tag(tag))?;
+        let global = ch.handle.prefetch_global() > 0;
+        let touched = by_queue(items);
+        for (q, ids) in &touched {
+            q.ack(ids);
+        }
+        if global {
+            // Room on the channel may unblock consumers of other queues too.
+            for (q, _) in ch.consumers.values() {
+                if !touched.iter().any(|(t, _)| Arc::ptr_eq(t, q)) {
+                    q.kick();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reject(&mut self, id: u16, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+        let ch = self.channel(id)?;
+        let items = ch
+            .handle
+            .take_unacked(tag, multiple)
+            .ok_or_else(|| Self::unknown_tag(tag))?;
+        let global = ch.handle.prefetch_global() > 0;
+        for (q, ids) in by_queue(items) {
+            q.reject(&ids, requeue);
+        }
+        if global {
+            for (q, _) in ch.consumers.values() {
+                q.kick();
+            }
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,172 @@
+//! exchange.declare / delete / bind / unbind.
+
+use amq_protocol::protocol::{exchange, AMQPClass};
+use amq_protocol::types::FieldTable;
+
+use crate::amqp::connection::Connection;
+use crate::amqp::error::{AmqpError, AmqpResult};
+use crate::broker::permissions::Access;
+use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord, MetaCommand, MetaError};
+
+pub fn meta_error(e: MetaError) -> AmqpError {
+    match e {
+        MetaError::NotFound(t) => AmqpError::not_found(t),
+        MetaError::Precondition(t) => AmqpError::precondition(t),
+        MetaError::Locked(t) => AmqpError::resource_locked(t),
+        MetaError::AlreadyExists(t) => AmqpError::precondition(t),
+        MetaError::Unavailable(t) | MetaError::Storage(t) => AmqpError::internal(t),
+    }
+}
+
+impl Connection {
+    pub(crate) fn vhost_name(&self) -> String {
+        self.vhost.as_ref().map(|v| v.name.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn check(&self, kind: &str, name: &str, access: Access) -> AmqpResult<()> {
+        self.broker
+            .check_access(&self.user, &self.vhost_name(), kind, name, access)
+    }
+
+    pub(crate) fn reply(&self, id: u16, nowait: bool, method: AMQPClass) {
+        if !nowait {
+            self.send(id, method);
+        }
+    }
+
+    pub(crate) async fn exchange_method(&mut self, id: u16, m: exchange::AMQPMethod) -> AmqpResult<()> {
+        let vhost = self.vhost_name();
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                let name = d.exchange.as_str().to_string();
+                if d.passive {
+                    if self.vhost.as_ref().and_then(|v| v.exchange(&name)).is_none() {
+                        return Err(AmqpError::not_found(format!(
+                            "no exchange '{name}' in vhost '{vhost}'"
+                        )));
+                    }
+                    self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                    return Ok(());
+                }
+                if name.is_empty() || name.starts_with("amq.") {
+                    return Err(AmqpError::access_refused(format!(
+                        "exchange name '{name}' contains reserved prefix 'amq.*'"
+                    )));
+                }
+                self.check("exchange", &name, Access::Configure)?;
+                let kind = d.kind.as_str().to_string();
+                let Some(t) = self.broker.exchange_type(&kind) else {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid exchange type '{kind}'"
+                    )));
+                };
+                t.create(&d.arguments)
+                    .map_err(|e| AmqpError::precondition(format!("invalid arguments for exchange '{name}' in vhost '{vhost}': {e}")))?;
+                let rec = ExchangeRecord {
+                    vhost,
+                    name,
+                    kind,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                };
+                self.broker
+                    .meta
+                    .submit(MetaCommand::DeclareExchange(rec))
+                    .await
+                    .map_err(meta_error)?;
+                self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                Ok(())
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                let name = d.exchange.as_str().to_string();
+                if name.is_empty() || name.starts_with("amq.") {
+                    return Err(AmqpError::access_refused(format!(
+                        "operation not permitted on the default exchange or system exchange '{name}'"
+                    )));
+                }
+                self.check("exchange", &name, Access::Configure)?;
+                match self
+                    .broker
+                    .meta
+                    .submit(MetaCommand::DeleteExchange {
+                        vhost,
+                        name,
+                        if_unused: d.if_unused,
+                    })
+                    .await
+                {
+                    // Deleting what does not exist succeeds, as in RabbitMQ.
+                    Ok(_) | Err(MetaError::NotFound(_)) => {}
+                    Err(e) => return Err(meta_error(e)),
+                }
+                self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+                Ok(())
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                self.exchange_binding(true, b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)
+                    .await?;
+                self.reply(id, b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                Ok(())
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                self.exchange_binding(false, b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)
+                    .await?;
+                self.reply(id, b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid("unexpected exchange method")),
+        }
+    }
+
+    async fn exchange_binding(
+        &mut self,
+        bind: bool,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        if source.is_empty() || destination.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.check("exchange", destination, Access::Write)?;
+        self.check("exchange", source, Access::Read)?;
+        let record = BindingRecord {
+            vhost: self.vhost_name(),
+            source: source.to_string(),
+            destination: destination.to_string(),
+            destination_kind: DestinationKind::Exchange,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        self.submit_binding(bind, record).await
+    }
+
+    /// Bind or unbind, after the exchange type accepted the binding's arguments.
+    pub(crate) async fn submit_binding(&mut self, bind: bool, record: BindingRecord) -> AmqpResult<()> {
+        if bind {
+            let kind = self
+                .vhost
+                .as_ref()
+                .and_then(|v| v.exchange(&record.source))
+                .map(|x| x.record.kind.clone());
+            if let Some(t) = kind.as_deref().and_then(|k| self.broker.exchange_type(k)) {
+                let mut probe = t.create(&FieldTable::default()).map_err(AmqpError::precondition)?;
+                probe
+                    .bind(0, &record.routing_key, &record.arguments)
+                    .map_err(AmqpError::precondition)?;
+            }
+        }
+        let cmd = if bind {
+            MetaCommand::Bind(record)
+        } else {
+            MetaCommand::Unbind(record)
+        };
+        self.broker.meta.submit(cmd).await.map_err(meta_error)?;
+        Ok(())
+    }
+}

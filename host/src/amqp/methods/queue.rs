@@ -1,0 +1,235 @@
+//! queue.declare / bind / unbind / purge / delete.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{queue, AMQPClass};
+use base64::Engine;
+
+use super::exchange::meta_error;
+use crate::amqp::connection::Connection;
+use crate::amqp::error::{AmqpError, AmqpResult};
+use crate::broker::permissions::Access;
+use crate::meta::{BindingRecord, DestinationKind, MetaCommand, MetaError, QueueRecord};
+use crate::queue::{Queue, QueueConfig, QueueType};
+
+/// RabbitMQ's generated names: a prefix and 16 random bytes, base64url without padding.
+pub fn generated_name(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+impl Connection {
+    /// Resolves a queue name ("" = the channel's last declared queue) to a queue this
+    /// connection may use.
+    pub(crate) fn resolve_queue_name(&mut self, id: u16, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.channel(id)?
+            .last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub(crate) fn usable_queue(&self, name: &str) -> AmqpResult<Arc<Queue>> {
+        let vhost = self.vhost_name();
+        let q = self
+            .vhost
+            .as_ref()
+            .and_then(|v| v.queue(name))
+            .ok_or_else(|| AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'")))?;
+        self.check_exclusive(&q)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue) -> AmqpResult<()> {
+        match &q.record.exclusive_owner {
+            Some(owner) if owner != &self.owner => Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                q.name(),
+                q.vhost()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) async fn queue_method(&mut self, id: u16, m: queue::AMQPMethod) -> AmqpResult<()> {
+        let vhost = self.vhost_name();
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let mut name = d.queue.as_str().to_string();
+                if d.passive {
+                    let name = self.resolve_queue_name(id, &name)?;
+                    let q = self.usable_queue(&name)?;
+                    let s = q.stats();
+                    self.channel(id)?.last_queue = Some(name.clone());
+                    self.reply(
+                        id,
+                        d.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: name.into(),
+                            message_count: s.messages_ready as u32,
+                            consumer_count: s.consumers as u32,
+                        })),
+                    );
+                    return Ok(());
+                }
+                if name.is_empty() {
+                    name = generated_name("amq.gen-");
+                } else if name.starts_with("amq.") {
+                    return Err(AmqpError::access_refused(format!(
+                        "queue name '{name}' contains reserved prefix 'amq.*'"
+                    )));
+                }
+                self.check("queue", &name, Access::Configure)?;
+                let config = QueueConfig::parse(&d.arguments, &name, &vhost).map_err(AmqpError::precondition)?;
+                if config.queue_type == QueueType::Quorum {
+                    if !d.durable {
+                        return Err(AmqpError::precondition(format!(
+                            "invalid property 'non-durable' for queue '{name}' in vhost '{vhost}'"
+                        )));
+                    }
+                    if d.exclusive {
+                        return Err(AmqpError::precondition(format!(
+                            "invalid property 'exclusive-owner' for queue '{name}' in vhost '{vhost}'"
+                        )));
+                    }
+                }
+                if let Some(dlx) = &config.dead_letter_exchange {
+                    // RabbitMQ checks the publisher may write to the dead-letter exchange.
+                    self.check("exchange", dlx, Access::Write)?;
+                }
+                let record = QueueRecord {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    exclusive_owner: d.exclusive.then(|| self.owner.clone()),
+                    arguments: d.arguments,
+                    uid: rand::random::<u64>() | 1,
+                    node: self.broker.config.node.clone(),
+                };
+                if let Some(existing) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
+                    self.check_exclusive(&existing)?;
+                }
+                let created = match self.broker.meta.submit(MetaCommand::DeclareQueue(record)).await {
+                    Ok(crate::meta::MetaOutcome::Done) => true,
+                    Ok(_) => false,
+                    Err(MetaError::Locked(t)) => return Err(AmqpError::resource_locked(t)),
+                    Err(e) => return Err(meta_error(e)),
+                };
+                if created && d.exclusive {
+                    self.exclusive_queues.push(name.clone());
+                }
+                let q = self.usable_queue(&name)?;
+                let s = q.stats();
+                self.channel(id)?.last_queue = Some(name.clone());
+                self.reply(
+                    id,
+                    d.nowait,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: s.messages_ready as u32,
+                        consumer_count: s.consumers as u32,
+                    })),
+                );
+                Ok(())
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let name = self.resolve_queue_name(id, b.queue.as_str())?;
+                self.queue_binding(true, &name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments)
+                    .await?;
+                self.reply(id, b.nowait, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+                Ok(())
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let name = self.resolve_queue_name(id, b.queue.as_str())?;
+                self.queue_binding(false, &name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments)
+                    .await?;
+                self.send(id, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+                Ok(())
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let name = self.resolve_queue_name(id, p.queue.as_str())?;
+                self.check("queue", &name, Access::Read)?;
+                let q = self.usable_queue(&name)?;
+                let n = q.purge();
+                self.reply(
+                    id,
+                    p.nowait,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: n })),
+                );
+                Ok(())
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.resolve_queue_name(id, d.queue.as_str())?;
+                self.check("queue", &name, Access::Configure)?;
+                let mut count = 0;
+                if let Some(q) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
+                    self.check_exclusive(&q)?;
+                    let s = q.stats();
+                    if d.if_unused && s.consumers > 0 {
+                        return Err(AmqpError::precondition(format!(
+                            "queue '{name}' in vhost '{vhost}' in use"
+                        )));
+                    }
+                    if d.if_empty && s.messages_ready + s.messages_unacknowledged > 0 {
+                        return Err(AmqpError::precondition(format!(
+                            "queue '{name}' in vhost '{vhost}' is not empty"
+                        )));
+                    }
+                    count = s.messages_ready as u32;
+                    match self
+                        .broker
+                        .meta
+                        .submit(MetaCommand::DeleteQueue { vhost, name: name.clone() })
+                        .await
+                    {
+                        Ok(_) | Err(MetaError::NotFound(_)) => {}
+                        Err(e) => return Err(meta_error(e)),
+                    }
+                    self.exclusive_queues.retain(|q| q != &name);
+                }
+                self.reply(
+                    id,
+                    d.nowait,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count: count })),
+                );
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid("unexpected queue method")),
+        }
+    }
+
+    async fn queue_binding(
+        &mut self,
+        bind: bool,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: amq_protocol::types::FieldTable,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.check("queue", queue, Access::Write)?;
+        self.check("exchange", exchange, Access::Read)?;
+        if let Some(q) = self.vhost.as_ref().and_then(|v| v.queue(queue)) {
+            self.check_exclusive(&q)?;
+        }
+        let record = BindingRecord {
+            vhost: self.vhost_name(),
+            source: exchange.to_string(),
+            destination: queue.to_string(),
+            destination_kind: DestinationKind::Queue,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        self.submit_binding(bind, record).await
+    }
+}

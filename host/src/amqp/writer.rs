@@ -1,0 +1,137 @@
+//! A connection's writer task: encodes what channels and queues hand it, writes in batches
+//! (one syscall for many frames) and sends heartbeats when the line is otherwise idle.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::codec::{encode_content, encode_heartbeat, encode_method};
+use super::outbound::Outbound;
+
+/// Settings the reader negotiates and the writer follows.
+pub struct WriterShared {
+    pub frame_max: AtomicU32,
+    /// Heartbeat interval in seconds; 0 = none.
+    pub heartbeat: AtomicU32,
+    pub sent_bytes: AtomicU64,
+}
+
+const BATCH_BYTES: usize = 256 * 1024;
+
+fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
+    match item {
+        Outbound::Method { channel, method } => encode_method(out, channel, method),
+        Outbound::Deliver {
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            msg,
+        } => {
+            encode_method(
+                out,
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: consumer_tag.as_ref().into(),
+                    delivery_tag,
+                    redelivered,
+                    exchange: msg.exchange.as_str().into(),
+                    routing_key: msg.routing_key.as_str().into(),
+                })),
+            );
+            encode_content(out, channel, &msg.properties_raw, &msg.body, frame_max);
+        }
+        Outbound::GetOk {
+            channel,
+            delivery_tag,
+            redelivered,
+            message_count,
+            msg,
+        } => {
+            encode_method(
+                out,
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                    delivery_tag,
+                    redelivered,
+                    exchange: msg.exchange.as_str().into(),
+                    routing_key: msg.routing_key.as_str().into(),
+                    message_count,
+                })),
+            );
+            encode_content(out, channel, &msg.properties_raw, &msg.body, frame_max);
+        }
+        Outbound::Return {
+            channel,
+            reply_code,
+            reply_text,
+            msg,
+        } => {
+            encode_method(
+                out,
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code,
+                    reply_text: reply_text.into(),
+                    exchange: msg.exchange.as_str().into(),
+                    routing_key: msg.routing_key.as_str().into(),
+                })),
+            );
+            encode_content(out, channel, &msg.properties_raw, &msg.body, frame_max);
+        }
+        Outbound::Close => return false,
+    }
+    true
+}
+
+pub async fn run_writer(
+    mut socket: OwnedWriteHalf,
+    mut rx: UnboundedReceiver<Outbound>,
+    shared: Arc<WriterShared>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut open = true;
+    while open {
+        let hb = shared.heartbeat.load(Ordering::Relaxed);
+        let first = if hb == 0 {
+            rx.recv().await
+        } else {
+            // RabbitMQ sends a heartbeat after half the interval of silence.
+            match tokio::time::timeout(Duration::from_millis(hb as u64 * 500), rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    encode_heartbeat(&mut buf);
+                    if socket.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    buf.clear();
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { break };
+        let frame_max = shared.frame_max.load(Ordering::Relaxed);
+        open = encode(&mut buf, first, frame_max);
+        while open && buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(item) => open = encode(&mut buf, item, frame_max),
+                Err(_) => break,
+            }
+        }
+        shared
+            .sent_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if socket.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = socket.flush().await;
+    let _ = socket.shutdown().await;
+}

@@ -1,0 +1,140 @@
+//! A message as the broker holds it: shared (`Arc`) between every queue it was routed to, with
+//! its property bytes kept exactly as the publisher sent them.
+
+use std::sync::OnceLock;
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::amqp::codec::encode_properties;
+
+#[derive(Debug)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: AMQPProperties,
+    pub properties_raw: Bytes,
+    pub body: Bytes,
+    /// The store's encoding, made once however many durable queues take the message.
+    encoded: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        properties: AMQPProperties,
+        properties_raw: Bytes,
+        body: Bytes,
+    ) -> Message {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            properties_raw,
+            body,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// A copy with new properties (dead-lettering rewrites headers), re-encoded for the wire.
+    pub fn with_properties(&self, exchange: String, routing_key: String, properties: AMQPProperties) -> Message {
+        let raw = encode_properties(&properties);
+        Message::new(exchange, routing_key, properties, raw, self.body.clone())
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.properties.delivery_mode() == &Some(2)
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.properties.priority().unwrap_or(0)
+    }
+
+    /// Per-message TTL from the `expiration` property, in milliseconds. `Err` for a value that
+    /// is not a non-negative integer (RabbitMQ refuses those with 406).
+    pub fn expiration_ms(&self) -> Result<Option<u64>, String> {
+        match self.properties.expiration() {
+            None => Ok(None),
+            Some(s) => s
+                .as_str()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("invalid expiration '{}'", s.as_str())),
+        }
+    }
+
+    /// Bytes the message occupies, as RabbitMQ counts message_bytes (the body).
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                let mut out = BytesMut::with_capacity(
+                    12 + self.exchange.len() + self.routing_key.len() + self.properties_raw.len() + self.body.len(),
+                );
+                out.put_u8(self.exchange.len() as u8);
+                out.extend_from_slice(self.exchange.as_bytes());
+                out.put_u8(self.routing_key.len() as u8);
+                out.extend_from_slice(self.routing_key.as_bytes());
+                out.put_u32(self.properties_raw.len() as u32);
+                out.extend_from_slice(&self.properties_raw);
+                out.extend_from_slice(&self.body);
+                out.freeze()
+            })
+            .clone()
+    }
+
+    /// Reads a message back from the store's encoding.
+    pub fn decode(mut data: Bytes) -> Option<Message> {
+        let original = data.clone();
+        let short = |data: &mut Bytes| -> Option<String> {
+            if data.remaining() < 1 {
+                return None;
+            }
+            let len = data.get_u8() as usize;
+            if data.remaining() < len {
+                return None;
+            }
+            let s = data.split_to(len);
+            String::from_utf8(s.to_vec()).ok()
+        };
+        let exchange = short(&mut data)?;
+        let routing_key = short(&mut data)?;
+        if data.remaining() < 4 {
+            return None;
+        }
+        let plen = data.get_u32() as usize;
+        if data.remaining() < plen {
+            return None;
+        }
+        let properties_raw = data.split_to(plen);
+        let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..]) {
+            Ok((rest, p)) if rest.is_empty() => p,
+            _ => return None,
+        };
+        let msg = Message::new(exchange, routing_key, properties, properties_raw, data);
+        let _ = msg.encoded.set(original);
+        Some(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_encoding_round_trips() {
+        let props = AMQPProperties::default().with_delivery_mode(2).with_priority(3);
+        let raw = encode_properties(&props);
+        let m = Message::new("x".into(), "rk".into(), props, raw, Bytes::from_static(b"hello"));
+        let back = Message::decode(m.encoded()).unwrap();
+        assert_eq!(back.exchange, "x");
+        assert_eq!(back.routing_key, "rk");
+        assert_eq!(&back.body[..], b"hello");
+        assert!(back.persistent());
+        assert_eq!(back.priority(), 3);
+    }
+}

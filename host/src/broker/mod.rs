@@ -1,0 +1,303 @@
+//! The broker: the runtime side of metadata (vhosts, exchange routers, queues), routing,
+//! dead-lettering, users and permissions. Metadata changes arrive as events from the metadata
+//! store; the AMQP layer calls in here for everything that is not wire protocol.
+
+pub mod dead_letter;
+pub mod message;
+pub mod permissions;
+pub mod routing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::meta::*;
+use crate::queue::{Entry, Queue, QueueConfig};
+use crate::routing::exchange_type::{builtin_types, ExchangeType};
+use crate::store::message_store::MessageStore;
+pub use routing::{ExchangeRt, VhostRt};
+
+/// What the broker needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    /// Users that may only connect from loopback (RabbitMQ's loopback_users, default guest).
+    pub loopback_users: Vec<String>,
+    pub default_user: String,
+    pub default_pass: String,
+    pub default_vhost: String,
+}
+
+/// Resource alarms: past them publishers are blocked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alarms {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Alarms {
+    pub fn any(&self) -> bool {
+        self.memory || self.disk
+    }
+    pub fn reason(&self) -> &'static str {
+        match (self.memory, self.disk) {
+            (true, true) => "low on memory and disk",
+            (true, false) => "low on memory",
+            (false, true) => "low on disk",
+            _ => "",
+        }
+    }
+}
+
+/// A client connection as listings show it.
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer: std::net::SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub client_properties: String,
+    pub connected_at: u64,
+    pub channels: AtomicU64,
+    pub recv_oct: AtomicU64,
+    pub send_oct: AtomicU64,
+    pub channel_handles: Mutex<BTreeMap<u16, Arc<crate::amqp::delivery::ChannelHandle>>>,
+    /// Closing the connection from the broker (vhost deleted, node stopping).
+    pub kill: tokio::sync::Notify,
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub meta: Arc<MetaStore>,
+    pub store: Option<MessageStore>,
+    vhosts: RwLock<HashMap<String, Arc<VhostRt>>>,
+    types: HashMap<&'static str, Box<dyn ExchangeType>>,
+    msg_ids: AtomicU64,
+    recovered: Mutex<HashMap<u64, Vec<Entry>>>,
+    pub connections: Mutex<BTreeMap<u64, Arc<ConnectionInfo>>>,
+    next_connection: AtomicU64,
+    pub alarms: watch::Sender<Alarms>,
+    permissions: permissions::PermissionCache,
+    me: Weak<Broker>,
+}
+
+impl Broker {
+    pub fn new(
+        config: BrokerConfig,
+        meta: Arc<MetaStore>,
+        store: Option<MessageStore>,
+        next_msg_id: u64,
+        recovered: HashMap<u64, Vec<Entry>>,
+    ) -> Arc<Broker> {
+        let types = builtin_types()
+            .into_iter()
+            .map(|t| (t.name(), t))
+            .collect();
+        Arc::new_cyclic(|me| Broker {
+            config,
+            meta,
+            store,
+            vhosts: RwLock::new(HashMap::new()),
+            types,
+            msg_ids: AtomicU64::new(next_msg_id.max(1)),
+            recovered: Mutex::new(recovered),
+            connections: Mutex::new(BTreeMap::new()),
+            next_connection: AtomicU64::new(1),
+            alarms: watch::channel(Alarms::default()).0,
+            permissions: permissions::PermissionCache::default(),
+            me: me.clone(),
+        })
+    }
+
+    pub fn next_message_id(&self) -> u64 {
+        self.msg_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn exchange_type(&self, name: &str) -> Option<&dyn ExchangeType> {
+        self.types.get(name).map(|t| t.as_ref())
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VhostRt>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vhosts.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Deletes a queue from outside any queue lock (auto-delete, x-expires).
+    pub fn delete_queue_later(&self, vhost: String, name: String) {
+        let meta = self.meta.clone();
+        tokio::spawn(async move {
+            let _ = meta.submit(MetaCommand::DeleteQueue { vhost, name }).await;
+        });
+    }
+
+    /// Seeds a fresh node: vhost `/`, user guest/guest with full permissions.
+    pub fn seed_defaults(&self) -> Result<(), MetaError> {
+        let c = &self.config;
+        self.meta.submit_sync(MetaCommand::AddVhost(VhostRecord {
+            name: c.default_vhost.clone(),
+            description: "Default virtual host".into(),
+        }))?;
+        self.meta.submit_sync(MetaCommand::AddUser(UserRecord {
+            name: c.default_user.clone(),
+            password_hash: crate::auth::hash_password(&c.default_pass),
+            hashing_algorithm: PASSWORD_HASHING_SHA256.into(),
+            tags: vec!["administrator".into()],
+        }))?;
+        self.meta
+            .submit_sync(MetaCommand::SetPermissions(PermissionRecord {
+                user: c.default_user.clone(),
+                vhost: c.default_vhost.clone(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }))?;
+        Ok(())
+    }
+
+    fn create_queue(&self, rec: &QueueRecord) {
+        let Some(vhost) = self.vhost(&rec.vhost) else {
+            return;
+        };
+        let config = match QueueConfig::parse(&rec.arguments, &rec.name, &rec.vhost) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(queue = %rec.name, error = %e, "stored queue has invalid arguments; using defaults");
+                // Arguments were validated at declare time; a stored record that no longer
+                // parses keeps working with defaults rather than vanishing.
+                QueueConfig::parse(&Default::default(), &rec.name, &rec.vhost)
+                    .unwrap_or_else(|_| unreachable_config())
+            }
+        };
+        let recovered = self.recovered.lock().remove(&rec.uid).unwrap_or_default();
+        let store = if rec.durable { self.store.clone() } else { None };
+        let q = Queue::new(rec.clone(), config, store, self.me.clone(), recovered);
+        vhost.queues.write().insert(rec.name.clone(), q);
+    }
+
+    fn create_exchange(&self, rec: &ExchangeRecord) {
+        let Some(vhost) = self.vhost(&rec.vhost) else {
+            return;
+        };
+        let Some(t) = self.exchange_type(&rec.kind) else {
+            tracing::warn!(exchange = %rec.name, kind = %rec.kind, "exchange of unknown type");
+            return;
+        };
+        match t.create(&rec.arguments) {
+            Ok(router) => {
+                vhost
+                    .exchanges
+                    .write()
+                    .insert(rec.name.clone(), Arc::new(ExchangeRt::new(rec.clone(), router)));
+            }
+            Err(e) => tracing::warn!(exchange = %rec.name, error = %e, "exchange type refused"),
+        }
+    }
+
+    /// Queues whose messages were recovered from disk but whose metadata is gone are dropped.
+    pub fn discard_orphaned_messages(&self) {
+        let orphans: Vec<u64> = self.recovered.lock().drain().map(|(uid, _)| uid).collect();
+        if let Some(store) = &self.store {
+            for uid in orphans {
+                store.delete_queue(uid);
+            }
+        }
+    }
+
+    pub fn register_connection(&self, info: Arc<ConnectionInfo>) {
+        self.connections.lock().insert(info.id, info);
+    }
+
+    pub fn unregister_connection(&self, id: u64) {
+        self.connections.lock().remove(&id);
+    }
+}
+
+fn unreachable_config() -> QueueConfig {
+    QueueConfig {
+        message_ttl: None,
+        expires: None,
+        max_length: None,
+        max_length_bytes: None,
+        overflow: crate::queue::Overflow::DropHead,
+        dead_letter_exchange: None,
+        dead_letter_routing_key: None,
+        max_priority: None,
+        single_active_consumer: false,
+        queue_type: crate::queue::QueueType::Classic,
+        delivery_limit: None,
+    }
+}
+
+impl MetaListener for Broker {
+    fn on_events(&self, _state: &MetaState, events: &[MetaEvent]) {
+        for e in events {
+            match e {
+                MetaEvent::VhostAdded(v) => {
+                    self.vhosts
+                        .write()
+                        .entry(v.name.clone())
+                        .or_insert_with(|| Arc::new(VhostRt::new(&v.name)));
+                }
+                MetaEvent::VhostDeleted(name) => {
+                    self.vhosts.write().remove(name);
+                    for c in self.connections.lock().values() {
+                        if &c.vhost == name {
+                            c.kill.notify_one();
+                        }
+                    }
+                }
+                MetaEvent::UsersChanged => self.permissions.clear(),
+                MetaEvent::ExchangeAdded(x) => self.create_exchange(x),
+                MetaEvent::ExchangeDeleted { vhost, name } => {
+                    if let Some(v) = self.vhost(vhost) {
+                        v.exchanges.write().remove(name);
+                    }
+                }
+                MetaEvent::QueueAdded(q) => {
+                    if q.node == self.config.node {
+                        self.create_queue(q);
+                    }
+                }
+                MetaEvent::QueueDeleted { vhost, name, .. } => {
+                    let q = self.vhost(vhost).and_then(|v| v.queues.write().remove(name));
+                    if let Some(q) = q {
+                        q.on_deleted();
+                    }
+                }
+                MetaEvent::BindingAdded { id, binding } => {
+                    if let Some(x) = self
+                        .vhost(&binding.vhost)
+                        .and_then(|v| v.exchange(&binding.source))
+                    {
+                        x.bind(*id, binding);
+                    }
+                }
+                MetaEvent::BindingRemoved { id, binding } => {
+                    if let Some(x) = self
+                        .vhost(&binding.vhost)
+                        .and_then(|v| v.exchange(&binding.source))
+                    {
+                        x.unbind(*id);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Where a message finds its queues: the default exchange is a protocol rule, every other
+//! exchange asks its exchange type's router, following exchange-to-exchange bindings and
+//! alternate exchanges.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use parking_lot::RwLock;
+
+use crate::meta::state::string_arg;
+use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord};
+use crate::queue::Queue;
+use crate::routing::exchange_type::{BindingId, ExchangeRouter, RouteInput};
+
+pub struct VhostRt {
+    pub name: String,
+    pub exchanges: RwLock<HashMap<String, Arc<ExchangeRt>>>,
+    pub queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+impl VhostRt {
+    pub fn new(name: &str) -> VhostRt {
+        VhostRt {
+            name: name.to_string(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<ExchangeRt>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    /// The queues a message published to `exchange` reaches, each once.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        if exchange.is_empty() {
+            if let Some(q) = self.queue(routing_key) {
+                out.push(q);
+            }
+            return;
+        }
+        let input = RouteInput {
+            routing_key,
+            headers,
+        };
+        let mut visited: Vec<String> = Vec::new();
+        let mut pending = vec![exchange.to_string()];
+        let mut ids: Vec<BindingId> = Vec::new();
+        while let Some(name) = pending.pop() {
+            if visited.contains(&name) {
+                continue;
+            }
+            let Some(x) = self.exchange(&name) else {
+                continue;
+            };
+            visited.push(name);
+            let before = out.len();
+            let mut reached_exchange = false;
+            {
+                let routing = x.routing.read();
+                ids.clear();
+                routing.router.route(&input, &mut ids);
+                for id in &ids {
+                    match routing.destinations.get(id) {
+                        Some((DestinationKind::Queue, q)) => {
+                            if let Some(q) = self.queue(q) {
+                                if !out.iter().any(|o| Arc::ptr_eq(o, &q)) {
+                                    out.push(q);
+                                }
+                            }
+                        }
+                        Some((DestinationKind::Exchange, e)) => {
+                            reached_exchange = true;
+                            pending.push(e.clone());
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if out.len() == before && !reached_exchange {
+                if let Some(ae) = &x.alternate {
+                    pending.push(ae.clone());
+                }
+            }
+        }
+    }
+}
+
+struct Routing {
+    router: Box<dyn ExchangeRouter>,
+    destinations: HashMap<BindingId, (DestinationKind, String)>,
+}
+
+pub struct ExchangeRt {
+    pub record: ExchangeRecord,
+    pub alternate: Option<String>,
+    routing: RwLock<Routing>,
+}
+
+impl ExchangeRt {
+    pub fn new(record: ExchangeRecord, router: Box<dyn ExchangeRouter>) -> ExchangeRt {
+        ExchangeRt {
+            alternate: string_arg(&record.arguments, "alternate-exchange"),
+            record,
+            routing: RwLock::new(Routing {
+                router,
+                destinations: HashMap::new(),
+            }),
+        }
+    }
+
+    pub fn bind(&self, id: BindingId, b: &BindingRecord) {
+        let mut r = self.routing.write();
+        match r.router.bind(id, &b.routing_key, &b.arguments) {
+            Ok(()) => {
+                r.destinations
+                    .insert(id, (b.destination_kind, b.destination.clone()));
+            }
+            Err(e) => tracing::warn!(exchange = %self.record.name, error = %e, "binding refused by exchange type"),
+        }
+    }
+
+    pub fn unbind(&self, id: BindingId) {
+        let mut r = self.routing.write();
+        r.router.unbind(id);
+        r.destinations.remove(&id);
+    }
+}

@@ -1,0 +1,611 @@
+//! Answers `warrenctl` commands from the node's state: listings with RabbitMQ's field names,
+//! user, vhost and permission changes (through the metadata store), status and stop.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+
+use super::protocol::{CtlHandler, Request, Response, exit_code};
+use crate::meta::*;
+use crate::node::Node;
+
+pub struct NodeHandler {
+    pub node: Arc<Node>,
+}
+
+fn amqp_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::Void => Value::Null,
+        other => match crate::meta::equivalence::as_int(other) {
+            Some(i) => json!(i as i64),
+            None => json!(format!("{other:?}")),
+        },
+    }
+}
+
+fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), amqp_to_json(v)))
+            .collect(),
+    )
+}
+
+fn meta_failure(e: MetaError) -> Response {
+    let code = match e {
+        MetaError::NotFound(_) | MetaError::AlreadyExists(_) | MetaError::Precondition(_) | MetaError::Locked(_) => {
+            exit_code::DATA_ERR
+        }
+        MetaError::Unavailable(_) => exit_code::TEMP_FAIL,
+        MetaError::Storage(_) => exit_code::SOFTWARE,
+    };
+    Response::error(code, e.to_string())
+}
+
+fn usage(msg: impl Into<String>) -> Response {
+    Response::error(exit_code::USAGE, msg)
+}
+
+/// Builds a table from rows of (field → value) lookups; unknown fields are a usage error.
+fn table(
+    fields: &[String],
+    known: &[&str],
+    rows: impl Iterator<Item = Box<dyn Fn(&str) -> Value>>,
+) -> Response {
+    let bad: Vec<&String> = fields.iter().filter(|f| !known.contains(&f.as_str())).collect();
+    if !bad.is_empty() {
+        return usage(format!(
+            "Info key(s) {} are not supported. Supported info keys: {}",
+            bad.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+            known.join(", ")
+        ));
+    }
+    let rows = rows
+        .map(|get| fields.iter().map(|f| get(f)).collect())
+        .collect();
+    Response::table(fields.to_vec(), rows)
+}
+
+const QUEUE_FIELDS: &[&str] = &[
+    "name", "vhost", "durable", "auto_delete", "exclusive", "arguments", "messages", "messages_ready",
+    "messages_unacknowledged", "message_bytes", "message_bytes_ready", "message_bytes_unacknowledged",
+    "consumers", "memory", "state", "type", "policy", "node", "leader", "exclusive_consumer_tag",
+    "messages_persistent",
+];
+
+impl NodeHandler {
+    fn vhost_opt(req: &Request) -> String {
+        req.options.get("vhost").cloned().unwrap_or_else(|| "/".to_string())
+    }
+
+    async fn submit(&self, cmd: MetaCommand) -> Result<(), Response> {
+        self.node.broker.meta.submit(cmd).await.map(|_| ()).map_err(meta_failure)
+    }
+
+    fn list_queues(&self, req: &Request) -> Response {
+        let vhost = Self::vhost_opt(req);
+        let broker = &self.node.broker;
+        let Some(v) = broker.vhost(&vhost) else {
+            return Response::error(exit_code::DATA_ERR, format!("Virtual host '{vhost}' does not exist"));
+        };
+        let mut queues: Vec<_> = v.queues.read().values().cloned().collect();
+        queues.sort_by(|a, b| a.name().cmp(b.name()));
+        let rows = queues.into_iter().map(|q| {
+            let s = q.stats();
+            let r = q.record.clone();
+            let qtype = q.config.queue_type.as_str();
+            let consumers = q.consumers();
+            Box::new(move |f: &str| match f {
+                "name" => json!(r.name),
+                "vhost" => json!(r.vhost),
+                "durable" => json!(r.durable),
+                "auto_delete" => json!(r.auto_delete),
+                "exclusive" => json!(r.exclusive_owner.is_some()),
+                "arguments" => table_to_json(&r.arguments),
+                "messages" => json!(s.messages_ready + s.messages_unacknowledged),
+                "messages_ready" => json!(s.messages_ready),
+                "messages_unacknowledged" => json!(s.messages_unacknowledged),
+                "message_bytes" => json!(s.message_bytes_ready + s.message_bytes_unacknowledged),
+                "message_bytes_ready" => json!(s.message_bytes_ready),
+                "message_bytes_unacknowledged" => json!(s.message_bytes_unacknowledged),
+                "consumers" => json!(s.consumers),
+                "memory" => json!(s.message_bytes_ready + s.message_bytes_unacknowledged),
+                "state" => json!("running"),
+                "type" => json!(qtype),
+                "policy" => json!(""),
+                "node" | "leader" => json!(r.node),
+                "exclusive_consumer_tag" => json!(
+                    consumers.iter().find(|c| c.exclusive).map(|c| c.tag.clone()).unwrap_or_default()
+                ),
+                "messages_persistent" => json!(if r.durable { s.messages_ready } else { 0 }),
+                _ => Value::Null,
+            }) as Box<dyn Fn(&str) -> Value>
+        });
+        table(&req.args, QUEUE_FIELDS, rows)
+    }
+
+    fn list_exchanges(&self, req: &Request) -> Response {
+        let vhost = Self::vhost_opt(req);
+        let state = self.node.broker.meta.read();
+        let rows: Vec<ExchangeRecord> = state
+            .exchanges
+            .values()
+            .filter(|x| x.vhost == vhost)
+            .cloned()
+            .collect();
+        drop(state);
+        let rows = rows.into_iter().map(|x| {
+            Box::new(move |f: &str| match f {
+                "name" => json!(x.name),
+                "vhost" => json!(x.vhost),
+                "type" => json!(x.kind),
+                "durable" => json!(x.durable),
+                "auto_delete" => json!(x.auto_delete),
+                "internal" => json!(x.internal),
+                "arguments" => table_to_json(&x.arguments),
+                "policy" => json!(""),
+                _ => Value::Null,
+            }) as Box<dyn Fn(&str) -> Value>
+        });
+        table(
+            &req.args,
+            &["name", "vhost", "type", "durable", "auto_delete", "internal", "arguments", "policy"],
+            rows,
+        )
+    }
+
+    fn list_bindings(&self, req: &Request) -> Response {
+        let vhost = Self::vhost_opt(req);
+        let state = self.node.broker.meta.read();
+        // The default exchange's implicit binding to every queue is listed first, as RabbitMQ does.
+        let mut rows: Vec<BindingRecord> = state
+            .queues
+            .values()
+            .filter(|q| q.vhost == vhost)
+            .map(|q| BindingRecord {
+                vhost: vhost.clone(),
+                source: String::new(),
+                destination: q.name.clone(),
+                destination_kind: DestinationKind::Queue,
+                routing_key: q.name.clone(),
+                arguments: FieldTable::default(),
+            })
+            .collect();
+        let mut explicit: Vec<BindingRecord> = state
+            .bindings
+            .values()
+            .filter(|b| b.vhost == vhost)
+            .cloned()
+            .collect();
+        explicit.sort_by(|a, b| (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key)));
+        rows.extend(explicit);
+        drop(state);
+        let rows = rows.into_iter().map(|b| {
+            Box::new(move |f: &str| match f {
+                "source_name" => json!(b.source),
+                "source_kind" => json!("exchange"),
+                "destination_name" => json!(b.destination),
+                "destination_kind" => json!(b.destination_kind.as_str()),
+                "routing_key" => json!(b.routing_key),
+                "arguments" => table_to_json(&b.arguments),
+                "vhost" => json!(b.vhost),
+                _ => Value::Null,
+            }) as Box<dyn Fn(&str) -> Value>
+        });
+        table(
+            &req.args,
+            &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments", "vhost"],
+            rows,
+        )
+    }
+
+    fn list_connections(&self, req: &Request) -> Response {
+        let conns: Vec<_> = self.node.broker.connections.lock().values().cloned().collect();
+        let node = self.node.config.node_name.clone();
+        let rows = conns.into_iter().map(|c| {
+            let node = node.clone();
+            Box::new(move |f: &str| match f {
+                "name" => json!(c.name),
+                "user" => json!(c.user),
+                "vhost" => json!(c.vhost),
+                "peer_host" => json!(c.peer.ip().to_string()),
+                "peer_port" => json!(c.peer.port()),
+                "state" => json!("running"),
+                "channels" => json!(c.channels.load(Ordering::Relaxed)),
+                "protocol" => json!("AMQP 0-9-1"),
+                "node" => json!(node),
+                "client_properties" => json!(c.client_properties),
+                "connected_at" => json!(c.connected_at),
+                "recv_oct" => json!(c.recv_oct.load(Ordering::Relaxed)),
+                "send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
+                "auth_mechanism" => json!("PLAIN"),
+                _ => Value::Null,
+            }) as Box<dyn Fn(&str) -> Value>
+        });
+        table(
+            &req.args,
+            &[
+                "name", "user", "vhost", "peer_host", "peer_port", "state", "channels", "protocol", "node",
+                "client_properties", "connected_at", "recv_oct", "send_oct", "auth_mechanism",
+            ],
+            rows,
+        )
+    }
+
+    /// Consumers of every queue in a vhost (or all vhosts), with their queue's name.
+    fn consumers(&self, vhost: Option<&str>) -> Vec<(String, String, crate::queue::ConsumerInfo)> {
+        let broker = &self.node.broker;
+        let mut out = Vec::new();
+        for vname in broker.vhost_names() {
+            if vhost.is_some_and(|v| v != vname) {
+                continue;
+            }
+            if let Some(v) = broker.vhost(&vname) {
+                for q in v.queues.read().values() {
+                    for c in q.consumers() {
+                        out.push((vname.clone(), q.name().to_string(), c));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn channel_pid(&self, connection: u64, channel: u16) -> String {
+        format!("<{}.{}.{}>", self.node.config.node_name, connection, channel)
+    }
+
+    fn list_channels(&self, req: &Request) -> Response {
+        let conns: Vec<_> = self.node.broker.connections.lock().values().cloned().collect();
+        let consumers = self.consumers(None);
+        let mut rows = Vec::new();
+        for c in conns {
+            for (id, h) in c.channel_handles.lock().iter() {
+                let consumer_count = consumers
+                    .iter()
+                    .filter(|(_, _, ci)| ci.connection == c.id && ci.channel == *id)
+                    .count();
+                let pid = self.channel_pid(c.id, *id);
+                let user = c.user.clone();
+                let vhost = c.vhost.clone();
+                let conn_name = c.name.clone();
+                let unacked = h.unacked_count();
+                let prefetch = h.prefetch.load(Ordering::Relaxed);
+                let global = h.prefetch_global();
+                let confirm = h.confirm.load(Ordering::Relaxed);
+                let tx = h.transactional.load(Ordering::Relaxed);
+                let number = *id;
+                rows.push(Box::new(move |f: &str| match f {
+                    "pid" => json!(pid),
+                    "name" => json!(format!("{conn_name} ({number})")),
+                    "connection" => json!(conn_name),
+                    "number" => json!(number),
+                    "user" => json!(user),
+                    "vhost" => json!(vhost),
+                    "consumer_count" => json!(consumer_count),
+                    "messages_unacknowledged" => json!(unacked),
+                    "prefetch_count" => json!(prefetch),
+                    "global_prefetch_count" => json!(global),
+                    "confirm" => json!(confirm),
+                    "transactional" => json!(tx),
+                    "state" => json!("running"),
+                    _ => Value::Null,
+                }) as Box<dyn Fn(&str) -> Value>);
+            }
+        }
+        table(
+            &req.args,
+            &[
+                "pid", "name", "connection", "number", "user", "vhost", "consumer_count", "messages_unacknowledged",
+                "prefetch_count", "global_prefetch_count", "confirm", "transactional", "state",
+            ],
+            rows.into_iter(),
+        )
+    }
+
+    fn list_consumers(&self, req: &Request) -> Response {
+        let vhost = Self::vhost_opt(req);
+        let rows: Vec<Box<dyn Fn(&str) -> Value>> = self
+            .consumers(Some(&vhost))
+            .into_iter()
+            .map(|(_, queue, c)| {
+                let pid = self.channel_pid(c.connection, c.channel);
+                Box::new(move |f: &str| match f {
+                    "queue_name" => json!(queue),
+                    "channel_pid" => json!(pid),
+                    "consumer_tag" => json!(c.tag),
+                    "ack_required" => json!(c.ack_required),
+                    "prefetch_count" => json!(c.prefetch),
+                    "active" => json!(c.active),
+                    "exclusive" => json!(c.exclusive),
+                    "priority" => json!(c.priority),
+                    "arguments" => json!({}),
+                    _ => Value::Null,
+                }) as Box<dyn Fn(&str) -> Value>
+            })
+            .collect();
+        table(
+            &req.args,
+            &["queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active", "exclusive", "priority", "arguments"],
+            rows.into_iter(),
+        )
+    }
+
+    fn status(&self) -> Response {
+        let node = &self.node;
+        let broker = &node.broker;
+        let alarms = broker.alarms.borrow().clone();
+        let store = broker.store.as_ref().map(|s| s.stats());
+        let (mut queues, mut messages) = (0usize, 0usize);
+        for v in broker.vhost_names() {
+            if let Some(v) = broker.vhost(&v) {
+                for q in v.queues.read().values() {
+                    queues += 1;
+                    let s = q.stats();
+                    messages += s.messages_ready + s.messages_unacknowledged;
+                }
+            }
+        }
+        let data = json!({
+            "node": node.config.node_name,
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": node.started_at.elapsed().as_secs(),
+            "running": *node.app_running.borrow(),
+            "listeners": [
+                {"protocol": "amqp", "port": node.config.amqp_port},
+                {"protocol": "clustering", "port": node.config.dist_port},
+            ],
+            "data_directory": node.config.data_dir.display().to_string(),
+            "memory_bytes": crate::resources::process_memory(),
+            "alarms": {"memory": alarms.memory, "disk": alarms.disk},
+            "connections": broker.connections.lock().len(),
+            "queues": queues,
+            "messages": messages,
+            "message_store": store.map(|s| json!({"segments": s.segments, "bytes": s.bytes, "live_messages": s.live_messages})),
+        });
+        let text = format!(
+            "Status of node {node_name} ...\nRuntime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
+            node_name = node.config.node_name,
+            pid = std::process::id(),
+            ver = env!("CARGO_PKG_VERSION"),
+            up = node.started_at.elapsed().as_secs(),
+            dir = node.config.data_dir.display(),
+            port = node.config.amqp_port,
+            dist = node.config.dist_port,
+            mem = crate::resources::process_memory(),
+            alarms = if alarms.any() { alarms.reason().to_string() } else { "(none)".to_string() },
+            conns = broker.connections.lock().len(),
+        );
+        let mut r = Response::data(data);
+        r.message = Some(text);
+        r
+    }
+
+    fn cluster_status(&self) -> Response {
+        let node = &self.node.config.node_name;
+        let running = *self.node.app_running.borrow();
+        let alarms = self.node.broker.alarms.borrow().clone();
+        let data = json!({
+            "cluster_name": node,
+            "disk_nodes": [node],
+            "ram_nodes": [],
+            "running_nodes": if running { vec![node.clone()] } else { vec![] },
+            "partitions": {},
+            "alarms": if alarms.any() { vec![format!("{} on node {node}", alarms.reason())] } else { vec![] },
+        });
+        let text = format!(
+            "Cluster status of node {node} ...\nBasics\n\nCluster name: {node}\n\nDisk Nodes\n\n{node}\n\nRAM Nodes\n\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
+            running = if running { node.as_str() } else { "" },
+            alarms = if alarms.any() { alarms.reason() } else { "(none)" },
+        );
+        let mut r = Response::data(data);
+        r.message = Some(text);
+        r
+    }
+
+    fn arg<'a>(req: &'a Request, i: usize, what: &str) -> Result<&'a str, Response> {
+        req.args
+            .get(i)
+            .map(|s| s.as_str())
+            .ok_or_else(|| usage(format!("missing argument: {what}")))
+    }
+
+    async fn dispatch(&self, req: Request) -> Result<Response, Response> {
+        let broker = &self.node.broker;
+        Ok(match req.command.as_str() {
+            "status" => self.status(),
+            "await_startup" => Response::ok(),
+            "stop" => {
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let _ = node.shutdown.send(true);
+                });
+                Response::data(json!({"pid": std::process::id()}))
+            }
+            "stop_app" => {
+                let _ = self.node.app_running.send(false);
+                self.node.close_connections();
+                Response::message(format!("Stopping rabbit application on node {} ...", self.node.config.node_name))
+            }
+            "start_app" => {
+                let _ = self.node.app_running.send(true);
+                Response::message(format!("Starting node {} ...", self.node.config.node_name))
+            }
+            "cluster_status" => self.cluster_status(),
+            "reset" | "force_reset" | "join_cluster" | "forget_cluster_node" | "change_cluster_node_type" => {
+                return Err(Response::error(
+                    exit_code::SOFTWARE,
+                    format!("{} is not available yet: this Warren version runs single nodes only", req.command),
+                ));
+            }
+            "list_queues" => self.list_queues(&req),
+            "list_exchanges" => self.list_exchanges(&req),
+            "list_bindings" => self.list_bindings(&req),
+            "list_connections" => self.list_connections(&req),
+            "list_channels" => self.list_channels(&req),
+            "list_consumers" => self.list_consumers(&req),
+            "list_users" => {
+                let state = broker.meta.read();
+                let rows = state
+                    .users
+                    .values()
+                    .map(|u| vec![json!(u.name), json!(format!("[{}]", u.tags.join(", ")))])
+                    .collect();
+                Response::table(vec!["user".into(), "tags".into()], rows)
+            }
+            "list_vhosts" => {
+                let state = broker.meta.read();
+                let fields = if req.args.is_empty() { vec!["name".to_string()] } else { req.args.clone() };
+                let vhosts: Vec<VhostRecord> = state.vhosts.values().cloned().collect();
+                drop(state);
+                let rows = vhosts.into_iter().map(|v| {
+                    Box::new(move |f: &str| match f {
+                        "name" => json!(v.name),
+                        "description" => json!(v.description),
+                        "tracing" => json!(false),
+                        _ => Value::Null,
+                    }) as Box<dyn Fn(&str) -> Value>
+                });
+                table(&fields, &["name", "description", "tracing"], rows)
+            }
+            "list_permissions" => {
+                let vhost = Self::vhost_opt(&req);
+                let state = broker.meta.read();
+                if !state.vhosts.contains_key(&vhost) {
+                    return Err(Response::error(exit_code::DATA_ERR, format!("Virtual host '{vhost}' does not exist")));
+                }
+                let rows = state
+                    .permissions
+                    .values()
+                    .filter(|p| p.vhost == vhost)
+                    .map(|p| vec![json!(p.user), json!(p.configure), json!(p.write), json!(p.read)])
+                    .collect();
+                Response::table(vec!["user".into(), "configure".into(), "write".into(), "read".into()], rows)
+            }
+            "list_user_permissions" => {
+                let user = Self::arg(&req, 0, "user")?;
+                let state = broker.meta.read();
+                if !state.users.contains_key(user) {
+                    return Err(Response::error(exit_code::DATA_ERR, format!("User \"{user}\" does not exist")));
+                }
+                let rows = state
+                    .permissions
+                    .values()
+                    .filter(|p| p.user == user)
+                    .map(|p| vec![json!(p.vhost), json!(p.configure), json!(p.write), json!(p.read)])
+                    .collect();
+                Response::table(vec!["vhost".into(), "configure".into(), "write".into(), "read".into()], rows)
+            }
+            "add_user" => {
+                let user = Self::arg(&req, 0, "user")?;
+                let pass = Self::arg(&req, 1, "password")?;
+                self.submit(MetaCommand::AddUser(UserRecord {
+                    name: user.to_string(),
+                    password_hash: crate::auth::hash_password(pass),
+                    hashing_algorithm: PASSWORD_HASHING_SHA256.into(),
+                    tags: Vec::new(),
+                }))
+                .await?;
+                Response::ok()
+            }
+            "delete_user" => {
+                let user = Self::arg(&req, 0, "user")?;
+                self.submit(MetaCommand::DeleteUser { name: user.to_string() }).await?;
+                Response::ok()
+            }
+            "change_password" => {
+                let user = Self::arg(&req, 0, "user")?;
+                let pass = Self::arg(&req, 1, "password")?;
+                self.submit(MetaCommand::ChangePassword {
+                    name: user.to_string(),
+                    password_hash: crate::auth::hash_password(pass),
+                })
+                .await?;
+                Response::ok()
+            }
+            "set_user_tags" => {
+                let user = Self::arg(&req, 0, "user")?;
+                self.submit(MetaCommand::SetUserTags {
+                    name: user.to_string(),
+                    tags: req.args[1..].to_vec(),
+                })
+                .await?;
+                Response::ok()
+            }
+            "authenticate_user" => {
+                let user = Self::arg(&req, 0, "user")?;
+                let pass = Self::arg(&req, 1, "password")?;
+                match broker.login(user, pass, std::net::Ipv4Addr::LOCALHOST.into()) {
+                    Ok(_) => Response::message("Success"),
+                    Err(_) => {
+                        return Err(Response::error(exit_code::DATA_ERR, format!("Error: failed to authenticate user \"{user}\"")));
+                    }
+                }
+            }
+            "add_vhost" => {
+                let vhost = Self::arg(&req, 0, "vhost")?;
+                self.submit(MetaCommand::AddVhost(VhostRecord {
+                    name: vhost.to_string(),
+                    description: String::new(),
+                }))
+                .await?;
+                Response::ok()
+            }
+            "delete_vhost" => {
+                let vhost = Self::arg(&req, 0, "vhost")?;
+                self.submit(MetaCommand::DeleteVhost { name: vhost.to_string() }).await?;
+                Response::ok()
+            }
+            "set_permissions" => {
+                let user = Self::arg(&req, 0, "user")?;
+                let configure = Self::arg(&req, 1, "conf")?;
+                let write = Self::arg(&req, 2, "write")?;
+                let read = Self::arg(&req, 3, "read")?;
+                for (what, re) in [("configure", configure), ("write", write), ("read", read)] {
+                    if regex::Regex::new(re).is_err() {
+                        return Err(Response::error(exit_code::DATA_ERR, format!("invalid {what} regex: {re}")));
+                    }
+                }
+                self.submit(MetaCommand::SetPermissions(PermissionRecord {
+                    user: user.to_string(),
+                    vhost: Self::vhost_opt(&req),
+                    configure: configure.to_string(),
+                    write: write.to_string(),
+                    read: read.to_string(),
+                }))
+                .await?;
+                Response::ok()
+            }
+            "clear_permissions" => {
+                let user = Self::arg(&req, 0, "user")?;
+                self.submit(MetaCommand::ClearPermissions {
+                    user: user.to_string(),
+                    vhost: Self::vhost_opt(&req),
+                })
+                .await?;
+                Response::ok()
+            }
+            other => return Err(usage(format!("unknown command '{other}'"))),
+        })
+    }
+}
+
+impl CtlHandler for NodeHandler {
+    async fn handle(&self, req: Request) -> Response {
+        match self.dispatch(req).await {
+            Ok(r) | Err(r) => r,
+        }
+    }
+}

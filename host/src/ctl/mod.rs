@@ -1,0 +1,33 @@
+//! The control side of a node: the listener on the dist port that `warrenctl` talks to
+//! (cookie-authenticated, see `protocol`), and the handler that answers its commands.
+
+pub mod handler;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::node::Node;
+use protocol::{CtlServer, default_bind_addrs};
+
+pub use handler::NodeHandler;
+
+/// Binds the control listener (IPv4 and IPv6) on the dist port.
+pub async fn bind(addr: SocketAddr, node: &Arc<Node>) -> Result<CtlServer<NodeHandler>, protocol::CtlError> {
+    CtlServer::bind(
+        &default_bind_addrs(addr.port()),
+        &node.config.node_name,
+        &node.cookie,
+        Arc::new(NodeHandler { node: node.clone() }),
+    )
+    .await
+}
+
+pub async fn serve(server: CtlServer<NodeHandler>, node: Arc<Node>) {
+    let mut shutdown = node.shutdown.subscribe();
+    server
+        .run(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+}

@@ -1,0 +1,19 @@
+//! Warren: a RabbitMQ-compatible AMQP 0-9-1 broker node.
+//!
+//! The path of a frame: `amqp::connection` reads frames (`amqp::codec`), hands methods to the
+//! per-class handlers in `amqp::methods`, which change metadata only through `meta::MetaStore`
+//! (one command type, one apply function) and publish through `broker` routing (exchange types
+//! in `routing`) into `queue`s, whose persistent messages go to `store::message_store`.
+//! `ctl` answers `warrenctl`; `node` wires it all together.
+
+pub mod amqp;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod ctl;
+pub mod meta;
+pub mod node;
+pub mod queue;
+pub mod resources;
+pub mod routing;
+pub mod store;

@@ -1,0 +1,48 @@
+//! Metadata changes as values. Every change to vhosts, users, permissions, exchanges, queues
+//! and bindings is one of these, applied by one function (`MetaState::apply`); a single node
+//! applies it locally, a cluster will first agree on it through Raft.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    AddVhost(VhostRecord),
+    DeleteVhost { name: String },
+    AddUser(UserRecord),
+    /// Replaces the password hash of an existing user.
+    ChangePassword { name: String, password_hash: String },
+    SetUserTags { name: String, tags: Vec<String> },
+    DeleteUser { name: String },
+    SetPermissions(PermissionRecord),
+    ClearPermissions { user: String, vhost: String },
+    DeclareExchange(ExchangeRecord),
+    DeleteExchange { vhost: String, name: String, if_unused: bool },
+    DeclareQueue(QueueRecord),
+    DeleteQueue { vhost: String, name: String },
+    Bind(BindingRecord),
+    Unbind(BindingRecord),
+}
+
+/// What applying a command changed, for the node's runtime (routers, queue processes) to follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaEvent {
+    VhostAdded(VhostRecord),
+    VhostDeleted(String),
+    UsersChanged,
+    ExchangeAdded(ExchangeRecord),
+    ExchangeDeleted { vhost: String, name: String },
+    QueueAdded(QueueRecord),
+    QueueDeleted { vhost: String, name: String, uid: u64 },
+    BindingAdded { id: u64, binding: BindingRecord },
+    BindingRemoved { id: u64, binding: BindingRecord },
+}
+
+/// The answer to a command, beside its events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaOutcome {
+    Done,
+    /// A declare found an equivalent entity already there.
+    AlreadyExists,
+}

@@ -1,0 +1,503 @@
+//! The metadata state machine: one in-memory copy of all metadata and the one function that
+//! changes it. It is deterministic (no clocks, no randomness, no I/O) so that every node of a
+//! cluster applying the same commands in the same order ends in the same state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use super::command::{MetaCommand, MetaEvent, MetaOutcome};
+use super::equivalence;
+use super::model::*;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetaError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Storage(String),
+}
+
+type Key = (String, String);
+
+#[derive(Debug, Default, Clone)]
+pub struct MetaState {
+    pub vhosts: BTreeMap<String, VhostRecord>,
+    pub users: BTreeMap<String, UserRecord>,
+    /// Keyed by (vhost, user).
+    pub permissions: BTreeMap<Key, PermissionRecord>,
+    pub exchanges: BTreeMap<Key, ExchangeRecord>,
+    pub queues: BTreeMap<Key, QueueRecord>,
+    pub bindings: BTreeMap<u64, BindingRecord>,
+    binding_ids: HashMap<String, u64>,
+    next_binding_id: u64,
+}
+
+/// The exchanges every vhost has, as RabbitMQ declares them.
+pub fn standard_exchanges(vhost: &str) -> Vec<ExchangeRecord> {
+    [
+        ("", "direct", false),
+        ("amq.direct", "direct", false),
+        ("amq.fanout", "fanout", false),
+        ("amq.topic", "topic", false),
+        ("amq.headers", "headers", false),
+        ("amq.match", "headers", false),
+        ("amq.rabbitmq.trace", "topic", true),
+    ]
+    .into_iter()
+    .map(|(name, kind, internal)| ExchangeRecord {
+        vhost: vhost.to_string(),
+        name: name.to_string(),
+        kind: kind.to_string(),
+        durable: true,
+        auto_delete: false,
+        internal,
+        arguments: FieldTable::default(),
+    })
+    .collect()
+}
+
+fn key(vhost: &str, name: &str) -> Key {
+    (vhost.to_string(), name.to_string())
+}
+
+fn no_vhost(name: &str) -> MetaError {
+    MetaError::NotFound(format!("no vhost '{name}'"))
+}
+
+impl MetaState {
+    pub fn apply(&mut self, cmd: &MetaCommand) -> Result<(MetaOutcome, Vec<MetaEvent>), MetaError> {
+        let mut events = Vec::new();
+        let outcome = self.apply_inner(cmd, &mut events)?;
+        Ok((outcome, events))
+    }
+
+    fn apply_inner(
+        &mut self,
+        cmd: &MetaCommand,
+        ev: &mut Vec<MetaEvent>,
+    ) -> Result<MetaOutcome, MetaError> {
+        match cmd {
+            MetaCommand::AddVhost(v) => {
+                if self.vhosts.contains_key(&v.name) {
+                    return Err(MetaError::AlreadyExists(format!(
+                        "vhost '{}' already exists",
+                        v.name
+                    )));
+                }
+                self.vhosts.insert(v.name.clone(), v.clone());
+                ev.push(MetaEvent::VhostAdded(v.clone()));
+                for x in standard_exchanges(&v.name) {
+                    self.exchanges.insert(key(&x.vhost, &x.name), x.clone());
+                    ev.push(MetaEvent::ExchangeAdded(x));
+                }
+            }
+            MetaCommand::DeleteVhost { name } => {
+                if self.vhosts.remove(name).is_none() {
+                    return Err(no_vhost(name));
+                }
+                let queues: Vec<Key> = self.queues.keys().filter(|k| &k.0 == name).cloned().collect();
+                for (v, q) in queues {
+                    self.remove_queue(&v, &q, ev);
+                }
+                let exchanges: Vec<Key> =
+                    self.exchanges.keys().filter(|k| &k.0 == name).cloned().collect();
+                for (v, x) in exchanges {
+                    self.remove_exchange(&v, &x, ev);
+                }
+                self.permissions.retain(|k, _| &k.0 != name);
+                ev.push(MetaEvent::VhostDeleted(name.clone()));
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::AddUser(u) => {
+                if self.users.contains_key(&u.name) {
+                    return Err(MetaError::AlreadyExists(format!(
+                        "user '{}' already exists",
+                        u.name
+                    )));
+                }
+                self.users.insert(u.name.clone(), u.clone());
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::ChangePassword {
+                name,
+                password_hash,
+            } => {
+                let user = self.user_mut(name)?;
+                user.password_hash = password_hash.clone();
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::SetUserTags { name, tags } => {
+                let user = self.user_mut(name)?;
+                user.tags = tags.clone();
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::DeleteUser { name } => {
+                if self.users.remove(name).is_none() {
+                    return Err(MetaError::NotFound(format!("no user '{name}'")));
+                }
+                self.permissions.retain(|k, _| &k.1 != name);
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::SetPermissions(p) => {
+                if !self.users.contains_key(&p.user) {
+                    return Err(MetaError::NotFound(format!("no user '{}'", p.user)));
+                }
+                if !self.vhosts.contains_key(&p.vhost) {
+                    return Err(no_vhost(&p.vhost));
+                }
+                self.permissions.insert(key(&p.vhost, &p.user), p.clone());
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                if !self.users.contains_key(user) {
+                    return Err(MetaError::NotFound(format!("no user '{user}'")));
+                }
+                if !self.vhosts.contains_key(vhost) {
+                    return Err(no_vhost(vhost));
+                }
+                self.permissions.remove(&key(vhost, user));
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::DeclareExchange(x) => {
+                if !self.vhosts.contains_key(&x.vhost) {
+                    return Err(no_vhost(&x.vhost));
+                }
+                if let Some(current) = self.exchanges.get(&key(&x.vhost, &x.name)) {
+                    equivalence::check_exchange(current, x).map_err(MetaError::Precondition)?;
+                    return Ok(MetaOutcome::AlreadyExists);
+                }
+                self.exchanges.insert(key(&x.vhost, &x.name), x.clone());
+                ev.push(MetaEvent::ExchangeAdded(x.clone()));
+            }
+            MetaCommand::DeleteExchange {
+                vhost,
+                name,
+                if_unused,
+            } => {
+                if !self.exchanges.contains_key(&key(vhost, name)) {
+                    return Err(MetaError::NotFound(format!(
+                        "no exchange '{name}' in vhost '{vhost}'"
+                    )));
+                }
+                if *if_unused && self.has_bindings_from(vhost, name) {
+                    return Err(MetaError::Precondition(format!(
+                        "exchange '{name}' in vhost '{vhost}' in use"
+                    )));
+                }
+                self.remove_exchange(vhost, name, ev);
+            }
+            MetaCommand::DeclareQueue(q) => {
+                if !self.vhosts.contains_key(&q.vhost) {
+                    return Err(no_vhost(&q.vhost));
+                }
+                if let Some(current) = self.queues.get(&key(&q.vhost, &q.name)) {
+                    if current.exclusive_owner.is_some()
+                        && current.exclusive_owner != q.exclusive_owner
+                    {
+                        return Err(MetaError::Locked(format!(
+                            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                            q.name, q.vhost
+                        )));
+                    }
+                    equivalence::check_queue(current, q).map_err(MetaError::Precondition)?;
+                    return Ok(MetaOutcome::AlreadyExists);
+                }
+                self.queues.insert(key(&q.vhost, &q.name), q.clone());
+                ev.push(MetaEvent::QueueAdded(q.clone()));
+            }
+            MetaCommand::DeleteQueue { vhost, name } => {
+                if !self.queues.contains_key(&key(vhost, name)) {
+                    return Err(MetaError::NotFound(format!(
+                        "no queue '{name}' in vhost '{vhost}'"
+                    )));
+                }
+                self.remove_queue(vhost, name, ev);
+            }
+            MetaCommand::Bind(b) => {
+                self.check_binding_ends(b)?;
+                let identity = b.identity();
+                if self.binding_ids.contains_key(&identity) {
+                    return Ok(MetaOutcome::AlreadyExists);
+                }
+                self.next_binding_id += 1;
+                let id = self.next_binding_id;
+                self.binding_ids.insert(identity, id);
+                self.bindings.insert(id, b.clone());
+                ev.push(MetaEvent::BindingAdded {
+                    id,
+                    binding: b.clone(),
+                });
+            }
+            MetaCommand::Unbind(b) => {
+                self.check_binding_ends(b)?;
+                if let Some(id) = self.binding_ids.get(&b.identity()).copied() {
+                    self.remove_binding(id, ev);
+                    self.auto_delete_exchange(&b.vhost, &b.source, ev);
+                }
+            }
+        }
+        Ok(MetaOutcome::Done)
+    }
+
+    fn user_mut(&mut self, name: &str) -> Result<&mut UserRecord, MetaError> {
+        self.users
+            .get_mut(name)
+            .ok_or_else(|| MetaError::NotFound(format!("no user '{name}'")))
+    }
+
+    fn check_binding_ends(&self, b: &BindingRecord) -> Result<(), MetaError> {
+        if !self.exchanges.contains_key(&key(&b.vhost, &b.source)) {
+            return Err(MetaError::NotFound(format!(
+                "no exchange '{}' in vhost '{}'",
+                b.source, b.vhost
+            )));
+        }
+        let exists = match b.destination_kind {
+            DestinationKind::Queue => self.queues.contains_key(&key(&b.vhost, &b.destination)),
+            DestinationKind::Exchange => {
+                self.exchanges.contains_key(&key(&b.vhost, &b.destination))
+            }
+        };
+        if !exists {
+            return Err(MetaError::NotFound(format!(
+                "no {} '{}' in vhost '{}'",
+                b.destination_kind.as_str(),
+                b.destination,
+                b.vhost
+            )));
+        }
+        Ok(())
+    }
+
+    fn has_bindings_from(&self, vhost: &str, exchange: &str) -> bool {
+        self.bindings
+            .values()
+            .any(|b| b.vhost == vhost && b.source == exchange)
+    }
+
+    fn remove_binding(&mut self, id: u64, ev: &mut Vec<MetaEvent>) {
+        if let Some(b) = self.bindings.remove(&id) {
+            self.binding_ids.remove(&b.identity());
+            ev.push(MetaEvent::BindingRemoved { id, binding: b });
+        }
+    }
+
+    /// Removes every binding matching `pred`, then auto-deletes exchanges left with none.
+    fn remove_bindings_where(
+        &mut self,
+        pred: impl Fn(&BindingRecord) -> bool,
+        ev: &mut Vec<MetaEvent>,
+    ) {
+        let ids: Vec<u64> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| pred(b))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut sources = Vec::new();
+        for id in ids {
+            if let Some(b) = self.bindings.get(&id) {
+                sources.push((b.vhost.clone(), b.source.clone()));
+            }
+            self.remove_binding(id, ev);
+        }
+        sources.sort();
+        sources.dedup();
+        for (vhost, source) in sources {
+            self.auto_delete_exchange(&vhost, &source, ev);
+        }
+    }
+
+    fn auto_delete_exchange(&mut self, vhost: &str, name: &str, ev: &mut Vec<MetaEvent>) {
+        let auto = self
+            .exchanges
+            .get(&key(vhost, name))
+            .is_some_and(|x| x.auto_delete);
+        if auto && !self.has_bindings_from(vhost, name) {
+            self.remove_exchange(vhost, name, ev);
+        }
+    }
+
+    fn remove_exchange(&mut self, vhost: &str, name: &str, ev: &mut Vec<MetaEvent>) {
+        if self.exchanges.remove(&key(vhost, name)).is_none() {
+            return;
+        }
+        ev.push(MetaEvent::ExchangeDeleted {
+            vhost: vhost.to_string(),
+            name: name.to_string(),
+        });
+        self.remove_bindings_where(
+            |b| {
+                b.vhost == vhost
+                    && (b.source == name
+                        || (b.destination_kind == DestinationKind::Exchange
+                            && b.destination == name))
+            },
+            ev,
+        );
+    }
+
+    fn remove_queue(&mut self, vhost: &str, name: &str, ev: &mut Vec<MetaEvent>) {
+        let Some(q) = self.queues.remove(&key(vhost, name)) else {
+            return;
+        };
+        ev.push(MetaEvent::QueueDeleted {
+            vhost: vhost.to_string(),
+            name: name.to_string(),
+            uid: q.uid,
+        });
+        self.remove_bindings_where(
+            |b| {
+                b.vhost == vhost
+                    && b.destination_kind == DestinationKind::Queue
+                    && b.destination == name
+            },
+            ev,
+        );
+    }
+
+    pub fn exchange(&self, vhost: &str, name: &str) -> Option<&ExchangeRecord> {
+        self.exchanges.get(&key(vhost, name))
+    }
+
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<&QueueRecord> {
+        self.queues.get(&key(vhost, name))
+    }
+
+    pub fn permission(&self, vhost: &str, user: &str) -> Option<&PermissionRecord> {
+        self.permissions.get(&key(vhost, user))
+    }
+
+    /// Whether a binding should survive a restart: RabbitMQ keeps it when both ends are durable.
+    pub fn binding_is_durable(&self, b: &BindingRecord) -> bool {
+        let source = self.exchange(&b.vhost, &b.source).is_some_and(|x| x.durable);
+        let dest = match b.destination_kind {
+            DestinationKind::Queue => self.queue(&b.vhost, &b.destination).is_some_and(|q| q.durable),
+            DestinationKind::Exchange => self
+                .exchange(&b.vhost, &b.destination)
+                .is_some_and(|x| x.durable),
+        };
+        source && dest
+    }
+}
+
+/// Reads a string-valued argument (long or short string).
+pub fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
+    match args.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_vhost() -> MetaState {
+        let mut s = MetaState::default();
+        s.apply(&MetaCommand::AddVhost(VhostRecord {
+            name: "/".into(),
+            description: String::new(),
+        }))
+        .unwrap();
+        s
+    }
+
+    fn queue(name: &str, durable: bool) -> QueueRecord {
+        QueueRecord {
+            vhost: "/".into(),
+            name: name.into(),
+            durable,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: FieldTable::default(),
+            uid: 1,
+            node: "n".into(),
+        }
+    }
+
+    #[test]
+    fn new_vhost_has_the_standard_exchanges() {
+        let s = state_with_vhost();
+        assert!(s.exchange("/", "amq.topic").is_some());
+        assert!(s.exchange("/", "").is_some());
+    }
+
+    #[test]
+    fn redeclare_with_different_durability_is_a_precondition_failure() {
+        let mut s = state_with_vhost();
+        s.apply(&MetaCommand::DeclareQueue(queue("q", true))).unwrap();
+        let err = s
+            .apply(&MetaCommand::DeclareQueue(queue("q", false)))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            MetaError::Precondition(
+                "inequivalent arg 'durable' for queue 'q' in vhost '/': received 'false' but current is 'true'".into()
+            )
+        );
+    }
+
+    #[test]
+    fn deleting_a_queue_removes_its_bindings_and_auto_deletes_the_exchange() {
+        let mut s = state_with_vhost();
+        s.apply(&MetaCommand::DeclareQueue(queue("q", false))).unwrap();
+        s.apply(&MetaCommand::DeclareExchange(ExchangeRecord {
+            vhost: "/".into(),
+            name: "x".into(),
+            kind: "fanout".into(),
+            durable: false,
+            auto_delete: true,
+            internal: false,
+            arguments: FieldTable::default(),
+        }))
+        .unwrap();
+        let b = BindingRecord {
+            vhost: "/".into(),
+            source: "x".into(),
+            destination: "q".into(),
+            destination_kind: DestinationKind::Queue,
+            routing_key: "k".into(),
+            arguments: FieldTable::default(),
+        };
+        s.apply(&MetaCommand::Bind(b.clone())).unwrap();
+        let (_, events) = s
+            .apply(&MetaCommand::DeleteQueue {
+                vhost: "/".into(),
+                name: "q".into(),
+            })
+            .unwrap();
+        assert!(s.bindings.is_empty());
+        assert!(s.exchange("/", "x").is_none());
+        assert!(events.contains(&MetaEvent::ExchangeDeleted {
+            vhost: "/".into(),
+            name: "x".into()
+        }));
+    }
+
+    #[test]
+    fn bind_to_missing_queue_is_not_found() {
+        let mut s = state_with_vhost();
+        let err = s
+            .apply(&MetaCommand::Bind(BindingRecord {
+                vhost: "/".into(),
+                source: "amq.direct".into(),
+                destination: "nope".into(),
+                destination_kind: DestinationKind::Queue,
+                routing_key: "".into(),
+                arguments: FieldTable::default(),
+            }))
+            .unwrap_err();
+        assert_eq!(err, MetaError::NotFound("no queue 'nope' in vhost '/'".into()));
+    }
+}

@@ -1,0 +1,226 @@
+//! A node: opens its stores, recovers metadata and messages, and runs the AMQP listeners,
+//! the control listener and the resource monitor until it is told to stop.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::message::Message;
+use crate::broker::{Broker, BrokerConfig};
+use crate::config::{NodeConfig, NodeRuntimeFile};
+use crate::meta::MetaStore;
+use crate::queue::Entry;
+use crate::resources::{self, Limits};
+use crate::store::message_store::{MessageStore, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::message_store::StoreError),
+    #[error("{0}")]
+    Meta(#[from] crate::meta::MetaError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A running node, as the control protocol sees it.
+pub struct Node {
+    pub config: NodeConfig,
+    pub broker: Arc<Broker>,
+    pub cookie: String,
+    /// Whether the AMQP listeners accept connections (stop_app / start_app).
+    pub app_running: watch::Sender<bool>,
+    /// Set to stop the whole node.
+    pub shutdown: watch::Sender<bool>,
+    pub started_at: std::time::Instant,
+}
+
+pub fn broker_config(cfg: &NodeConfig) -> BrokerConfig {
+    let s = &cfg.settings;
+    BrokerConfig {
+        node: cfg.node_name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        frame_max: s.frame_max,
+        channel_max: s.channel_max,
+        heartbeat: s.heartbeat,
+        loopback_users: s.loopback_users.clone(),
+        default_user: s.default_user.clone(),
+        default_pass: s.default_pass.clone(),
+        default_vhost: s.default_vhost.clone(),
+    }
+}
+
+/// Opens the node's stores and rebuilds its state.
+pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::DataDir(config.data_dir.display().to_string(), e))?;
+    let fsync = config.settings.get("warren.message_store.fsync") != Some("false");
+    let (store, recovery) = MessageStore::open(
+        &config.data_dir.join("msg_store"),
+        StoreOptions {
+            fsync,
+            ..StoreOptions::default()
+        },
+    )?;
+    let mut recovered: HashMap<u64, Vec<Entry>> = HashMap::new();
+    let count = recovery.messages.len();
+    for m in recovery.messages {
+        let Some(msg) = Message::decode(m.payload) else {
+            tracing::warn!(queue = m.queue, id = m.id, "skipping undecodable stored message");
+            continue;
+        };
+        recovered.entry(m.queue).or_default().push(Entry {
+            id: m.id,
+            msg: Arc::new(msg),
+            // The broker cannot know whether a client saw it before the restart.
+            redelivered: true,
+            delivery_count: 0,
+            expires_at: None,
+            stored: true,
+        });
+    }
+    tracing::info!(messages = count, "message store recovered");
+    let meta = Arc::new(MetaStore::open(&config.data_dir.join("metadata.redb"))?);
+    let fresh = meta.is_fresh();
+    let broker = Broker::new(
+        broker_config(&config),
+        meta.clone(),
+        Some(store),
+        recovery.next_msg_id,
+        recovered,
+    );
+    meta.boot(broker.clone())?;
+    if fresh {
+        broker.seed_defaults()?;
+    }
+    broker.discard_orphaned_messages();
+    Ok(Arc::new(Node {
+        config,
+        broker,
+        cookie,
+        app_running: watch::channel(true).0,
+        shutdown: watch::channel(false).0,
+        started_at: std::time::Instant::now(),
+    }))
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // IPv4 has its own listener, as RabbitMQ binds both families separately.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The AMQP listeners: 0.0.0.0 and [::] on the node port (or the one address the config names).
+pub fn amqp_listeners(config: &NodeConfig) -> Result<Vec<TcpListener>, NodeError> {
+    let port = config.amqp_port;
+    let mut out = Vec::new();
+    let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    out.push(bind_listener(v4).map_err(|e| NodeError::Listen(v4, e))?);
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match bind_listener(v6) {
+        Ok(l) => out.push(l),
+        Err(e) => tracing::warn!(error = %e, "no IPv6 listener"),
+    }
+    Ok(out)
+}
+
+async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
+    let mut running = node.app_running.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((socket, peer)) => {
+                        if !*running.borrow() {
+                            drop(socket);
+                            continue;
+                        }
+                        let broker = node.broker.clone();
+                        tokio::spawn(crate::amqp::connection::serve(socket, peer, broker));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            changed = running.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl Node {
+    /// Closes every client connection (stop_app, shutdown).
+    pub fn close_connections(&self) {
+        for c in self.broker.connections.lock().values() {
+            c.kill.notify_one();
+        }
+    }
+
+    /// Runs the node until it is stopped.
+    pub async fn run(self: Arc<Node>) -> Result<(), NodeError> {
+        let listeners = amqp_listeners(&self.config)?;
+        let dist = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.config.dist_port));
+        let ctl = crate::ctl::bind(dist, &self)
+            .await
+            .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
+        for l in listeners {
+            tokio::spawn(accept_loop(l, self.clone()));
+        }
+        tokio::spawn(crate::ctl::serve(ctl, self.clone()));
+        let total = resources::total_memory();
+        tokio::spawn(resources::monitor(
+            self.broker.clone(),
+            Limits {
+                memory_bytes: self.config.settings.vm_memory_high_watermark.limit_bytes(total),
+                disk_free_bytes: self.config.settings.disk_free_limit.limit_bytes(total),
+                data_dir: self.config.data_dir.clone(),
+            },
+        ));
+        NodeRuntimeFile::for_config(&self.config).write(&self.config.data_dir)?;
+        tracing::info!(
+            node = %self.config.node_name,
+            port = self.config.amqp_port,
+            dist_port = self.config.dist_port,
+            "Warren node started"
+        );
+        let mut shutdown = self.shutdown.subscribe();
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match sigterm.as_mut() {
+                    Some(s) => { s.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        tracing::info!("stopping node");
+        self.close_connections();
+        // Give connections a moment to say goodbye before the store closes.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Some(store) = &self.broker.store {
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        let _ = NodeRuntimeFile::remove(&self.config.data_dir);
+        Ok(())
+    }
+}

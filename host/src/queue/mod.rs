@@ -1,0 +1,684 @@
+//! A queue's messages and consumers: the ready list (one lane per priority), the unacked set,
+//! TTL, max-length, dead-lettering and round-robin delivery honouring prefetch and consumer
+//! priority. All of a queue's state sits behind one lock; work that reaches other queues
+//! (dead-lettering) or the metadata store (auto-delete) runs after the lock is released.
+
+pub mod config;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::amqp::delivery::ChannelHandle;
+use crate::amqp::error::AmqpError;
+use crate::broker::message::Message;
+use crate::broker::Broker;
+use crate::meta::QueueRecord;
+use crate::store::message_store::MessageStore;
+pub use config::{Overflow, QueueConfig, QueueType};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: u64,
+    pub msg: Arc<Message>,
+    pub redelivered: bool,
+    pub delivery_count: u32,
+    /// Milliseconds since the epoch after which the message is dead.
+    pub expires_at: Option<u64>,
+    /// Whether the message store holds it (persistent message in a durable queue).
+    pub stored: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+pub struct Consumer {
+    pub id: u64,
+    pub tag: Arc<str>,
+    pub channel: Arc<ChannelHandle>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub priority: i32,
+    /// basic.qos global=false at consume time (0 = unlimited).
+    pub prefetch: u32,
+    unacked: u32,
+}
+
+/// What a consume asks for.
+pub struct ConsumeRequest {
+    pub tag: Arc<str>,
+    pub channel: Arc<ChannelHandle>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub priority: i32,
+    pub prefetch: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Enqueued; the store ticket to wait for when it was written to disk.
+    Enqueued(Option<u64>),
+    /// Refused by x-overflow=reject-publish(-dlx): a negative confirm.
+    Rejected,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lanes: Vec<VecDeque<Entry>>,
+    ready_count: usize,
+    ready_bytes: u64,
+    unacked: HashMap<u64, (Entry, Option<u64>)>,
+    unacked_bytes: u64,
+    consumers: Vec<Consumer>,
+    next_consumer_id: u64,
+    rr: usize,
+    had_consumers: bool,
+    single_active: Option<u64>,
+    dead_letters: Vec<(Entry, DeathReason)>,
+    delete_requested: bool,
+    published: u64,
+    delivered: u64,
+    acked: u64,
+}
+
+pub struct QueueStats {
+    pub messages_ready: usize,
+    pub messages_unacknowledged: usize,
+    pub message_bytes_ready: u64,
+    pub message_bytes_unacknowledged: u64,
+    pub consumers: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+}
+
+pub struct ConsumerInfo {
+    pub tag: String,
+    pub channel: u16,
+    pub connection: u64,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch: u32,
+    pub priority: i32,
+    pub active: bool,
+}
+
+pub struct Queue {
+    pub record: QueueRecord,
+    pub config: QueueConfig,
+    store: Option<MessageStore>,
+    broker: Weak<Broker>,
+    state: Mutex<QueueState>,
+    timer: Notify,
+    deleted: AtomicBool,
+    last_used_ms: AtomicU64,
+}
+
+impl Queue {
+    pub fn new(
+        record: QueueRecord,
+        config: QueueConfig,
+        store: Option<MessageStore>,
+        broker: Weak<Broker>,
+        recovered: Vec<Entry>,
+    ) -> Arc<Queue> {
+        let lanes = config.max_priority.map(|p| p as usize + 1).unwrap_or(1);
+        let mut state = QueueState {
+            lanes: (0..lanes).map(|_| VecDeque::new()).collect(),
+            ..Default::default()
+        };
+        for e in recovered {
+            state.ready_bytes += e.msg.size() as u64;
+            state.ready_count += 1;
+            let lane = lane_of(&config, &e.msg);
+            state.lanes[lane].push_back(e);
+        }
+        let q = Arc::new(Queue {
+            record,
+            config,
+            store,
+            broker,
+            state: Mutex::new(state),
+            timer: Notify::new(),
+            deleted: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(now_ms()),
+        });
+        let weak = Arc::downgrade(&q);
+        tokio::spawn(timer_loop(weak));
+        q
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn vhost(&self) -> &str {
+        &self.record.vhost
+    }
+
+    /// Durable queues keep persistent messages on disk; quorum queues keep every message.
+    fn stores(&self, msg: &Message) -> bool {
+        self.store.is_some()
+            && self.record.durable
+            && (msg.persistent() || self.config.queue_type == QueueType::Quorum)
+    }
+
+    fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Runs `f` under the queue lock, then does what must happen outside it.
+    fn locked<R>(self: &Arc<Self>, f: impl FnOnce(&mut QueueState) -> R) -> R {
+        let (result, dead, delete) = {
+            let mut st = self.state.lock();
+            let r = f(&mut st);
+            let dead = std::mem::take(&mut st.dead_letters);
+            let delete = std::mem::take(&mut st.delete_requested);
+            (r, dead, delete)
+        };
+        if !dead.is_empty() {
+            if let Some(b) = self.broker.upgrade() {
+                b.dead_letter(self, dead);
+            }
+        }
+        if delete {
+            if let Some(b) = self.broker.upgrade() {
+                b.delete_queue_later(self.vhost().to_string(), self.name().to_string());
+            }
+        }
+        result
+    }
+
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, id: u64) -> PublishOutcome {
+        let now = now_ms();
+        let ttl = match (self.config.message_ttl, msg.expiration_ms().ok().flatten()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let stored = self.stores(&msg);
+        let entry = Entry {
+            id,
+            msg,
+            redelivered: false,
+            delivery_count: 0,
+            expires_at: ttl.map(|t| now.saturating_add(t)),
+            stored,
+        };
+        let outcome = self.locked(|st| {
+            self.expire_head(st, now);
+            if self.config.overflow != Overflow::DropHead && self.full_for(st, &entry) {
+                if self.config.overflow == Overflow::RejectPublishDlx {
+                    st.dead_letters.push((entry, DeathReason::Maxlen));
+                }
+                return PublishOutcome::Rejected;
+            }
+            let ticket = if stored {
+                self.store
+                    .as_ref()
+                    .map(|s| s.publish(self.record.uid, entry.id, entry.msg.encoded()))
+            } else {
+                None
+            };
+            st.published += 1;
+            st.ready_count += 1;
+            st.ready_bytes += entry.msg.size() as u64;
+            let lane = lane_of(&self.config, &entry.msg);
+            st.lanes[lane].push_back(entry);
+            if self.config.overflow == Overflow::DropHead {
+                self.enforce_max_length(st);
+            }
+            self.dispatch(st);
+            PublishOutcome::Enqueued(ticket)
+        });
+        if self.config.message_ttl.is_some() || ttl.is_some() {
+            self.timer.notify_one();
+        }
+        outcome
+    }
+
+    fn full_for(&self, st: &QueueState, entry: &Entry) -> bool {
+        let by_count = self
+            .config
+            .max_length
+            .is_some_and(|max| st.ready_count as u64 >= max);
+        let by_bytes = self
+            .config
+            .max_length_bytes
+            .is_some_and(|max| st.ready_bytes + entry.msg.size() as u64 > max);
+        by_count || by_bytes
+    }
+
+    fn enforce_max_length(&self, st: &mut QueueState) {
+        loop {
+            let over_count = self
+                .config
+                .max_length
+                .is_some_and(|max| st.ready_count as u64 > max);
+            let over_bytes = self
+                .config
+                .max_length_bytes
+                .is_some_and(|max| st.ready_bytes > max);
+            if !(over_count || over_bytes) {
+                break;
+            }
+            match self.pop_ready(st) {
+                Some(e) => st.dead_letters.push((e, DeathReason::Maxlen)),
+                None => break,
+            }
+        }
+    }
+
+    fn pop_ready(&self, st: &mut QueueState) -> Option<Entry> {
+        let e = st.lanes.iter_mut().rev().find_map(|l| l.pop_front())?;
+        st.ready_count -= 1;
+        st.ready_bytes -= e.msg.size() as u64;
+        Some(e)
+    }
+
+    fn push_front_sorted(&self, st: &mut QueueState, e: Entry) {
+        let lane = &mut st.lanes[lane_of(&self.config, &e.msg)];
+        let pos = lane.partition_point(|x| x.id < e.id);
+        st.ready_count += 1;
+        st.ready_bytes += e.msg.size() as u64;
+        lane.insert(pos, e);
+    }
+
+    /// Drops (dead-letters) expired messages at the head, as RabbitMQ does.
+    fn expire_head(&self, st: &mut QueueState, now: u64) {
+        for lane in (0..st.lanes.len()).rev() {
+            while let Some(head) = st.lanes[lane].front() {
+                match head.expires_at {
+                    Some(t) if now > t => {
+                        if let Some(e) = st.lanes[lane].pop_front() {
+                            st.ready_count -= 1;
+                            st.ready_bytes -= e.msg.size() as u64;
+                            st.dead_letters.push((e, DeathReason::Expired));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    fn next_expiry(&self, st: &QueueState) -> Option<u64> {
+        st.lanes
+            .iter()
+            .filter_map(|l| l.front().and_then(|e| e.expires_at))
+            .min()
+    }
+
+    /// Hands ready messages to consumers with room for them.
+    fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        if st.consumers.is_empty() || st.ready_count == 0 {
+            return;
+        }
+        let now = now_ms();
+        self.expire_head(st, now);
+        while st.ready_count > 0 {
+            let Some(ci) = self.pick_consumer(st) else {
+                break;
+            };
+            let Some(mut e) = self.pop_ready(st) else {
+                break;
+            };
+            let c = &mut st.consumers[ci];
+            e.delivery_count += 1;
+            c.channel.deliver(
+                self,
+                &c.tag,
+                c.id,
+                e.id,
+                e.redelivered,
+                c.no_ack,
+                e.msg.clone(),
+            );
+            st.delivered += 1;
+            if c.no_ack {
+                self.forget_stored(&e);
+            } else {
+                c.unacked += 1;
+                let cid = c.id;
+                st.unacked_bytes += e.msg.size() as u64;
+                st.unacked.insert(e.id, (e, Some(cid)));
+            }
+        }
+    }
+
+    fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
+        let n = st.consumers.len();
+        if let Some(active) = st.single_active {
+            let i = st.consumers.iter().position(|c| c.id == active)?;
+            return consumer_has_room(&st.consumers[i]).then_some(i);
+        }
+        // Consumers are kept sorted by priority, highest first: the first priority level with
+        // a consumer that has room wins, round robin within it.
+        let mut best: Option<(i32, usize)> = None;
+        for k in 0..n {
+            let i = (st.rr + k) % n;
+            let c = &st.consumers[i];
+            if best.is_some_and(|(p, _)| c.priority <= p) {
+                continue;
+            }
+            if consumer_has_room(c) {
+                best = Some((c.priority, i));
+            }
+        }
+        let (_, i) = best?;
+        st.rr = (i + 1) % n;
+        Some(i)
+    }
+
+    fn forget_stored(&self, e: &Entry) {
+        if e.stored {
+            if let Some(s) = &self.store {
+                s.remove(self.record.uid, e.id);
+            }
+        }
+    }
+
+    pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> Result<u64, AmqpError> {
+        self.touch();
+        self.locked(|st| {
+            if st.consumers.iter().any(|c| c.exclusive) || (req.exclusive && !st.consumers.is_empty())
+            {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name(),
+                    self.vhost()
+                )));
+            }
+            st.next_consumer_id += 1;
+            let id = st.next_consumer_id;
+            let c = Consumer {
+                id,
+                tag: req.tag,
+                channel: req.channel,
+                no_ack: req.no_ack,
+                exclusive: req.exclusive,
+                priority: req.priority,
+                prefetch: req.prefetch,
+                unacked: 0,
+            };
+            let pos = st.consumers.partition_point(|x| x.priority >= c.priority);
+            st.consumers.insert(pos, c);
+            st.had_consumers = true;
+            if self.config.single_active_consumer && st.single_active.is_none() {
+                st.single_active = Some(id);
+            }
+            self.dispatch(st);
+            Ok(id)
+        })
+    }
+
+    /// Removes a consumer; its unacked messages stay with its channel until acked or requeued.
+    pub fn cancel(self: &Arc<Self>, consumer: u64) {
+        self.touch();
+        self.locked(|st| {
+            st.consumers.retain(|c| c.id != consumer);
+            if st.single_active == Some(consumer) {
+                st.single_active = st.consumers.first().map(|c| c.id);
+            }
+            if st.consumers.is_empty() && st.had_consumers && self.record.auto_delete {
+                st.delete_requested = true;
+            }
+            self.dispatch(st);
+        });
+        self.timer.notify_one();
+    }
+
+    pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
+        self.touch();
+        self.locked(|st| {
+            self.expire_head(st, now_ms());
+            let Some(mut e) = self.pop_ready(st) else {
+                return false;
+            };
+            e.delivery_count += 1;
+            channel.deliver_get(
+                self,
+                e.id,
+                e.redelivered,
+                no_ack,
+                st.ready_count as u32,
+                e.msg.clone(),
+            );
+            st.delivered += 1;
+            if no_ack {
+                self.forget_stored(&e);
+            } else {
+                st.unacked_bytes += e.msg.size() as u64;
+                st.unacked.insert(e.id, (e, None));
+            }
+            true
+        })
+    }
+
+    fn take_unacked(&self, st: &mut QueueState, id: u64) -> Option<Entry> {
+        let (e, consumer) = st.unacked.remove(&id)?;
+        st.unacked_bytes -= e.msg.size() as u64;
+        if let Some(cid) = consumer {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.id == cid) {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+        }
+        Some(e)
+    }
+
+    pub fn ack(self: &Arc<Self>, ids: &[u64]) {
+        self.locked(|st| {
+            let mut stored = Vec::new();
+            for id in ids {
+                if let Some(e) = self.take_unacked(st, *id) {
+                    st.acked += 1;
+                    if e.stored {
+                        stored.push(e.id);
+                    }
+                }
+            }
+            if !stored.is_empty() {
+                if let Some(s) = &self.store {
+                    s.remove_many(self.record.uid, &stored);
+                }
+            }
+            self.dispatch(st);
+        });
+    }
+
+    /// Nack/reject/recover: requeue in original order, or dead-letter (drop without a DLX).
+    pub fn reject(self: &Arc<Self>, ids: &[u64], requeue: bool) {
+        self.locked(|st| {
+            for id in ids {
+                let Some(mut e) = self.take_unacked(st, *id) else {
+                    continue;
+                };
+                let over_limit = self
+                    .config
+                    .delivery_limit
+                    .is_some_and(|limit| e.delivery_count as u64 > limit);
+                if requeue && !over_limit {
+                    e.redelivered = true;
+                    self.push_front_sorted(st, e);
+                } else {
+                    let reason = if over_limit {
+                        DeathReason::DeliveryLimit
+                    } else {
+                        DeathReason::Rejected
+                    };
+                    st.dead_letters.push((e, reason));
+                }
+            }
+            self.dispatch(st);
+        });
+    }
+
+    /// Called when dead-lettering finished with an entry: forget it on disk.
+    pub fn discard(&self, e: &Entry) {
+        self.forget_stored(e);
+    }
+
+    /// Re-runs delivery (a channel got room: ack with global prefetch, flow on).
+    pub fn kick(self: &Arc<Self>) {
+        self.locked(|st| self.dispatch(st));
+    }
+
+    pub fn purge(self: &Arc<Self>) -> u32 {
+        self.locked(|st| {
+            let mut ids = Vec::new();
+            let mut n = 0u32;
+            for lane in st.lanes.iter_mut() {
+                for e in lane.drain(..) {
+                    n += 1;
+                    if e.stored {
+                        ids.push(e.id);
+                    }
+                }
+            }
+            st.ready_count = 0;
+            st.ready_bytes = 0;
+            if !ids.is_empty() {
+                if let Some(s) = &self.store {
+                    s.remove_many(self.record.uid, &ids);
+                }
+            }
+            n
+        })
+    }
+
+    /// The queue was deleted from metadata: tell consumers, drop messages (and their disk copy).
+    pub fn on_deleted(&self) -> u32 {
+        self.deleted.store(true, Ordering::SeqCst);
+        self.timer.notify_one();
+        let mut st = self.state.lock();
+        for c in st.consumers.drain(..) {
+            c.channel.send_cancel(&c.tag);
+        }
+        let n = st.ready_count as u32;
+        st.lanes.iter_mut().for_each(|l| l.clear());
+        st.unacked.clear();
+        st.ready_count = 0;
+        if let Some(s) = &self.store {
+            s.delete_queue(self.record.uid);
+        }
+        n
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        QueueStats {
+            messages_ready: st.ready_count,
+            messages_unacknowledged: st.unacked.len(),
+            message_bytes_ready: st.ready_bytes,
+            message_bytes_unacknowledged: st.unacked_bytes,
+            consumers: st.consumers.len(),
+            published: st.published,
+            delivered: st.delivered,
+            acked: st.acked,
+        }
+    }
+
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        let st = self.state.lock();
+        st.consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                tag: c.tag.to_string(),
+                channel: c.channel.id,
+                connection: c.channel.connection,
+                ack_required: !c.no_ack,
+                exclusive: c.exclusive,
+                prefetch: c.prefetch,
+                priority: c.priority,
+                active: st.single_active.is_none_or(|a| a == c.id),
+            })
+            .collect()
+    }
+
+    /// The timer's work: expire messages; delete the queue once unused past x-expires.
+    fn on_timer(self: &Arc<Self>) -> Option<Duration> {
+        let now = now_ms();
+        let (next, idle) = self.locked(|st| {
+            self.expire_head(st, now);
+            (self.next_expiry(st), st.consumers.is_empty())
+        });
+        let mut wait = next.map(|t| Duration::from_millis(t.saturating_sub(now) + 1));
+        if let (Some(expires), true) = (self.config.expires, idle) {
+            let last = self.last_used_ms.load(Ordering::Relaxed);
+            let deadline = last.saturating_add(expires);
+            if now >= deadline {
+                if let Some(b) = self.broker.upgrade() {
+                    b.delete_queue_later(self.vhost().to_string(), self.name().to_string());
+                }
+                return None;
+            }
+            let d = Duration::from_millis(deadline - now + 1);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        }
+        wait
+    }
+}
+
+fn consumer_has_room(c: &Consumer) -> bool {
+    (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch) && c.channel.can_deliver()
+}
+
+fn lane_of(config: &QueueConfig, msg: &Message) -> usize {
+    match config.max_priority {
+        Some(max) => msg.priority().min(max) as usize,
+        None => 0,
+    }
+}
+
+async fn timer_loop(queue: Weak<Queue>) {
+    loop {
+        let wait = {
+            let Some(q) = queue.upgrade() else { return };
+            if q.is_deleted() {
+                return;
+            }
+            q.on_timer()
+        };
+        let Some(q) = queue.upgrade() else { return };
+        // Deletion notifies the timer, so holding the queue while waiting cannot leak it.
+        match wait {
+            Some(d) => {
+                let _ = tokio::time::timeout(d, q.timer.notified()).await;
+            }
+            None => q.timer.notified().await,
+        }
+        drop(q);
+        // Coalesce bursts of notifications (every publish with a TTL notifies).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
