@@ -375,7 +375,7 @@ impl NodeHandler {
             "message_store": store.map(|s| json!({"segments": s.segments, "bytes": s.bytes, "live_messages": s.live_messages})),
         });
         let text = format!(
-            "Status of node {node_name} ...\nRuntime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
+            "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
             node_name = node.config.node_name,
             pid = std::process::id(),
             ver = env!("CARGO_PKG_VERSION"),
@@ -405,7 +405,7 @@ impl NodeHandler {
             "alarms": if alarms.any() { vec![format!("{} on node {node}", alarms.reason())] } else { vec![] },
         });
         let text = format!(
-            "Cluster status of node {node} ...\nBasics\n\nCluster name: {node}\n\nDisk Nodes\n\n{node}\n\nRAM Nodes\n\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
+            "Basics\n\nCluster name: {node}\n\nDisk Nodes\n\n{node}\n\nRAM Nodes\n\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
             running = if running { node.as_str() } else { "" },
             alarms = if alarms.any() { alarms.reason() } else { "(none)" },
         );
