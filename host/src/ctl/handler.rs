@@ -376,7 +376,6 @@ impl NodeHandler {
         });
         let text = format!(
             "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
-            node_name = node.config.node_name,
             pid = std::process::id(),
             ver = env!("CARGO_PKG_VERSION"),
             up = node.started_at.elapsed().as_secs(),
