@@ -73,7 +73,11 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
     let count = recovery.messages.len();
     for m in recovery.messages {
         let Some(msg) = Message::decode(m.payload) else {
-            tracing::warn!(queue = m.queue, id = m.id, "skipping undecodable stored message");
+            tracing::warn!(
+                queue = m.queue,
+                id = m.id,
+                "skipping undecodable stored message"
+            );
             continue;
         };
         recovered.entry(m.queue).or_default().push(Entry {
@@ -187,7 +191,11 @@ impl Node {
         tokio::spawn(resources::monitor(
             self.broker.clone(),
             Limits {
-                memory_bytes: self.config.settings.vm_memory_high_watermark.limit_bytes(total),
+                memory_bytes: self
+                    .config
+                    .settings
+                    .vm_memory_high_watermark
+                    .limit_bytes(total),
                 disk_free_bytes: self.config.settings.disk_free_limit.limit_bytes(total),
                 data_dir: self.config.data_dir.clone(),
             },

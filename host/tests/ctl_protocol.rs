@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::ctl::protocol::{
-    CtlError, CtlHandler, CtlServer, PeerInfo, Request, Response, client_connect, serve_connection,
-};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use warren::ctl::protocol::{
+    CtlError, CtlHandler, CtlServer, PeerInfo, Request, Response, client_connect, serve_connection,
+};
 
 const COOKIE: &str = "GOODCOOKIEGOODCOOKIE";
 const NODE: &str = "warren@testhost";

@@ -6,10 +6,10 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::config::short_hostname;
-use warren::ctl::protocol::{CtlHandler, CtlServer, Request, Response};
 use serde_json::json;
 use tokio::sync::oneshot;
+use warren::config::short_hostname;
+use warren::ctl::protocol::{CtlHandler, CtlServer, Request, Response};
 
 const COOKIE: &str = "CLITESTCOOKIECLITEST";
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use amq_protocol::protocol::{access, channel, confirm, tx, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, access, channel, confirm, tx};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
@@ -48,8 +48,15 @@ pub struct TxBuffer {
 }
 
 pub enum TxAck {
-    Ack { tag: u64, multiple: bool },
-    Reject { tag: u64, multiple: bool, requeue: bool },
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Reject {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 }
 
 pub struct Channel {
@@ -149,7 +156,10 @@ impl Connection {
             if id > self.channel_max {
                 return Err(AmqpError::connection(
                     ReplyCode::ChannelError,
-                    format!("CHANNEL_ERROR - channel {id} exceeds channel_max {}", self.channel_max),
+                    format!(
+                        "CHANNEL_ERROR - channel {id} exceeds channel_max {}",
+                        self.channel_max
+                    ),
                 ));
             }
             if self.channels.contains_key(&id) {
@@ -216,13 +226,17 @@ impl Connection {
                 let store = self.broker.store.clone();
                 let ch = self.channel(id)?;
                 if ch.tx.is_some() {
-                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
                 }
                 if ch.confirm.is_none() {
                     let (tx, rx) = mpsc::unbounded_channel();
                     tokio::spawn(run_confirmer(rx, ch.handle.clone(), store));
                     ch.confirm = Some(Confirms { next_seq: 1, tx });
-                    ch.handle.confirm.store(true, std::sync::atomic::Ordering::Relaxed);
+                    ch.handle
+                        .confirm
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 if !s.nowait {
                     self.send(
@@ -242,9 +256,13 @@ impl Connection {
 
     fn update_channel_count(&self) {
         if let Some(i) = &self.info {
-            i.channel_handles.lock().retain(|k, _| self.channels.contains_key(k));
-            i.channels
-                .store(self.channels.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            i.channel_handles
+                .lock()
+                .retain(|k, _| self.channels.contains_key(k));
+            i.channels.store(
+                self.channels.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -290,11 +308,15 @@ impl Connection {
             tx::AMQPMethod::Select(_) => {
                 let ch = self.channel(id)?;
                 if ch.confirm.is_some() {
-                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
                 }
                 if ch.tx.is_none() {
                     ch.tx = Some(TxBuffer::default());
-                    ch.handle.transactional.store(true, std::sync::atomic::Ordering::Relaxed);
+                    ch.handle
+                        .transactional
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.send(id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
                 Ok(())
@@ -334,7 +356,10 @@ impl Connection {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
                 *buffer = TxBuffer::default();
-                self.send(id, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                self.send(
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
                 Ok(())
             }
             _ => Err(AmqpError::command_invalid("unexpected tx method")),
@@ -342,19 +367,27 @@ impl Connection {
     }
 
     pub(crate) async fn content_header(&mut self, id: u16, payload: Bytes) -> AmqpResult<()> {
-        let ch = self.channel(id).map_err(|_| unexpected_frame("content header on a closed channel"))?;
+        let ch = self
+            .channel(id)
+            .map_err(|_| unexpected_frame("content header on a closed channel"))?;
         if ch.closing {
             return Ok(());
         }
         let Some(pending) = ch.pending.as_mut() else {
-            return Err(unexpected_frame("expected method frame, got content header"));
+            return Err(unexpected_frame(
+                "expected method frame, got content header",
+            ));
         };
         if pending.header.is_some() {
-            return Err(unexpected_frame("expected content body, got content header"));
+            return Err(unexpected_frame(
+                "expected content body, got content header",
+            ));
         }
         let header = codec::decode_content_header(payload)?;
         if header.class_id != 60 {
-            return Err(unexpected_frame("content header for a class other than basic"));
+            return Err(unexpected_frame(
+                "content header for a class other than basic",
+            ));
         }
         if header.body_size > MAX_MESSAGE_SIZE {
             ch.pending = None;
@@ -374,7 +407,9 @@ impl Connection {
     }
 
     pub(crate) async fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult<()> {
-        let ch = self.channel(id).map_err(|_| unexpected_frame("content body on a closed channel"))?;
+        let ch = self
+            .channel(id)
+            .map_err(|_| unexpected_frame("content body on a closed channel"))?;
         if ch.closing {
             return Ok(());
         }
@@ -382,7 +417,9 @@ impl Connection {
             return Err(unexpected_frame("expected method frame, got content body"));
         };
         let Some(header) = &pending.header else {
-            return Err(unexpected_frame("expected content header, got content body"));
+            return Err(unexpected_frame(
+                "expected content header, got content body",
+            ));
         };
         pending.received += payload.len() as u64;
         if pending.received > header.body_size {
@@ -434,13 +471,13 @@ impl Connection {
                         "no exchange '{}' in vhost '{}'",
                         msg.exchange,
                         vhost.as_ref().map(|v| v.name.as_str()).unwrap_or("")
-                    ))))
+                    ))));
                 }
                 Some(x) if x.record.internal => {
                     return Err(fail(AmqpError::access_refused(format!(
                         "cannot publish to internal exchange '{}' in vhost '{}'",
                         msg.exchange, x.record.vhost
-                    ))))
+                    ))));
                 }
                 Some(_) => {}
             }

@@ -4,8 +4,8 @@
 //! payload is a zero-copy slice of the read buffer, and the content header's property bytes
 //! are kept verbatim so that properties and headers reach consumers byte for byte.
 
-use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{basic::AMQPProperties, constants, AMQPClass};
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
+use amq_protocol::protocol::{AMQPClass, basic::AMQPProperties, constants};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::{AmqpError, ReplyCode};
@@ -77,19 +77,27 @@ pub fn take_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>
             return Err(AmqpError::connection(
                 ReplyCode::FrameError,
                 format!("FRAME_ERROR - unknown frame type {other}"),
-            ))
+            ));
         }
     };
     Ok(Some(frame))
 }
 
 const KNOWN_METHODS: &[(u16, &[u16])] = &[
-    (10, &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71]),
+    (
+        10,
+        &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71],
+    ),
     (20, &[10, 11, 20, 21, 40, 41]),
     (30, &[10, 11]),
     (40, &[10, 11, 20, 21, 30, 31, 40, 51]),
     (50, &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51]),
-    (60, &[10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120]),
+    (
+        60,
+        &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
+    ),
     (85, &[10, 11]),
     (90, &[10, 11, 20, 21, 30, 31]),
 ];
@@ -118,7 +126,7 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         ));
     }
     match amq_protocol::protocol::parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(class),
+        Ok(([], class)) => Ok(class),
         _ => Err(AmqpError::connection(
             ReplyCode::SyntaxError,
             format!("SYNTAX_ERROR - malformed arguments of method {class_id}.{method_id}"),
@@ -140,7 +148,7 @@ pub fn decode_content_header(payload: Bytes) -> Result<ContentHeader, AmqpError>
     let body_size = u64::from_be_bytes(payload[4..12].try_into().map_err(|_| bad())?);
     let properties_raw = payload.slice(12..);
     let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..]) {
-        Ok((rest, p)) if rest.is_empty() => p,
+        Ok(([], p)) => p,
         _ => return Err(bad()),
     };
     Ok(ContentHeader {

@@ -3,24 +3,24 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{FieldTable, LongString};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::channel::Channel;
-use super::codec::{self, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use super::codec::{self, FRAME_MIN_SIZE, PROTOCOL_HEADER, RawFrame};
 use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::{Outbound, OutboundTx};
 use super::server_properties::{client_has_capability, server_properties};
-use super::writer::{run_writer, WriterShared};
+use super::writer::{WriterShared, run_writer};
 use crate::auth::{parse_amqplain, parse_plain};
 use crate::broker::permissions::LoginError;
 use crate::broker::{Broker, ConnectionInfo, VhostRt};
@@ -173,7 +173,8 @@ impl Connection {
             _ => return Err(Some(handshake_error("expected connection.start-ok"))),
         };
         self.client_properties = start_ok.client_properties.clone();
-        self.cancel_notify = client_has_capability(&self.client_properties, "consumer_cancel_notify");
+        self.cancel_notify =
+            client_has_capability(&self.client_properties, "consumer_cancel_notify");
         self.blocked_capable = client_has_capability(&self.client_properties, "connection.blocked");
         let auth_failure_close =
             client_has_capability(&self.client_properties, "authentication_failure_close");
@@ -184,7 +185,7 @@ impl Connection {
                 return Err(Some(AmqpError::connection(
                     ReplyCode::CommandInvalid,
                     format!("COMMAND_INVALID - unknown authentication mechanism '{other}'"),
-                )))
+                )));
             }
         };
         let Some((user, pass)) = creds else {
@@ -206,8 +207,9 @@ impl Connection {
             };
             tracing::warn!(peer = %self.peer, user, "login refused");
             // Without authentication_failure_close a client learns only that the socket closed.
-            return Err(auth_failure_close
-                .then(|| AmqpError::connection(ReplyCode::AccessRefused, text)));
+            return Err(
+                auth_failure_close.then(|| AmqpError::connection(ReplyCode::AccessRefused, text))
+            );
         }
         self.user = user;
         let cfg = self.broker.config.clone();
@@ -231,7 +233,9 @@ impl Connection {
             0 => cfg.channel_max,
             n => n.min(cfg.channel_max),
         };
-        self.writer.frame_max.store(self.frame_max, Ordering::Relaxed);
+        self.writer
+            .frame_max
+            .store(self.frame_max, Ordering::Relaxed);
         self.writer
             .heartbeat
             .store(tune_ok.heartbeat as u32, Ordering::Relaxed);
@@ -297,10 +301,11 @@ impl Connection {
         let info = self.info.clone();
         let mut alarms = self.broker.alarms.subscribe();
         loop {
-            if self.has_published && alarms.borrow().any() {
-                if !self.wait_while_blocked(&mut alarms, info.as_deref()).await {
-                    return;
-                }
+            if self.has_published
+                && alarms.borrow().any()
+                && !self.wait_while_blocked(&mut alarms, info.as_deref()).await
+            {
+                return;
             }
             let hb = self.writer.heartbeat.load(Ordering::Relaxed);
             // Two missed heartbeats mean the peer is gone.
@@ -322,8 +327,10 @@ impl Connection {
             };
             if let Some(i) = &info {
                 i.recv_oct.store(self.recv_bytes, Ordering::Relaxed);
-                i.send_oct
-                    .store(self.writer.sent_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                i.send_oct.store(
+                    self.writer.sent_bytes.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
             }
             let frame = match frame {
                 Ok(f) => f,
@@ -522,7 +529,10 @@ impl Connection {
 }
 
 fn handshake_error(text: &str) -> AmqpError {
-    AmqpError::connection(ReplyCode::CommandInvalid, format!("COMMAND_INVALID - {text}"))
+    AmqpError::connection(
+        ReplyCode::CommandInvalid,
+        format!("COMMAND_INVALID - {text}"),
+    )
 }
 
 pub fn method_ids(m: &AMQPClass) -> (u16, u16) {
@@ -536,5 +546,7 @@ fn describe_client(props: &FieldTable) -> String {
         }
         _ => String::new(),
     };
-    format!("{} {}", get("product"), get("version")).trim().to_string()
+    format!("{} {}", get("product"), get("version"))
+        .trim()
+        .to_string()
 }

@@ -3,15 +3,15 @@
 //! lock is only ever taken after a queue's (never the other way round).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
-use amq_protocol::protocol::{basic, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, basic};
 use parking_lot::Mutex;
 
 use super::outbound::{Outbound, OutboundTx};
 use crate::broker::message::Message;
-use crate::queue::Queue;
+use crate::queue::{Entry, Queue};
 
 /// One unacknowledged delivery of this channel.
 pub struct Unacked {
@@ -104,11 +104,10 @@ impl ChannelHandle {
         queue: &Arc<Queue>,
         consumer_tag: &Arc<str>,
         consumer: u64,
-        msg_id: u64,
-        redelivered: bool,
         no_ack: bool,
-        msg: Arc<Message>,
+        entry: &Entry,
     ) {
+        let (msg_id, redelivered, msg) = (entry.id, entry.redelivered, entry.msg.clone());
         let mut st = self.state.lock();
         let tag = st.next_tag;
         st.next_tag += 1;

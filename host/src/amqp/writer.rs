@@ -1,11 +1,11 @@
 //! A connection's writer task: encodes what channels and queues hand it, writes in batches
 //! (one syscall for many frames) and sends heartbeats when the line is otherwise idle.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use amq_protocol::protocol::{basic, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;

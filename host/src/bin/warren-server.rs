@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let result = if detached { run_detached() } else { run_foreground() };
+    let result = if detached {
+        run_detached()
+    } else {
+        run_foreground()
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,15 +41,16 @@ fn main() -> ExitCode {
 }
 
 fn already_running(config: &NodeConfig) -> anyhow::Result<()> {
-    if let Ok(Some(rt)) = NodeRuntimeFile::read(&config.data_dir) {
-        if rt.process_alive() && rt.pid != std::process::id() {
-            anyhow::bail!(
-                "node {} is already running (pid {}, port {})",
-                config.node_name,
-                rt.pid,
-                rt.amqp_port
-            );
-        }
+    if let Ok(Some(rt)) = NodeRuntimeFile::read(&config.data_dir)
+        && rt.process_alive()
+        && rt.pid != std::process::id()
+    {
+        anyhow::bail!(
+            "node {} is already running (pid {}, port {})",
+            config.node_name,
+            rt.pid,
+            rt.amqp_port
+        );
     }
     Ok(())
 }
@@ -105,7 +110,11 @@ fn run_detached() -> anyhow::Result<()> {
     loop {
         if let Some(status) = child.try_wait()? {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             anyhow::bail!(
                 "node {} exited during start-up ({status}): {last} (see {})",
                 config.node_name,
@@ -133,7 +142,11 @@ fn run_detached() -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("node {} did not start within 120 s (see {})", config.node_name, log_path.display());
+            anyhow::bail!(
+                "node {} did not start within 120 s (see {})",
+                config.node_name,
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

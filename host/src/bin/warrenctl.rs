@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren::config::{self, ConfigError, CtlTarget};
-use warren::ctl::protocol::{self as ctl_protocol, CtlClient, CtlError, Request, Response, exit_code};
+use warren::ctl::protocol::{
+    self as ctl_protocol, CtlClient, CtlError, Request, Response, exit_code,
+};
 
 /// How long `await_startup` and `stop` wait unless `-t` says otherwise (RabbitMQ's default for
 /// await_startup).

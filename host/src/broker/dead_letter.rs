@@ -6,9 +6,9 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
-use super::message::Message;
 use super::Broker;
-use crate::queue::{now_ms, DeathReason, Entry, Queue};
+use super::message::Message;
+use crate::queue::{DeathReason, Entry, Queue, now_ms};
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -184,6 +184,9 @@ mod tests {
             panic!()
         };
         assert_eq!(t.inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
-        assert_eq!(str_of(headers.inner().get("x-first-death-reason")).as_deref(), Some("expired"));
+        assert_eq!(
+            str_of(headers.inner().get("x-first-death-reason")).as_deref(),
+            Some("expired")
+        );
     }
 }

@@ -38,7 +38,12 @@ impl Message {
     }
 
     /// A copy with new properties (dead-lettering rewrites headers), re-encoded for the wire.
-    pub fn with_properties(&self, exchange: String, routing_key: String, properties: AMQPProperties) -> Message {
+    pub fn with_properties(
+        &self,
+        exchange: String,
+        routing_key: String,
+        properties: AMQPProperties,
+    ) -> Message {
         let raw = encode_properties(&properties);
         Message::new(exchange, routing_key, properties, raw, self.body.clone())
     }
@@ -73,7 +78,10 @@ impl Message {
         self.encoded
             .get_or_init(|| {
                 let mut out = BytesMut::with_capacity(
-                    12 + self.exchange.len() + self.routing_key.len() + self.properties_raw.len() + self.body.len(),
+                    12 + self.exchange.len()
+                        + self.routing_key.len()
+                        + self.properties_raw.len()
+                        + self.body.len(),
                 );
                 out.put_u8(self.exchange.len() as u8);
                 out.extend_from_slice(self.exchange.as_bytes());
@@ -111,8 +119,9 @@ impl Message {
             return None;
         }
         let properties_raw = data.split_to(plen);
-        let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..]) {
-            Ok((rest, p)) if rest.is_empty() => p,
+        let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..])
+        {
+            Ok(([], p)) => p,
             _ => return None,
         };
         let msg = Message::new(exchange, routing_key, properties, properties_raw, data);
@@ -127,9 +136,17 @@ mod tests {
 
     #[test]
     fn store_encoding_round_trips() {
-        let props = AMQPProperties::default().with_delivery_mode(2).with_priority(3);
+        let props = AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(3);
         let raw = encode_properties(&props);
-        let m = Message::new("x".into(), "rk".into(), props, raw, Bytes::from_static(b"hello"));
+        let m = Message::new(
+            "x".into(),
+            "rk".into(),
+            props,
+            raw,
+            Bytes::from_static(b"hello"),
+        );
         let back = Message::decode(m.encoded()).unwrap();
         assert_eq!(back.exchange, "x");
         assert_eq!(back.routing_key, "rk");

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::meta::*;
 use crate::queue::{Entry, Queue, QueueConfig};
-use crate::routing::exchange_type::{builtin_types, ExchangeType};
+use crate::routing::exchange_type::{ExchangeType, builtin_types};
 use crate::store::message_store::MessageStore;
 pub use routing::{ExchangeRt, VhostRt};
 
@@ -97,10 +97,7 @@ impl Broker {
         next_msg_id: u64,
         recovered: HashMap<u64, Vec<Entry>>,
     ) -> Arc<Broker> {
-        let types = builtin_types()
-            .into_iter()
-            .map(|t| (t.name(), t))
-            .collect();
+        let types = builtin_types().into_iter().map(|t| (t.name(), t)).collect();
         Arc::new_cyclic(|me| Broker {
             config,
             meta,
@@ -186,7 +183,11 @@ impl Broker {
             }
         };
         let recovered = self.recovered.lock().remove(&rec.uid).unwrap_or_default();
-        let store = if rec.durable { self.store.clone() } else { None };
+        let store = if rec.durable {
+            self.store.clone()
+        } else {
+            None
+        };
         let q = Queue::new(rec.clone(), config, store, self.me.clone(), recovered);
         vhost.queues.write().insert(rec.name.clone(), q);
     }
@@ -201,10 +202,10 @@ impl Broker {
         };
         match t.create(&rec.arguments) {
             Ok(router) => {
-                vhost
-                    .exchanges
-                    .write()
-                    .insert(rec.name.clone(), Arc::new(ExchangeRt::new(rec.clone(), router)));
+                vhost.exchanges.write().insert(
+                    rec.name.clone(),
+                    Arc::new(ExchangeRt::new(rec.clone(), router)),
+                );
             }
             Err(e) => tracing::warn!(exchange = %rec.name, error = %e, "exchange type refused"),
         }
@@ -276,7 +277,9 @@ impl MetaListener for Broker {
                     }
                 }
                 MetaEvent::QueueDeleted { vhost, name, .. } => {
-                    let q = self.vhost(vhost).and_then(|v| v.queues.write().remove(name));
+                    let q = self
+                        .vhost(vhost)
+                        .and_then(|v| v.queues.write().remove(name));
                     if let Some(q) = q {
                         q.on_deleted();
                     }

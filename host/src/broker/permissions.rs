@@ -9,11 +9,14 @@ use parking_lot::Mutex;
 
 use super::Broker;
 use crate::amqp::error::AmqpError;
-use crate::auth::{check_password, CompiledPermission, Permission};
+use crate::auth::{CompiledPermission, Permission, check_password};
+
+/// (vhost, user) → compiled permission; `None` caches "no permission on this vhost".
+type CompiledByUser = HashMap<(String, String), Option<Arc<CompiledPermission>>>;
 
 #[derive(Default)]
 pub struct PermissionCache {
-    compiled: Mutex<HashMap<(String, String), Option<Arc<CompiledPermission>>>>,
+    compiled: Mutex<CompiledByUser>,
 }
 
 impl PermissionCache {
@@ -49,11 +52,14 @@ pub enum LoginError {
 
 impl Broker {
     /// Checks a user's credentials; returns the user's tags.
-    pub fn login(&self, user: &str, password: &str, peer: IpAddr) -> Result<Vec<String>, LoginError> {
+    pub fn login(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<Vec<String>, LoginError> {
         let refused = || {
-            LoginError::Refused(format!(
-                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
-            ))
+            LoginError::Refused("ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.".to_string())
         };
         let state = self.meta.read();
         let Some(u) = state.users.get(user) else {
@@ -92,11 +98,12 @@ impl Broker {
     }
 
     pub fn check_vhost_access(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
-        let not_allowed = |text: String| {
-            AmqpError::connection(crate::amqp::error::ReplyCode::NotAllowed, text)
-        };
+        let not_allowed =
+            |text: String| AmqpError::connection(crate::amqp::error::ReplyCode::NotAllowed, text);
         if self.vhost(vhost).is_none() {
-            return Err(not_allowed(format!("NOT_ALLOWED - vhost {vhost} not found")));
+            return Err(not_allowed(format!(
+                "NOT_ALLOWED - vhost {vhost} not found"
+            )));
         }
         if self.compiled_permission(vhost, user).is_none() {
             return Err(not_allowed(format!(
@@ -121,11 +128,13 @@ impl Broker {
         } else {
             name
         };
-        let allowed = self.compiled_permission(vhost, user).is_some_and(|p| match access {
-            Access::Configure => p.can_configure(checked),
-            Access::Write => p.can_write(checked),
-            Access::Read => p.can_read(checked),
-        });
+        let allowed = self
+            .compiled_permission(vhost, user)
+            .is_some_and(|p| match access {
+                Access::Configure => p.can_configure(checked),
+                Access::Write => p.can_write(checked),
+                Access::Read => p.can_read(checked),
+            });
         if allowed {
             Ok(())
         } else {
@@ -136,4 +145,3 @@ impl Broker {
         }
     }
 }
-

@@ -74,10 +74,10 @@ impl VhostRt {
                 for id in &ids {
                     match routing.destinations.get(id) {
                         Some((DestinationKind::Queue, q)) => {
-                            if let Some(q) = self.queue(q) {
-                                if !out.iter().any(|o| Arc::ptr_eq(o, &q)) {
-                                    out.push(q);
-                                }
+                            if let Some(q) = self.queue(q)
+                                && !out.iter().any(|o| Arc::ptr_eq(o, &q))
+                            {
+                                out.push(q);
                             }
                         }
                         Some((DestinationKind::Exchange, e)) => {
@@ -88,10 +88,11 @@ impl VhostRt {
                     }
                 }
             }
-            if out.len() == before && !reached_exchange {
-                if let Some(ae) = &x.alternate {
-                    pending.push(ae.clone());
-                }
+            if out.len() == before
+                && !reached_exchange
+                && let Some(ae) = &x.alternate
+            {
+                pending.push(ae.clone());
             }
         }
     }
@@ -127,7 +128,9 @@ impl ExchangeRt {
                 r.destinations
                     .insert(id, (b.destination_kind, b.destination.clone()));
             }
-            Err(e) => tracing::warn!(exchange = %self.record.name, error = %e, "binding refused by exchange type"),
+            Err(e) => {
+                tracing::warn!(exchange = %self.record.name, error = %e, "binding refused by exchange type")
+            }
         }
     }
 

@@ -11,6 +11,9 @@ use super::protocol::{CtlHandler, Request, Response, exit_code};
 use crate::meta::*;
 use crate::node::Node;
 
+/// One listing row: field name → value.
+type Row = Box<dyn Fn(&str) -> Value>;
+
 pub struct NodeHandler {
     pub node: Arc<Node>,
 }
@@ -43,9 +46,10 @@ fn table_to_json(t: &FieldTable) -> Value {
 
 fn meta_failure(e: MetaError) -> Response {
     let code = match e {
-        MetaError::NotFound(_) | MetaError::AlreadyExists(_) | MetaError::Precondition(_) | MetaError::Locked(_) => {
-            exit_code::DATA_ERR
-        }
+        MetaError::NotFound(_)
+        | MetaError::AlreadyExists(_)
+        | MetaError::Precondition(_)
+        | MetaError::Locked(_) => exit_code::DATA_ERR,
         MetaError::Unavailable(_) => exit_code::TEMP_FAIL,
         MetaError::Storage(_) => exit_code::SOFTWARE,
     };
@@ -57,12 +61,11 @@ fn usage(msg: impl Into<String>) -> Response {
 }
 
 /// Builds a table from rows of (field → value) lookups; unknown fields are a usage error.
-fn table(
-    fields: &[String],
-    known: &[&str],
-    rows: impl Iterator<Item = Box<dyn Fn(&str) -> Value>>,
-) -> Response {
-    let bad: Vec<&String> = fields.iter().filter(|f| !known.contains(&f.as_str())).collect();
+fn table(fields: &[String], known: &[&str], rows: impl Iterator<Item = Row>) -> Response {
+    let bad: Vec<&String> = fields
+        .iter()
+        .filter(|f| !known.contains(&f.as_str()))
+        .collect();
     if !bad.is_empty() {
         return usage(format!(
             "Info key(s) {} are not supported. Supported info keys: {}",
@@ -77,26 +80,57 @@ fn table(
 }
 
 const QUEUE_FIELDS: &[&str] = &[
-    "name", "vhost", "durable", "auto_delete", "exclusive", "arguments", "messages", "messages_ready",
-    "messages_unacknowledged", "message_bytes", "message_bytes_ready", "message_bytes_unacknowledged",
-    "consumers", "memory", "state", "type", "policy", "node", "leader", "exclusive_consumer_tag",
+    "name",
+    "vhost",
+    "durable",
+    "auto_delete",
+    "exclusive",
+    "arguments",
+    "messages",
+    "messages_ready",
+    "messages_unacknowledged",
+    "message_bytes",
+    "message_bytes_ready",
+    "message_bytes_unacknowledged",
+    "consumers",
+    "memory",
+    "state",
+    "type",
+    "policy",
+    "node",
+    "leader",
+    "exclusive_consumer_tag",
     "messages_persistent",
 ];
 
+// Responses are built once per CLI request; boxing the error side buys nothing.
+#[allow(clippy::result_large_err)]
 impl NodeHandler {
     fn vhost_opt(req: &Request) -> String {
-        req.options.get("vhost").cloned().unwrap_or_else(|| "/".to_string())
+        req.options
+            .get("vhost")
+            .cloned()
+            .unwrap_or_else(|| "/".to_string())
     }
 
     async fn submit(&self, cmd: MetaCommand) -> Result<(), Response> {
-        self.node.broker.meta.submit(cmd).await.map(|_| ()).map_err(meta_failure)
+        self.node
+            .broker
+            .meta
+            .submit(cmd)
+            .await
+            .map(|_| ())
+            .map_err(meta_failure)
     }
 
     fn list_queues(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
         let broker = &self.node.broker;
         let Some(v) = broker.vhost(&vhost) else {
-            return Response::error(exit_code::DATA_ERR, format!("Virtual host '{vhost}' does not exist"));
+            return Response::error(
+                exit_code::DATA_ERR,
+                format!("Virtual host '{vhost}' does not exist"),
+            );
         };
         let mut queues: Vec<_> = v.queues.read().values().cloned().collect();
         queues.sort_by(|a, b| a.name().cmp(b.name()));
@@ -125,11 +159,15 @@ impl NodeHandler {
                 "policy" => json!(""),
                 "node" | "leader" => json!(r.node),
                 "exclusive_consumer_tag" => json!(
-                    consumers.iter().find(|c| c.exclusive).map(|c| c.tag.clone()).unwrap_or_default()
+                    consumers
+                        .iter()
+                        .find(|c| c.exclusive)
+                        .map(|c| c.tag.clone())
+                        .unwrap_or_default()
                 ),
                 "messages_persistent" => json!(if r.durable { s.messages_ready } else { 0 }),
                 _ => Value::Null,
-            }) as Box<dyn Fn(&str) -> Value>
+            }) as Row
         });
         table(&req.args, QUEUE_FIELDS, rows)
     }
@@ -155,11 +193,20 @@ impl NodeHandler {
                 "arguments" => table_to_json(&x.arguments),
                 "policy" => json!(""),
                 _ => Value::Null,
-            }) as Box<dyn Fn(&str) -> Value>
+            }) as Row
         });
         table(
             &req.args,
-            &["name", "vhost", "type", "durable", "auto_delete", "internal", "arguments", "policy"],
+            &[
+                "name",
+                "vhost",
+                "type",
+                "durable",
+                "auto_delete",
+                "internal",
+                "arguments",
+                "policy",
+            ],
             rows,
         )
     }
@@ -187,7 +234,13 @@ impl NodeHandler {
             .filter(|b| b.vhost == vhost)
             .cloned()
             .collect();
-        explicit.sort_by(|a, b| (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key)));
+        explicit.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
         rows.extend(explicit);
         drop(state);
         let rows = rows.into_iter().map(|b| {
@@ -200,17 +253,32 @@ impl NodeHandler {
                 "arguments" => table_to_json(&b.arguments),
                 "vhost" => json!(b.vhost),
                 _ => Value::Null,
-            }) as Box<dyn Fn(&str) -> Value>
+            }) as Row
         });
         table(
             &req.args,
-            &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments", "vhost"],
+            &[
+                "source_name",
+                "source_kind",
+                "destination_name",
+                "destination_kind",
+                "routing_key",
+                "arguments",
+                "vhost",
+            ],
             rows,
         )
     }
 
     fn list_connections(&self, req: &Request) -> Response {
-        let conns: Vec<_> = self.node.broker.connections.lock().values().cloned().collect();
+        let conns: Vec<_> = self
+            .node
+            .broker
+            .connections
+            .lock()
+            .values()
+            .cloned()
+            .collect();
         let node = self.node.config.node_name.clone();
         let rows = conns.into_iter().map(|c| {
             let node = node.clone();
@@ -230,13 +298,25 @@ impl NodeHandler {
                 "send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
                 "auth_mechanism" => json!("PLAIN"),
                 _ => Value::Null,
-            }) as Box<dyn Fn(&str) -> Value>
+            }) as Row
         });
         table(
             &req.args,
             &[
-                "name", "user", "vhost", "peer_host", "peer_port", "state", "channels", "protocol", "node",
-                "client_properties", "connected_at", "recv_oct", "send_oct", "auth_mechanism",
+                "name",
+                "user",
+                "vhost",
+                "peer_host",
+                "peer_port",
+                "state",
+                "channels",
+                "protocol",
+                "node",
+                "client_properties",
+                "connected_at",
+                "recv_oct",
+                "send_oct",
+                "auth_mechanism",
             ],
             rows,
         )
@@ -262,11 +342,21 @@ impl NodeHandler {
     }
 
     fn channel_pid(&self, connection: u64, channel: u16) -> String {
-        format!("<{}.{}.{}>", self.node.config.node_name, connection, channel)
+        format!(
+            "<{}.{}.{}>",
+            self.node.config.node_name, connection, channel
+        )
     }
 
     fn list_channels(&self, req: &Request) -> Response {
-        let conns: Vec<_> = self.node.broker.connections.lock().values().cloned().collect();
+        let conns: Vec<_> = self
+            .node
+            .broker
+            .connections
+            .lock()
+            .values()
+            .cloned()
+            .collect();
         let consumers = self.consumers(None);
         let mut rows = Vec::new();
         for c in conns {
@@ -300,14 +390,25 @@ impl NodeHandler {
                     "transactional" => json!(tx),
                     "state" => json!("running"),
                     _ => Value::Null,
-                }) as Box<dyn Fn(&str) -> Value>);
+                }) as Row);
             }
         }
         table(
             &req.args,
             &[
-                "pid", "name", "connection", "number", "user", "vhost", "consumer_count", "messages_unacknowledged",
-                "prefetch_count", "global_prefetch_count", "confirm", "transactional", "state",
+                "pid",
+                "name",
+                "connection",
+                "number",
+                "user",
+                "vhost",
+                "consumer_count",
+                "messages_unacknowledged",
+                "prefetch_count",
+                "global_prefetch_count",
+                "confirm",
+                "transactional",
+                "state",
             ],
             rows.into_iter(),
         )
@@ -315,7 +416,7 @@ impl NodeHandler {
 
     fn list_consumers(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
-        let rows: Vec<Box<dyn Fn(&str) -> Value>> = self
+        let rows: Vec<Row> = self
             .consumers(Some(&vhost))
             .into_iter()
             .map(|(_, queue, c)| {
@@ -331,12 +432,22 @@ impl NodeHandler {
                     "priority" => json!(c.priority),
                     "arguments" => json!({}),
                     _ => Value::Null,
-                }) as Box<dyn Fn(&str) -> Value>
+                }) as Row
             })
             .collect();
         table(
             &req.args,
-            &["queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active", "exclusive", "priority", "arguments"],
+            &[
+                "queue_name",
+                "channel_pid",
+                "consumer_tag",
+                "ack_required",
+                "prefetch_count",
+                "active",
+                "exclusive",
+                "priority",
+                "arguments",
+            ],
             rows.into_iter(),
         )
     }
@@ -383,7 +494,11 @@ impl NodeHandler {
             port = node.config.amqp_port,
             dist = node.config.dist_port,
             mem = crate::resources::process_memory(),
-            alarms = if alarms.any() { alarms.reason().to_string() } else { "(none)".to_string() },
+            alarms = if alarms.any() {
+                alarms.reason().to_string()
+            } else {
+                "(none)".to_string()
+            },
             conns = broker.connections.lock().len(),
         );
         let mut r = Response::data(data);
@@ -406,7 +521,11 @@ impl NodeHandler {
         let text = format!(
             "Basics\n\nCluster name: {node}\n\nDisk Nodes\n\n{node}\n\nRAM Nodes\n\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
             running = if running { node.as_str() } else { "" },
-            alarms = if alarms.any() { alarms.reason() } else { "(none)" },
+            alarms = if alarms.any() {
+                alarms.reason()
+            } else {
+                "(none)"
+            },
         );
         let mut r = Response::data(data);
         r.message = Some(text);
@@ -436,17 +555,27 @@ impl NodeHandler {
             "stop_app" => {
                 let _ = self.node.app_running.send(false);
                 self.node.close_connections();
-                Response::message(format!("Stopping rabbit application on node {} ...", self.node.config.node_name))
+                Response::message(format!(
+                    "Stopping rabbit application on node {} ...",
+                    self.node.config.node_name
+                ))
             }
             "start_app" => {
                 let _ = self.node.app_running.send(true);
                 Response::message(format!("Starting node {} ...", self.node.config.node_name))
             }
             "cluster_status" => self.cluster_status(),
-            "reset" | "force_reset" | "join_cluster" | "forget_cluster_node" | "change_cluster_node_type" => {
+            "reset"
+            | "force_reset"
+            | "join_cluster"
+            | "forget_cluster_node"
+            | "change_cluster_node_type" => {
                 return Err(Response::error(
                     exit_code::SOFTWARE,
-                    format!("{} is not available yet: this Warren version runs single nodes only", req.command),
+                    format!(
+                        "{} is not available yet: this Warren version runs single nodes only",
+                        req.command
+                    ),
                 ));
             }
             "list_queues" => self.list_queues(&req),
@@ -466,7 +595,11 @@ impl NodeHandler {
             }
             "list_vhosts" => {
                 let state = broker.meta.read();
-                let fields = if req.args.is_empty() { vec!["name".to_string()] } else { req.args.clone() };
+                let fields = if req.args.is_empty() {
+                    vec!["name".to_string()]
+                } else {
+                    req.args.clone()
+                };
                 let vhosts: Vec<VhostRecord> = state.vhosts.values().cloned().collect();
                 drop(state);
                 let rows = vhosts.into_iter().map(|v| {
@@ -475,7 +608,7 @@ impl NodeHandler {
                         "description" => json!(v.description),
                         "tracing" => json!(false),
                         _ => Value::Null,
-                    }) as Box<dyn Fn(&str) -> Value>
+                    }) as Row
                 });
                 table(&fields, &["name", "description", "tracing"], rows)
             }
@@ -483,29 +616,65 @@ impl NodeHandler {
                 let vhost = Self::vhost_opt(&req);
                 let state = broker.meta.read();
                 if !state.vhosts.contains_key(&vhost) {
-                    return Err(Response::error(exit_code::DATA_ERR, format!("Virtual host '{vhost}' does not exist")));
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!("Virtual host '{vhost}' does not exist"),
+                    ));
                 }
                 let rows = state
                     .permissions
                     .values()
                     .filter(|p| p.vhost == vhost)
-                    .map(|p| vec![json!(p.user), json!(p.configure), json!(p.write), json!(p.read)])
+                    .map(|p| {
+                        vec![
+                            json!(p.user),
+                            json!(p.configure),
+                            json!(p.write),
+                            json!(p.read),
+                        ]
+                    })
                     .collect();
-                Response::table(vec!["user".into(), "configure".into(), "write".into(), "read".into()], rows)
+                Response::table(
+                    vec![
+                        "user".into(),
+                        "configure".into(),
+                        "write".into(),
+                        "read".into(),
+                    ],
+                    rows,
+                )
             }
             "list_user_permissions" => {
                 let user = Self::arg(&req, 0, "user")?;
                 let state = broker.meta.read();
                 if !state.users.contains_key(user) {
-                    return Err(Response::error(exit_code::DATA_ERR, format!("User \"{user}\" does not exist")));
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!("User \"{user}\" does not exist"),
+                    ));
                 }
                 let rows = state
                     .permissions
                     .values()
                     .filter(|p| p.user == user)
-                    .map(|p| vec![json!(p.vhost), json!(p.configure), json!(p.write), json!(p.read)])
+                    .map(|p| {
+                        vec![
+                            json!(p.vhost),
+                            json!(p.configure),
+                            json!(p.write),
+                            json!(p.read),
+                        ]
+                    })
                     .collect();
-                Response::table(vec!["vhost".into(), "configure".into(), "write".into(), "read".into()], rows)
+                Response::table(
+                    vec![
+                        "vhost".into(),
+                        "configure".into(),
+                        "write".into(),
+                        "read".into(),
+                    ],
+                    rows,
+                )
             }
             "add_user" => {
                 let user = Self::arg(&req, 0, "user")?;
@@ -521,7 +690,10 @@ impl NodeHandler {
             }
             "delete_user" => {
                 let user = Self::arg(&req, 0, "user")?;
-                self.submit(MetaCommand::DeleteUser { name: user.to_string() }).await?;
+                self.submit(MetaCommand::DeleteUser {
+                    name: user.to_string(),
+                })
+                .await?;
                 Response::ok()
             }
             "change_password" => {
@@ -549,7 +721,10 @@ impl NodeHandler {
                 match broker.login(user, pass, std::net::Ipv4Addr::LOCALHOST.into()) {
                     Ok(_) => Response::message("Success"),
                     Err(_) => {
-                        return Err(Response::error(exit_code::DATA_ERR, format!("Error: failed to authenticate user \"{user}\"")));
+                        return Err(Response::error(
+                            exit_code::DATA_ERR,
+                            format!("Error: failed to authenticate user \"{user}\""),
+                        ));
                     }
                 }
             }
@@ -564,7 +739,10 @@ impl NodeHandler {
             }
             "delete_vhost" => {
                 let vhost = Self::arg(&req, 0, "vhost")?;
-                self.submit(MetaCommand::DeleteVhost { name: vhost.to_string() }).await?;
+                self.submit(MetaCommand::DeleteVhost {
+                    name: vhost.to_string(),
+                })
+                .await?;
                 Response::ok()
             }
             "set_permissions" => {
@@ -574,7 +752,10 @@ impl NodeHandler {
                 let read = Self::arg(&req, 3, "read")?;
                 for (what, re) in [("configure", configure), ("write", write), ("read", read)] {
                     if regex::Regex::new(re).is_err() {
-                        return Err(Response::error(exit_code::DATA_ERR, format!("invalid {what} regex: {re}")));
+                        return Err(Response::error(
+                            exit_code::DATA_ERR,
+                            format!("invalid {what} regex: {re}"),
+                        ));
                     }
                 }
                 self.submit(MetaCommand::SetPermissions(PermissionRecord {

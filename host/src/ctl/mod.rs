@@ -13,7 +13,10 @@ use protocol::{CtlServer, default_bind_addrs};
 pub use handler::NodeHandler;
 
 /// Binds the control listener (IPv4 and IPv6) on the dist port.
-pub async fn bind(addr: SocketAddr, node: &Arc<Node>) -> Result<CtlServer<NodeHandler>, protocol::CtlError> {
+pub async fn bind(
+    addr: SocketAddr,
+    node: &Arc<Node>,
+) -> Result<CtlServer<NodeHandler>, protocol::CtlError> {
     CtlServer::bind(
         &default_bind_addrs(addr.port()),
         &node.config.node_name,

@@ -9,18 +9,38 @@ use super::model::*;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     AddVhost(VhostRecord),
-    DeleteVhost { name: String },
+    DeleteVhost {
+        name: String,
+    },
     AddUser(UserRecord),
     /// Replaces the password hash of an existing user.
-    ChangePassword { name: String, password_hash: String },
-    SetUserTags { name: String, tags: Vec<String> },
-    DeleteUser { name: String },
+    ChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    SetUserTags {
+        name: String,
+        tags: Vec<String>,
+    },
+    DeleteUser {
+        name: String,
+    },
     SetPermissions(PermissionRecord),
-    ClearPermissions { user: String, vhost: String },
+    ClearPermissions {
+        user: String,
+        vhost: String,
+    },
     DeclareExchange(ExchangeRecord),
-    DeleteExchange { vhost: String, name: String, if_unused: bool },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+        if_unused: bool,
+    },
     DeclareQueue(QueueRecord),
-    DeleteQueue { vhost: String, name: String },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
     Bind(BindingRecord),
     Unbind(BindingRecord),
 }
@@ -32,11 +52,24 @@ pub enum MetaEvent {
     VhostDeleted(String),
     UsersChanged,
     ExchangeAdded(ExchangeRecord),
-    ExchangeDeleted { vhost: String, name: String },
+    ExchangeDeleted {
+        vhost: String,
+        name: String,
+    },
     QueueAdded(QueueRecord),
-    QueueDeleted { vhost: String, name: String, uid: u64 },
-    BindingAdded { id: u64, binding: BindingRecord },
-    BindingRemoved { id: u64, binding: BindingRecord },
+    QueueDeleted {
+        vhost: String,
+        name: String,
+        uid: u64,
+    },
+    BindingAdded {
+        id: u64,
+        binding: BindingRecord,
+    },
+    BindingRemoved {
+        id: u64,
+        binding: BindingRecord,
+    },
 }
 
 /// The answer to a command, beside its events.

@@ -56,7 +56,10 @@ fn int_type_name(v: &AMQPValue) -> &'static str {
     }
 }
 
-fn differing_argument(current: &FieldTable, received: &FieldTable) -> Option<(String, String, String)> {
+fn differing_argument(
+    current: &FieldTable,
+    received: &FieldTable,
+) -> Option<(String, String, String)> {
     let mut keys: Vec<&str> = current
         .inner()
         .keys()
@@ -74,7 +77,8 @@ fn differing_argument(current: &FieldTable, received: &FieldTable) -> Option<(St
             _ => false,
         };
         if !same {
-            let show = |v: Option<&AMQPValue>| v.map(describe_value).unwrap_or_else(|| "none".into());
+            let show =
+                |v: Option<&AMQPValue>| v.map(describe_value).unwrap_or_else(|| "none".into());
             return Some((key.to_string(), show(r), show(c)));
         }
     }
@@ -105,12 +109,11 @@ fn filtered(table: &FieldTable, keys: &[&str]) -> FieldTable {
     for (k, v) in table {
         if keys.contains(&k.as_str()) {
             // A classic queue declared without x-queue-type equals one declared "classic".
-            if k.as_str() == "x-queue-type" {
-                if let AMQPValue::LongString(s) = v {
-                    if s.as_bytes() == b"classic" {
-                        continue;
-                    }
-                }
+            if k.as_str() == "x-queue-type"
+                && let AMQPValue::LongString(s) = v
+                && s.as_bytes() == b"classic"
+            {
+                continue;
             }
             out.insert(k.clone(), v.clone());
         }
@@ -143,7 +146,10 @@ pub fn check_queue(current: &QueueRecord, received: &QueueRecord) -> Result<(), 
 }
 
 pub fn check_exchange(current: &ExchangeRecord, received: &ExchangeRecord) -> Result<(), String> {
-    let what = format!("for exchange '{}' in vhost '{}'", current.name, current.vhost);
+    let what = format!(
+        "for exchange '{}' in vhost '{}'",
+        current.name, current.vhost
+    );
     let pairs: [(&str, String, String); 4] = [
         ("type", received.kind.clone(), current.kind.clone()),
         (

@@ -104,12 +104,21 @@ impl MetaState {
                 if self.vhosts.remove(name).is_none() {
                     return Err(no_vhost(name));
                 }
-                let queues: Vec<Key> = self.queues.keys().filter(|k| &k.0 == name).cloned().collect();
+                let queues: Vec<Key> = self
+                    .queues
+                    .keys()
+                    .filter(|k| &k.0 == name)
+                    .cloned()
+                    .collect();
                 for (v, q) in queues {
                     self.remove_queue(&v, &q, ev);
                 }
-                let exchanges: Vec<Key> =
-                    self.exchanges.keys().filter(|k| &k.0 == name).cloned().collect();
+                let exchanges: Vec<Key> = self
+                    .exchanges
+                    .keys()
+                    .filter(|k| &k.0 == name)
+                    .cloned()
+                    .collect();
                 for (v, x) in exchanges {
                     self.remove_exchange(&v, &x, ev);
                 }
@@ -379,9 +388,13 @@ impl MetaState {
 
     /// Whether a binding should survive a restart: RabbitMQ keeps it when both ends are durable.
     pub fn binding_is_durable(&self, b: &BindingRecord) -> bool {
-        let source = self.exchange(&b.vhost, &b.source).is_some_and(|x| x.durable);
+        let source = self
+            .exchange(&b.vhost, &b.source)
+            .is_some_and(|x| x.durable);
         let dest = match b.destination_kind {
-            DestinationKind::Queue => self.queue(&b.vhost, &b.destination).is_some_and(|q| q.durable),
+            DestinationKind::Queue => self
+                .queue(&b.vhost, &b.destination)
+                .is_some_and(|q| q.durable),
             DestinationKind::Exchange => self
                 .exchange(&b.vhost, &b.destination)
                 .is_some_and(|x| x.durable),
@@ -436,7 +449,8 @@ mod tests {
     #[test]
     fn redeclare_with_different_durability_is_a_precondition_failure() {
         let mut s = state_with_vhost();
-        s.apply(&MetaCommand::DeclareQueue(queue("q", true))).unwrap();
+        s.apply(&MetaCommand::DeclareQueue(queue("q", true)))
+            .unwrap();
         let err = s
             .apply(&MetaCommand::DeclareQueue(queue("q", false)))
             .unwrap_err();
@@ -451,7 +465,8 @@ mod tests {
     #[test]
     fn deleting_a_queue_removes_its_bindings_and_auto_deletes_the_exchange() {
         let mut s = state_with_vhost();
-        s.apply(&MetaCommand::DeclareQueue(queue("q", false))).unwrap();
+        s.apply(&MetaCommand::DeclareQueue(queue("q", false)))
+            .unwrap();
         s.apply(&MetaCommand::DeclareExchange(ExchangeRecord {
             vhost: "/".into(),
             name: "x".into(),
@@ -498,6 +513,9 @@ mod tests {
                 arguments: FieldTable::default(),
             }))
             .unwrap_err();
-        assert_eq!(err, MetaError::NotFound("no queue 'nope' in vhost '/'".into()));
+        assert_eq!(
+            err,
+            MetaError::NotFound("no queue 'nope' in vhost '/'".into())
+        );
     }
 }

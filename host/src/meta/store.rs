@@ -154,21 +154,25 @@ impl MetaStore {
                     MetaEvent::VhostAdded(v) => put(record_key("vhost", &v.name), to_json(v))?,
                     MetaEvent::VhostDeleted(name) => deletes.push(record_key("vhost", name)),
                     MetaEvent::UsersChanged => users_changed = true,
-                    MetaEvent::ExchangeAdded(x) if x.durable => {
-                        put(record_key("exchange", &format!("{}\u{0}{}", x.vhost, x.name)), to_json(x))?
-                    }
+                    MetaEvent::ExchangeAdded(x) if x.durable => put(
+                        record_key("exchange", &format!("{}\u{0}{}", x.vhost, x.name)),
+                        to_json(x),
+                    )?,
                     MetaEvent::ExchangeAdded(_) => {}
                     MetaEvent::ExchangeDeleted { vhost, name } => {
                         deletes.push(record_key("exchange", &format!("{vhost}\u{0}{name}")))
                     }
-                    MetaEvent::QueueAdded(q) if q.durable && q.exclusive_owner.is_none() => {
-                        put(record_key("queue", &format!("{}\u{0}{}", q.vhost, q.name)), to_json(q))?
-                    }
+                    MetaEvent::QueueAdded(q) if q.durable && q.exclusive_owner.is_none() => put(
+                        record_key("queue", &format!("{}\u{0}{}", q.vhost, q.name)),
+                        to_json(q),
+                    )?,
                     MetaEvent::QueueAdded(_) => {}
                     MetaEvent::QueueDeleted { vhost, name, .. } => {
                         deletes.push(record_key("queue", &format!("{vhost}\u{0}{name}")))
                     }
-                    MetaEvent::BindingAdded { binding, .. } if state.binding_is_durable(binding) => {
+                    MetaEvent::BindingAdded { binding, .. }
+                        if state.binding_is_durable(binding) =>
+                    {
                         put(record_key("binding", &binding.identity()), to_json(binding))?
                     }
                     MetaEvent::BindingAdded { .. } => {}

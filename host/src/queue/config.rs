@@ -80,14 +80,29 @@ impl QueueConfig {
             None | Some("drop-head") => Overflow::DropHead,
             Some("reject-publish") => Overflow::RejectPublish,
             Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-            Some(other) => return Err(invalid("x-overflow", format!("{{unknown_overflow,\"{other}\"}}"))),
+            Some(other) => {
+                return Err(invalid(
+                    "x-overflow",
+                    format!("{{unknown_overflow,\"{other}\"}}"),
+                ));
+            }
         };
         let max_priority = match get("x-max-priority") {
             None => None,
             Some(v) => match as_int(v) {
                 Some(i) if (0..=255).contains(&i) => Some(i as u8),
-                Some(i) => return Err(invalid("x-max-priority", format!("{{value_out_of_range,{i}}}"))),
-                None => return Err(invalid("x-max-priority", format!("{{unacceptable_type,{v:?}}}"))),
+                Some(i) => {
+                    return Err(invalid(
+                        "x-max-priority",
+                        format!("{{value_out_of_range,{i}}}"),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "x-max-priority",
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ));
+                }
             },
         };
         let single_active_consumer = match get("x-single-active-consumer") {
@@ -97,7 +112,7 @@ impl QueueConfig {
                 return Err(invalid(
                     "x-single-active-consumer",
                     format!("{{unacceptable_type,{v:?}}}"),
-                ))
+                ));
             }
         };
         let queue_type = match string("x-queue-type")?.as_deref() {
@@ -107,7 +122,7 @@ impl QueueConfig {
                 return Err(invalid(
                     "x-queue-type",
                     format!("unsupported queue type '{other}'"),
-                ))
+                ));
             }
         };
         let dead_letter_exchange = string("x-dead-letter-exchange")?;
@@ -167,13 +182,24 @@ mod tests {
 
     #[test]
     fn negative_ttl_and_bad_overflow_are_refused() {
-        assert!(QueueConfig::parse(&table(&[("x-message-ttl", AMQPValue::LongInt(-1))]), "q", "/").is_err());
-        assert!(QueueConfig::parse(
-            &table(&[("x-overflow", AMQPValue::LongString("nope".into()))]),
-            "q",
-            "/"
-        )
-        .is_err());
-        assert!(QueueConfig::parse(&table(&[("x-expires", AMQPValue::LongInt(0))]), "q", "/").is_err());
+        assert!(
+            QueueConfig::parse(
+                &table(&[("x-message-ttl", AMQPValue::LongInt(-1))]),
+                "q",
+                "/"
+            )
+            .is_err()
+        );
+        assert!(
+            QueueConfig::parse(
+                &table(&[("x-overflow", AMQPValue::LongString("nope".into()))]),
+                "q",
+                "/"
+            )
+            .is_err()
+        );
+        assert!(
+            QueueConfig::parse(&table(&[("x-expires", AMQPValue::LongInt(0))]), "q", "/").is_err()
+        );
     }
 }

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 
 use crate::amqp::delivery::ChannelHandle;
 use crate::amqp::error::AmqpError;
-use crate::broker::message::Message;
 use crate::broker::Broker;
+use crate::broker::message::Message;
 use crate::meta::QueueRecord;
 use crate::store::message_store::MessageStore;
 pub use config::{Overflow, QueueConfig, QueueType};
@@ -203,15 +203,13 @@ impl Queue {
             let delete = std::mem::take(&mut st.delete_requested);
             (r, dead, delete)
         };
-        if !dead.is_empty() {
-            if let Some(b) = self.broker.upgrade() {
-                b.dead_letter(self, dead);
-            }
+        if !dead.is_empty()
+            && let Some(b) = self.broker.upgrade()
+        {
+            b.dead_letter(self, dead);
         }
-        if delete {
-            if let Some(b) = self.broker.upgrade() {
-                b.delete_queue_later(self.vhost().to_string(), self.name().to_string());
-            }
+        if delete && let Some(b) = self.broker.upgrade() {
+            b.delete_queue_later(self.vhost().to_string(), self.name().to_string());
         }
         result
     }
@@ -351,15 +349,7 @@ impl Queue {
             };
             let c = &mut st.consumers[ci];
             e.delivery_count += 1;
-            c.channel.deliver(
-                self,
-                &c.tag,
-                c.id,
-                e.id,
-                e.redelivered,
-                c.no_ack,
-                e.msg.clone(),
-            );
+            c.channel.deliver(self, &c.tag, c.id, c.no_ack, &e);
             st.delivered += 1;
             if c.no_ack {
                 self.forget_stored(&e);
@@ -397,17 +387,18 @@ impl Queue {
     }
 
     fn forget_stored(&self, e: &Entry) {
-        if e.stored {
-            if let Some(s) = &self.store {
-                s.remove(self.record.uid, e.id);
-            }
+        if e.stored
+            && let Some(s) = &self.store
+        {
+            s.remove(self.record.uid, e.id);
         }
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> Result<u64, AmqpError> {
         self.touch();
         self.locked(|st| {
-            if st.consumers.iter().any(|c| c.exclusive) || (req.exclusive && !st.consumers.is_empty())
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (req.exclusive && !st.consumers.is_empty())
             {
                 return Err(AmqpError::access_refused(format!(
                     "queue '{}' in vhost '{}' in exclusive use",
@@ -484,10 +475,10 @@ impl Queue {
     fn take_unacked(&self, st: &mut QueueState, id: u64) -> Option<Entry> {
         let (e, consumer) = st.unacked.remove(&id)?;
         st.unacked_bytes -= e.msg.size() as u64;
-        if let Some(cid) = consumer {
-            if let Some(c) = st.consumers.iter_mut().find(|c| c.id == cid) {
-                c.unacked = c.unacked.saturating_sub(1);
-            }
+        if let Some(cid) = consumer
+            && let Some(c) = st.consumers.iter_mut().find(|c| c.id == cid)
+        {
+            c.unacked = c.unacked.saturating_sub(1);
         }
         Some(e)
     }
@@ -503,10 +494,10 @@ impl Queue {
                     }
                 }
             }
-            if !stored.is_empty() {
-                if let Some(s) = &self.store {
-                    s.remove_many(self.record.uid, &stored);
-                }
+            if !stored.is_empty()
+                && let Some(s) = &self.store
+            {
+                s.remove_many(self.record.uid, &stored);
             }
             self.dispatch(st);
         });
@@ -563,10 +554,10 @@ impl Queue {
             }
             st.ready_count = 0;
             st.ready_bytes = 0;
-            if !ids.is_empty() {
-                if let Some(s) = &self.store {
-                    s.remove_many(self.record.uid, &ids);
-                }
+            if !ids.is_empty()
+                && let Some(s) = &self.store
+            {
+                s.remove_many(self.record.uid, &ids);
             }
             n
         })

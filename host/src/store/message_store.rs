@@ -56,8 +56,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -339,7 +339,9 @@ fn read_record(buf: &[u8], off: usize) -> Result<Option<(Record<'_>, usize)>, Re
             id: le_u64(&body[9..17]),
             payload: &body[PUBLISH_FIXED..],
         },
-        KIND_REMOVE if body.len() >= QUEUE_FIXED && (body.len() - QUEUE_FIXED) % 8 == 0 => {
+        KIND_REMOVE
+            if body.len() >= QUEUE_FIXED && (body.len() - QUEUE_FIXED).is_multiple_of(8) =>
+        {
             Record::Remove {
                 queue: le_u64(&body[1..9]),
                 ids: &body[QUEUE_FIXED..],
@@ -1213,10 +1215,12 @@ impl Writer {
     }
 
     fn has_maintenance(&self) -> bool {
-        if let Some((&seq, info)) = self.index.segs.first_key_value() {
-            if seq != self.seq && info.live_count == 0 && !info.delete_failed {
-                return true;
-            }
+        if let Some((&seq, info)) = self.index.segs.first_key_value()
+            && seq != self.seq
+            && info.live_count == 0
+            && !info.delete_failed
+        {
+            return true;
         }
         self.compaction_candidate().is_some()
     }
@@ -1353,10 +1357,10 @@ impl Writer {
             }
             self.index.drop_segment(seq);
             // Unlinks must reach the disk in order, for the same reason.
-            if self.fsync {
-                if let Err(e) = self.dir_file.sync_all() {
-                    tracing::warn!(error = %e, "cannot sync message store directory");
-                }
+            if self.fsync
+                && let Err(e) = self.dir_file.sync_all()
+            {
+                tracing::warn!(error = %e, "cannot sync message store directory");
             }
         }
     }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::{basic, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, basic};
 
 use super::queue::generated_name;
-use crate::amqp::channel::{requeue_all, PendingPublish, TxAck};
+use crate::amqp::channel::{PendingPublish, TxAck, requeue_all};
 use crate::amqp::connection::Connection;
 use crate::amqp::delivery::Unacked;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
@@ -60,9 +60,14 @@ impl Connection {
                     } else {
                         ch.prefetch = q.prefetch_count;
                     }
-                    ch.handle.prefetch.store(ch.prefetch, std::sync::atomic::Ordering::Relaxed);
+                    ch.handle
+                        .prefetch
+                        .store(ch.prefetch, std::sync::atomic::Ordering::Relaxed);
                 }
-                self.send(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
                 Ok(())
             }
             basic::AMQPMethod::Consume(c) => {
@@ -80,7 +85,7 @@ impl Connection {
                         None => {
                             return Err(AmqpError::precondition(format!(
                                 "invalid arg 'x-priority' for consumer: {v:?}"
-                            )))
+                            )));
                         }
                     },
                 };
@@ -132,7 +137,10 @@ impl Connection {
                 let q = self.usable_queue(&name)?;
                 let handle = self.channel(id)?.handle.clone();
                 if !q.get(&handle, g.no_ack) {
-                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+                    self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    );
                 }
                 Ok(())
             }
@@ -170,7 +178,10 @@ impl Connection {
             }
             basic::AMQPMethod::Recover(r) => {
                 self.recover(id, r.requeue)?;
-                self.send(id, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
                 Ok(())
             }
             basic::AMQPMethod::RecoverAsync(r) => self.recover(id, r.requeue),
@@ -216,7 +227,13 @@ impl Connection {
         Ok(())
     }
 
-    pub(crate) fn reject(&mut self, id: u16, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+    pub(crate) fn reject(
+        &mut self,
+        id: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> AmqpResult<()> {
         let ch = self.channel(id)?;
         let items = ch
             .handle
@@ -234,4 +251,3 @@ impl Connection {
         Ok(())
     }
 }
-

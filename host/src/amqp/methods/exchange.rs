@@ -1,6 +1,6 @@
 //! exchange.declare / delete / bind / unbind.
 
-use amq_protocol::protocol::{exchange, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, exchange};
 use amq_protocol::types::FieldTable;
 
 use crate::amqp::connection::Connection;
@@ -20,7 +20,10 @@ pub fn meta_error(e: MetaError) -> AmqpError {
 
 impl Connection {
     pub(crate) fn vhost_name(&self) -> String {
-        self.vhost.as_ref().map(|v| v.name.clone()).unwrap_or_default()
+        self.vhost
+            .as_ref()
+            .map(|v| v.name.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn check(&self, kind: &str, name: &str, access: Access) -> AmqpResult<()> {
@@ -34,18 +37,33 @@ impl Connection {
         }
     }
 
-    pub(crate) async fn exchange_method(&mut self, id: u16, m: exchange::AMQPMethod) -> AmqpResult<()> {
+    pub(crate) async fn exchange_method(
+        &mut self,
+        id: u16,
+        m: exchange::AMQPMethod,
+    ) -> AmqpResult<()> {
         let vhost = self.vhost_name();
         match m {
             exchange::AMQPMethod::Declare(d) => {
                 let name = d.exchange.as_str().to_string();
                 if d.passive {
-                    if self.vhost.as_ref().and_then(|v| v.exchange(&name)).is_none() {
+                    if self
+                        .vhost
+                        .as_ref()
+                        .and_then(|v| v.exchange(&name))
+                        .is_none()
+                    {
                         return Err(AmqpError::not_found(format!(
                             "no exchange '{name}' in vhost '{vhost}'"
                         )));
                     }
-                    self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                    self.reply(
+                        id,
+                        d.nowait,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
                     return Ok(());
                 }
                 if name.is_empty() || name.starts_with("amq.") {
@@ -60,8 +78,11 @@ impl Connection {
                         "invalid exchange type '{kind}'"
                     )));
                 };
-                t.create(&d.arguments)
-                    .map_err(|e| AmqpError::precondition(format!("invalid arguments for exchange '{name}' in vhost '{vhost}': {e}")))?;
+                t.create(&d.arguments).map_err(|e| {
+                    AmqpError::precondition(format!(
+                        "invalid arguments for exchange '{name}' in vhost '{vhost}': {e}"
+                    ))
+                })?;
                 let rec = ExchangeRecord {
                     vhost,
                     name,
@@ -76,7 +97,11 @@ impl Connection {
                     .submit(MetaCommand::DeclareExchange(rec))
                     .await
                     .map_err(meta_error)?;
-                self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                self.reply(
+                    id,
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                );
                 Ok(())
             }
             exchange::AMQPMethod::Delete(d) => {
@@ -101,19 +126,43 @@ impl Connection {
                     Ok(_) | Err(MetaError::NotFound(_)) => {}
                     Err(e) => return Err(meta_error(e)),
                 }
-                self.reply(id, d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+                self.reply(
+                    id,
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                );
                 Ok(())
             }
             exchange::AMQPMethod::Bind(b) => {
-                self.exchange_binding(true, b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)
-                    .await?;
-                self.reply(id, b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                self.exchange_binding(
+                    true,
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )
+                .await?;
+                self.reply(
+                    id,
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                );
                 Ok(())
             }
             exchange::AMQPMethod::Unbind(b) => {
-                self.exchange_binding(false, b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)
-                    .await?;
-                self.reply(id, b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                self.exchange_binding(
+                    false,
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )
+                .await?;
+                self.reply(
+                    id,
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                );
                 Ok(())
             }
             _ => Err(AmqpError::command_invalid("unexpected exchange method")),
@@ -147,7 +196,11 @@ impl Connection {
     }
 
     /// Bind or unbind, after the exchange type accepted the binding's arguments.
-    pub(crate) async fn submit_binding(&mut self, bind: bool, record: BindingRecord) -> AmqpResult<()> {
+    pub(crate) async fn submit_binding(
+        &mut self,
+        bind: bool,
+        record: BindingRecord,
+    ) -> AmqpResult<()> {
         if bind {
             let kind = self
                 .vhost
@@ -155,7 +208,9 @@ impl Connection {
                 .and_then(|v| v.exchange(&record.source))
                 .map(|x| x.record.kind.clone());
             if let Some(t) = kind.as_deref().and_then(|k| self.broker.exchange_type(k)) {
-                let mut probe = t.create(&FieldTable::default()).map_err(AmqpError::precondition)?;
+                let mut probe = t
+                    .create(&FieldTable::default())
+                    .map_err(AmqpError::precondition)?;
                 probe
                     .bind(0, &record.routing_key, &record.arguments)
                     .map_err(AmqpError::precondition)?;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::{queue, AMQPClass};
+use amq_protocol::protocol::{AMQPClass, queue};
 use base64::Engine;
 
 use super::exchange::meta_error;
@@ -85,7 +85,8 @@ impl Connection {
                     )));
                 }
                 self.check("queue", &name, Access::Configure)?;
-                let config = QueueConfig::parse(&d.arguments, &name, &vhost).map_err(AmqpError::precondition)?;
+                let config = QueueConfig::parse(&d.arguments, &name, &vhost)
+                    .map_err(AmqpError::precondition)?;
                 if config.queue_type == QueueType::Quorum {
                     if !d.durable {
                         return Err(AmqpError::precondition(format!(
@@ -115,7 +116,12 @@ impl Connection {
                 if let Some(existing) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
                     self.check_exclusive(&existing)?;
                 }
-                let created = match self.broker.meta.submit(MetaCommand::DeclareQueue(record)).await {
+                let created = match self
+                    .broker
+                    .meta
+                    .submit(MetaCommand::DeclareQueue(record))
+                    .await
+                {
                     Ok(crate::meta::MetaOutcome::Done) => true,
                     Ok(_) => false,
                     Err(MetaError::Locked(t)) => return Err(AmqpError::resource_locked(t)),
@@ -140,16 +146,35 @@ impl Connection {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.resolve_queue_name(id, b.queue.as_str())?;
-                self.queue_binding(true, &name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments)
-                    .await?;
-                self.reply(id, b.nowait, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+                self.queue_binding(
+                    true,
+                    &name,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )
+                .await?;
+                self.reply(
+                    id,
+                    b.nowait,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                );
                 Ok(())
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.resolve_queue_name(id, b.queue.as_str())?;
-                self.queue_binding(false, &name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments)
-                    .await?;
-                self.send(id, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+                self.queue_binding(
+                    false,
+                    &name,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )
+                .await?;
+                self.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
                 Ok(())
             }
             queue::AMQPMethod::Purge(p) => {
@@ -160,7 +185,9 @@ impl Connection {
                 self.reply(
                     id,
                     p.nowait,
-                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: n })),
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: n,
+                    })),
                 );
                 Ok(())
             }
@@ -185,7 +212,10 @@ impl Connection {
                     match self
                         .broker
                         .meta
-                        .submit(MetaCommand::DeleteQueue { vhost, name: name.clone() })
+                        .submit(MetaCommand::DeleteQueue {
+                            vhost,
+                            name: name.clone(),
+                        })
                         .await
                     {
                         Ok(_) | Err(MetaError::NotFound(_)) => {}
@@ -196,7 +226,9 @@ impl Connection {
                 self.reply(
                     id,
                     d.nowait,
-                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count: count })),
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: count,
+                    })),
                 );
                 Ok(())
             }
