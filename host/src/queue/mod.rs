@@ -79,6 +79,9 @@ pub struct ConsumeRequest {
     pub exclusive: bool,
     pub priority: i32,
     pub prefetch: u32,
+    /// consume-ok, sent under the queue lock so it reaches the client before any delivery
+    /// and only once the consumer is accepted.
+    pub ok: Option<amq_protocol::protocol::AMQPClass>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,6 +408,9 @@ impl Queue {
                     self.name(),
                     self.vhost()
                 )));
+            }
+            if let Some(ok) = req.ok {
+                req.channel.send(ok);
             }
             st.next_consumer_id += 1;
             let id = st.next_consumer_id;

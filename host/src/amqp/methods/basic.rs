@@ -103,16 +103,12 @@ impl Connection {
                     exclusive: c.exclusive,
                     priority,
                     prefetch: ch.prefetch as u32,
-                };
-                // consume-ok must reach the client before the first delivery.
-                if !c.nowait {
-                    self.send(
-                        id,
+                    ok: (!c.nowait).then(|| {
                         AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
                             consumer_tag: tag.as_str().into(),
-                        })),
-                    );
-                }
+                        }))
+                    }),
+                };
                 let consumer = q.consume(req)?;
                 self.channel(id)?.consumers.insert(tag, (q, consumer));
                 Ok(())
