@@ -68,8 +68,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        // Tests in one process start brokers concurrently: a counter keeps their dirs apart.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!(
-            "warren-test-{tag}-{}-{}",
+            "warren-test-{tag}-{}-{n}-{}",
             std::process::id(),
             rand_u16()
         ));
@@ -150,17 +153,24 @@ impl Node {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("warren-server exited during start-up: {status}\n{}", self.log());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "warren-server exited during start-up: {status}\n{}",
+                    self.log()
+                );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && self.data_dir().join("node.json").exists()
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "node did not start\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node did not start\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -12,9 +12,13 @@ async fn publish_and_get_round_trip() {
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare("smoke".into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .expect("declare");
+    ch.queue_declare(
+        "smoke".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
     ch.basic_publish(
         "".into(),
         "smoke".into(),

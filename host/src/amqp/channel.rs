@@ -460,9 +460,6 @@ impl Connection {
             body,
         );
         let fail = |e: AmqpError| e.with_method(60, 40).on_channel(id);
-        if let Err(e) = msg.expiration_ms() {
-            return Err(fail(AmqpError::precondition(e)));
-        }
         let vhost = self.vhost.clone();
         if !msg.exchange.is_empty() {
             match vhost.as_ref().and_then(|v| v.exchange(&msg.exchange)) {
@@ -481,6 +478,26 @@ impl Connection {
                 }
                 Some(_) => {}
             }
+        }
+        // RabbitMQ's order of checks: exchange, expiration, then user_id.
+        if let Err(e) = msg.expiration_ms() {
+            return Err(fail(AmqpError::precondition(e)));
+        }
+        if let Some(claimed) = msg.properties.user_id()
+            && claimed.as_str() != self.user
+            && !self
+                .broker
+                .meta
+                .read()
+                .users
+                .get(&self.user)
+                .is_some_and(|u| u.tags.iter().any(|t| t == "impersonator"))
+        {
+            return Err(fail(AmqpError::precondition(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                claimed.as_str(),
+                self.user
+            ))));
         }
         let msg = Arc::new(msg);
         let ch = self.channel(id)?;

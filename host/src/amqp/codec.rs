@@ -125,6 +125,16 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
             format!("COMMAND_INVALID - unknown method {method_id} of class {class_id}"),
         ));
     }
+    // amq-protocol's parser drops basic.qos's prefetch-size; RabbitMQ refuses any but 0.
+    if (class_id, method_id) == (60, 10) && payload.len() >= 8 {
+        let size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if size != 0 {
+            return Err(
+                AmqpError::not_implemented(format!("prefetch_size!=0 ({size})"))
+                    .with_method(60, 10),
+            );
+        }
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok(([], class)) => Ok(class),
         _ => Err(AmqpError::connection(
@@ -276,6 +286,16 @@ mod tests {
             decode_method(&[0, 60, 0, 99]).unwrap_err().code,
             ReplyCode::CommandInvalid
         );
+    }
+
+    #[test]
+    fn qos_with_a_prefetch_size_is_not_implemented() {
+        // basic.qos: prefetch-size 4096, prefetch-count 10, global false.
+        let err = decode_method(&[0, 60, 0, 10, 0, 0, 16, 0, 0, 10, 0]).unwrap_err();
+        assert_eq!(err.code, ReplyCode::NotImplemented);
+        assert_eq!(err.text, "NOT_IMPLEMENTED - prefetch_size!=0 (4096)");
+        assert_eq!((err.class_id, err.method_id), (60, 10));
+        assert!(decode_method(&[0, 60, 0, 10, 0, 0, 0, 0, 0, 10, 0]).is_ok());
     }
 
     #[test]

@@ -198,14 +198,16 @@ impl Connection {
             )));
         };
         if let Err(e) = self.broker.login(&user, &pass, self.peer.ip()) {
-            let text = match e {
-                LoginError::Refused(_) => format!(
-                    "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                    start_ok.mechanism.as_str()
-                ),
-                LoginError::LoopbackOnly(t) => t,
+            // As RabbitMQ: the client learns only that the login was refused (a loopback-only
+            // user included); the reason goes to the log.
+            let reason = match e {
+                LoginError::Refused(t) | LoginError::LoopbackOnly(t) => t,
             };
-            tracing::warn!(peer = %self.peer, user, "login refused");
+            let text = format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                start_ok.mechanism.as_str()
+            );
+            tracing::warn!(peer = %self.peer, user, reason, "login refused");
             // Without authentication_failure_close a client learns only that the socket closed.
             return Err(
                 auth_failure_close.then(|| AmqpError::connection(ReplyCode::AccessRefused, text))
@@ -225,9 +227,26 @@ impl Connection {
             connection::AMQPMethod::TuneOk(t) => t,
             _ => return Err(Some(handshake_error("expected connection.tune-ok"))),
         };
+        // As RabbitMQ: a frame_max outside what the spec and the server allow is refused (a
+        // silently clamped value would make the client's frames a FRAME_ERROR later).
+        let refuse = |text: String| {
+            Some(AmqpError::connection(ReplyCode::NotAllowed, text).with_method(10, 31))
+        };
+        if tune_ok.frame_max != 0 && tune_ok.frame_max < FRAME_MIN_SIZE {
+            return Err(refuse(format!(
+                "NOT_ALLOWED - frame_max={} < {FRAME_MIN_SIZE} min size",
+                tune_ok.frame_max
+            )));
+        }
+        if cfg.frame_max != 0 && tune_ok.frame_max > cfg.frame_max {
+            return Err(refuse(format!(
+                "NOT_ALLOWED - frame_max={} > {} max size",
+                tune_ok.frame_max, cfg.frame_max
+            )));
+        }
         self.frame_max = match tune_ok.frame_max {
             0 => cfg.frame_max,
-            n => n.min(cfg.frame_max).max(FRAME_MIN_SIZE),
+            n => n,
         };
         self.channel_max = match tune_ok.channel_max {
             0 => cfg.channel_max,

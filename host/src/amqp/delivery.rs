@@ -202,9 +202,10 @@ impl ChannelHandle {
 
     pub fn send_cancel(&self, consumer_tag: &str) {
         if self.cancel_notify && !self.is_closed() {
+            // nowait, as RabbitMQ sends it: the client must not answer with cancel-ok.
             self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                 consumer_tag: consumer_tag.into(),
-                nowait: false,
+                nowait: true,
             })));
         }
     }

@@ -61,11 +61,9 @@ impl Message {
     pub fn expiration_ms(&self) -> Result<Option<u64>, String> {
         match self.properties.expiration() {
             None => Ok(None),
-            Some(s) => s
-                .as_str()
-                .parse::<u64>()
+            Some(s) => parse_expiration(s.as_str())
                 .map(Some)
-                .map_err(|_| format!("invalid expiration '{}'", s.as_str())),
+                .map_err(|why| format!("invalid expiration '{}': {why}", s.as_str())),
         }
     }
 
@@ -153,5 +151,58 @@ mod tests {
         assert_eq!(&back.body[..], b"hello");
         assert!(back.persistent());
         assert_eq!(back.priority(), 3);
+    }
+}
+
+/// The longest per-message TTL RabbitMQ accepts: ten years, in milliseconds.
+const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// Parses an `expiration` the way RabbitMQ does (`string:to_integer` and `check_expiry`); the
+/// error is the reason as RabbitMQ prints it (`no_integer`, `{leftover_string,"x"}`,
+/// `{value_negative,-5}`, `{value_too_large,N}`).
+pub fn parse_expiration(s: &str) -> Result<u64, String> {
+    let (negative, rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err("no_integer".to_string());
+    }
+    if digits < rest.len() {
+        return Err(format!("{{leftover_string,{:?}}}", &rest[digits..]));
+    }
+    let magnitude = rest.trim_start_matches('0');
+    let magnitude = if magnitude.is_empty() { "0" } else { magnitude };
+    if negative && magnitude != "0" {
+        return Err(format!("{{value_negative,-{magnitude}}}"));
+    }
+    match magnitude.parse::<u64>() {
+        Ok(n) if n <= MAX_EXPIRY_MS => Ok(n),
+        _ => Err(format!("{{value_too_large,{magnitude}}}")),
+    }
+}
+
+#[cfg(test)]
+mod expiration_tests {
+    use super::parse_expiration;
+
+    #[test]
+    fn parses_like_rabbitmq() {
+        assert_eq!(parse_expiration("1000"), Ok(1000));
+        assert_eq!(parse_expiration("+5"), Ok(5));
+        assert_eq!(parse_expiration("-0"), Ok(0));
+        assert_eq!(parse_expiration("soon"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(""), Err("no_integer".into()));
+        assert_eq!(
+            parse_expiration("10abc"),
+            Err("{leftover_string,\"abc\"}".into())
+        );
+        assert_eq!(parse_expiration("-5"), Err("{value_negative,-5}".into()));
+        assert_eq!(
+            parse_expiration("315360000001"),
+            Err("{value_too_large,315360000001}".into())
+        );
     }
 }

@@ -37,22 +37,46 @@ pub fn describe_value(v: &AMQPValue) -> String {
         AMQPValue::ShortString(s) => format!("the value '{s}' of type 'shortstr'"),
         AMQPValue::Boolean(b) => format!("the value '{b}' of type 'bool'"),
         other => match as_int(other) {
-            Some(i) => format!("the value '{i}' of type '{}'", int_type_name(other)),
+            Some(i) => format!("the value '{i}' of type '{}'", type_name(other)),
             None => format!("the value '{other:?}'"),
         },
     }
 }
 
-fn int_type_name(v: &AMQPValue) -> &'static str {
+/// A value as RabbitMQ prints it without its type: `'2000'`, `'reject-publish'`, `'true'`.
+fn bare_value(v: &AMQPValue) -> String {
     match v {
+        AMQPValue::LongString(s) => format!("'{}'", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => format!("'{s}'"),
+        AMQPValue::Boolean(b) => format!("'{b}'"),
+        other => match as_int(other) {
+            Some(i) => format!("'{i}'"),
+            None => format!("'{other:?}'"),
+        },
+    }
+}
+
+/// RabbitMQ's name for a field-table value's type, as it appears in its error texts.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",
         AMQPValue::ShortShortUInt(_) => "unsignedbyte",
         AMQPValue::ShortInt(_) => "short",
         AMQPValue::ShortUInt(_) => "unsignedshort",
         AMQPValue::LongInt(_) => "signedint",
         AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
         AMQPValue::Timestamp(_) => "timestamp",
-        _ => "long",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
     }
 }
 
@@ -77,9 +101,18 @@ fn differing_argument(
             _ => false,
         };
         if !same {
-            let show =
-                |v: Option<&AMQPValue>| v.map(describe_value).unwrap_or_else(|| "none".into());
-            return Some((key.to_string(), show(r), show(c)));
+            // RabbitMQ names the type only when one side is missing ("received none but
+            // current is the value '1000' of type 'signedint'"); two present values are shown
+            // bare ("received '2000' but current is '1000'").
+            return Some(match (r, c) {
+                (Some(r), Some(c)) => (key.to_string(), bare_value(r), bare_value(c)),
+                _ => {
+                    let show = |v: Option<&AMQPValue>| {
+                        v.map(describe_value).unwrap_or_else(|| "none".into())
+                    };
+                    (key.to_string(), show(r), show(c))
+                }
+            });
         }
     }
     None

@@ -209,9 +209,9 @@ impl MetaState {
                     return Err(no_vhost(&q.vhost));
                 }
                 if let Some(current) = self.queues.get(&key(&q.vhost, &q.name)) {
-                    if current.exclusive_owner.is_some()
-                        && current.exclusive_owner != q.exclusive_owner
-                    {
+                    // RabbitMQ's strict check: the exclusive flag (and owner) of a re-declare
+                    // must match the original declaration's.
+                    if current.exclusive_owner != q.exclusive_owner {
                         return Err(MetaError::Locked(format!(
                             "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
                             q.name, q.vhost

@@ -2,7 +2,7 @@
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-use crate::meta::equivalence::as_int;
+use crate::meta::equivalence::{as_int, type_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -41,110 +41,113 @@ pub struct QueueConfig {
     pub delivery_limit: Option<u64>,
 }
 
-fn string_value(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
+/// The longest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`): ten years, in milliseconds.
+const MAX_EXPIRY_MS: i128 = 315_360_000_000;
 
 impl QueueConfig {
     /// Parses and validates arguments; the error is RabbitMQ's 406 text (without the prefix).
+    /// The checks, their order and their reasons follow `rabbit_amqqueue:declare_args/0`.
     pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<QueueConfig, String> {
         let invalid = |key: &str, why: String| {
             format!("invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}")
         };
         let get = |key: &str| args.inner().get(key);
-        let non_negative = |key: &str, positive: bool| -> Result<Option<u64>, String> {
-            match get(key) {
-                None => Ok(None),
-                Some(v) => match as_int(v) {
-                    Some(i) if i < 0 || (positive && i == 0) => {
-                        Err(invalid(key, format!("{{value_zero_or_less,{i}}}")))
-                    }
-                    Some(i) => Ok(Some(i.min(u64::MAX as i128) as u64)),
-                    None => Err(invalid(key, format!("{{unacceptable_type,{v:?}}}"))),
-                },
+        let unacceptable = |v: &AMQPValue| format!("{{unacceptable_type,{}}}", type_name(v));
+        // check_int_arg: any integer type (not timestamp).
+        let int = |key: &str| -> Result<Option<i128>, String> {
+            let Some(v) = get(key) else {
+                return Ok(None);
+            };
+            let value = match v {
+                AMQPValue::Timestamp(_) => None,
+                _ => as_int(v),
+            };
+            value
+                .map(Some)
+                .ok_or_else(|| invalid(key, format!("\"expected integer, got {}\"", type_name(v))))
+        };
+        let non_negative = |key: &str| -> Result<Option<u64>, String> {
+            match int(key)? {
+                Some(i) if i < 0 => Err(invalid(key, format!("{{value_negative,{i}}}"))),
+                other => Ok(other.map(|i| i.min(u64::MAX as i128) as u64)),
+            }
+        };
+        let expiry = |key: &str, zero_allowed: bool| -> Result<Option<u64>, String> {
+            match int(key)? {
+                Some(0) if !zero_allowed => Err(invalid(key, "{value_zero,0}".to_string())),
+                Some(i) if i < 0 => Err(invalid(key, format!("{{value_negative,{i}}}"))),
+                Some(i) if i > MAX_EXPIRY_MS => {
+                    Err(invalid(key, format!("{{value_too_large,{i}}}")))
+                }
+                other => Ok(other.map(|i| i as u64)),
             }
         };
         let string = |key: &str| -> Result<Option<String>, String> {
             match get(key) {
                 None => Ok(None),
-                Some(v) => string_value(v)
-                    .map(Some)
-                    .ok_or_else(|| invalid(key, format!("{{unacceptable_type,{v:?}}}"))),
-            }
-        };
-        let overflow = match string("x-overflow")?.as_deref() {
-            None | Some("drop-head") => Overflow::DropHead,
-            Some("reject-publish") => Overflow::RejectPublish,
-            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-            Some(other) => {
-                return Err(invalid(
-                    "x-overflow",
-                    format!("{{unknown_overflow,\"{other}\"}}"),
-                ));
-            }
-        };
-        let max_priority = match get("x-max-priority") {
-            None => None,
-            Some(v) => match as_int(v) {
-                Some(i) if (0..=255).contains(&i) => Some(i as u8),
-                Some(i) => {
-                    return Err(invalid(
-                        "x-max-priority",
-                        format!("{{value_out_of_range,{i}}}"),
-                    ));
+                Some(AMQPValue::LongString(s)) => {
+                    Ok(Some(String::from_utf8_lossy(s.as_bytes()).into_owned()))
                 }
-                None => {
-                    return Err(invalid(
-                        "x-max-priority",
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ));
-                }
-            },
-        };
-        let single_active_consumer = match get("x-single-active-consumer") {
-            None => false,
-            Some(AMQPValue::Boolean(b)) => *b,
-            Some(v) => {
-                return Err(invalid(
-                    "x-single-active-consumer",
-                    format!("{{unacceptable_type,{v:?}}}"),
-                ));
+                Some(AMQPValue::ShortString(s)) => Ok(Some(s.as_str().to_string())),
+                Some(v) => Err(invalid(key, unacceptable(v))),
             }
         };
+
         let queue_type = match string("x-queue-type")?.as_deref() {
             None | Some("classic") => QueueType::Classic,
             Some("quorum") => QueueType::Quorum,
             Some(other) => {
                 return Err(invalid(
                     "x-queue-type",
-                    format!("unsupported queue type '{other}'"),
+                    format!("\"unsupported queue type '{other}'\""),
                 ));
             }
         };
+        let expires = expiry("x-expires", false)?;
+        let message_ttl = expiry("x-message-ttl", true)?;
         let dead_letter_exchange = string("x-dead-letter-exchange")?;
         let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
         if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",
-                "Key x-dead-letter-routing-key should be specified together with x-dead-letter-exchange".into(),
+                "routing_key_but_no_dlx_defined".into(),
             ));
         }
+        let max_length = non_negative("x-max-length")?;
+        let max_length_bytes = non_negative("x-max-length-bytes")?;
+        let max_priority = match non_negative("x-max-priority")? {
+            None => None,
+            Some(p) if p <= 255 => Some(p as u8),
+            Some(p) => {
+                return Err(invalid(
+                    "x-max-priority",
+                    format!("{{max_value_exceeded,{p}}}"),
+                ));
+            }
+        };
+        let overflow = match string("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(_) => return Err(invalid("x-overflow", "invalid_overflow".into())),
+        };
+        let single_active_consumer = match get("x-single-active-consumer") {
+            None => false,
+            Some(AMQPValue::Boolean(b)) => *b,
+            Some(v) => return Err(invalid("x-single-active-consumer", unacceptable(v))),
+        };
         Ok(QueueConfig {
-            message_ttl: non_negative("x-message-ttl", false)?,
-            expires: non_negative("x-expires", true)?,
-            max_length: non_negative("x-max-length", false)?,
-            max_length_bytes: non_negative("x-max-length-bytes", false)?,
+            message_ttl,
+            expires,
+            max_length,
+            max_length_bytes,
             overflow,
             dead_letter_exchange,
             dead_letter_routing_key,
             max_priority,
             single_active_consumer,
             queue_type,
-            delivery_limit: non_negative("x-delivery-limit", false)?,
+            delivery_limit: non_negative("x-delivery-limit")?,
         })
     }
 }
@@ -200,6 +203,64 @@ mod tests {
         );
         assert!(
             QueueConfig::parse(&table(&[("x-expires", AMQPValue::LongInt(0))]), "q", "/").is_err()
+        );
+    }
+
+    #[test]
+    fn refusals_read_like_rabbitmq() {
+        let err = |k: &str, v: AMQPValue| {
+            QueueConfig::parse(&table(&[(k, v)]), "q", "/")
+                .unwrap_err()
+                .split_once(": ")
+                .map(|(_, why)| why.to_string())
+                .unwrap()
+        };
+        assert_eq!(
+            err("x-message-ttl", AMQPValue::LongString("soon".into())),
+            "\"expected integer, got longstr\""
+        );
+        assert_eq!(
+            err("x-message-ttl", AMQPValue::LongInt(-1)),
+            "{value_negative,-1}"
+        );
+        assert_eq!(
+            err("x-message-ttl", AMQPValue::LongLongInt(315_360_000_001)),
+            "{value_too_large,315360000001}"
+        );
+        assert_eq!(err("x-expires", AMQPValue::LongInt(0)), "{value_zero,0}");
+        assert_eq!(
+            err("x-max-length", AMQPValue::LongInt(-1)),
+            "{value_negative,-1}"
+        );
+        assert_eq!(
+            err("x-max-priority", AMQPValue::LongInt(300)),
+            "{max_value_exceeded,300}"
+        );
+        assert_eq!(
+            err("x-overflow", AMQPValue::LongString("nope".into())),
+            "invalid_overflow"
+        );
+        assert_eq!(
+            err("x-dead-letter-exchange", AMQPValue::LongInt(5)),
+            "{unacceptable_type,signedint}"
+        );
+        assert_eq!(
+            err(
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString("k".into())
+            ),
+            "routing_key_but_no_dlx_defined"
+        );
+        assert_eq!(
+            err(
+                "x-single-active-consumer",
+                AMQPValue::LongString("yes".into())
+            ),
+            "{unacceptable_type,longstr}"
+        );
+        assert_eq!(
+            err("x-queue-type", AMQPValue::LongString("nope".into())),
+            "\"unsupported queue type 'nope'\""
         );
     }
 }

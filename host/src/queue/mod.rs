@@ -193,7 +193,8 @@ impl Queue {
             && (msg.persistent() || self.config.queue_type == QueueType::Quorum)
     }
 
-    fn touch(&self) {
+    /// Marks the queue used now (consume, cancel, get, declare): the x-expires clock restarts.
+    pub fn touch(&self) {
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
     }
 

@@ -30,7 +30,10 @@ fn parse() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--uri" => a.uri = val()?,
             "--size" => a.size = val()?.parse()?,
@@ -101,11 +104,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         pending.push_back(c);
-        if pending.len() >= args.window {
-            if let Some(c) = pending.pop_front() {
-                c.await?;
-                confirmed += 1;
-            }
+        if pending.len() >= args.window
+            && let Some(c) = pending.pop_front()
+        {
+            c.await?;
+            confirmed += 1;
         }
     }
     while let Some(c) = pending.pop_front() {

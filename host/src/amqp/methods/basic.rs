@@ -172,28 +172,29 @@ impl Connection {
                 }
                 self.reject(id, r.delivery_tag, false, r.requeue)
             }
-            basic::AMQPMethod::Recover(r) => {
-                self.recover(id, r.requeue)?;
-                self.send(
-                    id,
-                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
-                );
-                Ok(())
-            }
-            basic::AMQPMethod::RecoverAsync(r) => self.recover(id, r.requeue),
+            basic::AMQPMethod::Recover(r) => self.recover(id, r.requeue, true),
+            basic::AMQPMethod::RecoverAsync(r) => self.recover(id, r.requeue, false),
             _ => Err(AmqpError::command_invalid("unexpected basic method")),
         }
     }
 
-    fn recover(&mut self, id: u16, requeue: bool) -> AmqpResult<()> {
+    fn recover(&mut self, id: u16, requeue: bool, reply: bool) -> AmqpResult<()> {
         if !requeue {
             return Err(AmqpError::connection(
                 ReplyCode::NotImplemented,
                 "NOT_IMPLEMENTED - requeue=false",
             ));
         }
-        let ch = self.channel(id)?;
-        requeue_all(&ch.handle);
+        let handle = self.channel(id)?.handle.clone();
+        if reply {
+            // recover-ok goes out before the redeliveries: clients drop deliveries that
+            // arrive ahead of it as belonging to the time before the recover.
+            self.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
+        }
+        requeue_all(&handle);
         Ok(())
     }
 

@@ -46,6 +46,11 @@ impl Connection {
         match m {
             exchange::AMQPMethod::Declare(d) => {
                 let name = d.exchange.as_str().to_string();
+                if name.is_empty() {
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
                 if d.passive {
                     if self
                         .vhost
@@ -66,18 +71,25 @@ impl Connection {
                     );
                     return Ok(());
                 }
-                if name.is_empty() || name.starts_with("amq.") {
+                // RabbitMQ's order: the type, then the name, then permissions; the reserved
+                // prefix only stops creating an exchange (re-declaring amq.direct is fine).
+                let kind = d.kind.as_str().to_string();
+                let Some(t) = self.broker.exchange_type(&kind) else {
+                    return Err(AmqpError::precondition(format!(
+                        "unknown exchange type '{kind}'"
+                    )));
+                };
+                self.check("exchange", &name, Access::Configure)?;
+                let exists = self
+                    .vhost
+                    .as_ref()
+                    .and_then(|v| v.exchange(&name))
+                    .is_some();
+                if !exists && name.starts_with("amq.") {
                     return Err(AmqpError::access_refused(format!(
                         "exchange name '{name}' contains reserved prefix 'amq.*'"
                     )));
                 }
-                self.check("exchange", &name, Access::Configure)?;
-                let kind = d.kind.as_str().to_string();
-                let Some(t) = self.broker.exchange_type(&kind) else {
-                    return Err(AmqpError::precondition(format!(
-                        "invalid exchange type '{kind}'"
-                    )));
-                };
                 t.create(&d.arguments).map_err(|e| {
                     AmqpError::precondition(format!(
                         "invalid arguments for exchange '{name}' in vhost '{vhost}': {e}"
@@ -106,9 +118,14 @@ impl Connection {
             }
             exchange::AMQPMethod::Delete(d) => {
                 let name = d.exchange.as_str().to_string();
-                if name.is_empty() || name.starts_with("amq.") {
+                if name.is_empty() {
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                if name.starts_with("amq.") {
                     return Err(AmqpError::access_refused(format!(
-                        "operation not permitted on the default exchange or system exchange '{name}'"
+                        "deletion of system exchange '{name}' in vhost '{vhost}' not allowed"
                     )));
                 }
                 self.check("exchange", &name, Access::Configure)?;

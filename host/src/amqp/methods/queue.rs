@@ -64,6 +64,8 @@ impl Connection {
                 if d.passive {
                     let name = self.resolve_queue_name(id, &name)?;
                     let q = self.usable_queue(&name)?;
+                    // A declare counts as a use: it renews the x-expires lease, as in RabbitMQ.
+                    q.touch();
                     let s = q.stats();
                     self.channel(id)?.last_queue = Some(name.clone());
                     self.reply(
@@ -131,6 +133,7 @@ impl Connection {
                     self.exclusive_queues.push(name.clone());
                 }
                 let q = self.usable_queue(&name)?;
+                q.touch();
                 let s = q.stats();
                 self.channel(id)?.last_queue = Some(name.clone());
                 self.reply(
@@ -203,9 +206,10 @@ impl Connection {
                             "queue '{name}' in vhost '{vhost}' in use"
                         )));
                     }
-                    if d.if_empty && s.messages_ready + s.messages_unacknowledged > 0 {
+                    // RabbitMQ's is_empty looks at ready messages only.
+                    if d.if_empty && s.messages_ready > 0 {
                         return Err(AmqpError::precondition(format!(
-                            "queue '{name}' in vhost '{vhost}' is not empty"
+                            "queue '{name}' in vhost '{vhost}' not empty"
                         )));
                     }
                     count = s.messages_ready as u32;
