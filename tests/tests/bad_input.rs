@@ -384,3 +384,20 @@ async fn a_heartbeat_on_a_channel_other_than_zero_is_a_frame_error() {
     assert_eq!(closed.code, 501, "{closed:?}");
     watcher.still_fine(&mut broker).await;
 }
+
+/// As RabbitMQ: opening more channels than the negotiated channel_max closes the connection
+/// with 530, naming both numbers.
+#[test]
+fn opening_more_channels_than_channel_max_is_not_allowed() {
+    let broker = TestBroker::start_with_config("channel_max = 2\n");
+    let mut raw = Raw::handshake(broker.port);
+    raw.open_channel(1);
+    raw.open_channel(2);
+    raw.send(&method_frame(3, 20, 10, Args::new().short("")));
+    let closed = raw.expect_connection_close();
+    assert_eq!(closed.code, 530);
+    assert_eq!(
+        closed.text,
+        "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
+    );
+}

@@ -420,3 +420,40 @@ async fn a_clean_stop_closes_clients_with_connection_forced() {
         "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
     );
 }
+
+/// TTLs count from publication, not from the restart: a message whose x-message-ttl ran out
+/// while the node was down is gone, one with time left is still delivered.
+#[tokio::test]
+async fn message_ttl_keeps_counting_across_a_restart() {
+    let mut broker = TestBroker::start();
+    {
+        let (conn, ch) = open(&broker.url()).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut short = FieldTable::default();
+        short.insert(
+            "x-message-ttl".into(),
+            lapin::types::AMQPValue::LongInt(400),
+        );
+        declare(&ch, "short-lived", durable(), short).await;
+        declare(&ch, "long-lived", durable(), FieldTable::default()).await;
+        publish_confirmed(&ch, "", "short-lived", b"stale", persistent()).await;
+        publish_confirmed(
+            &ch,
+            "",
+            "long-lived",
+            b"fresh",
+            persistent().with_expiration("600000".into()),
+        )
+        .await;
+        conn.close(200, "bye".into()).await.unwrap();
+    }
+    broker.kill9();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    broker.start();
+    let (_conn, ch) = open(&broker.url()).await;
+    assert_eq!(ready_count(&ch, "short-lived").await, 0);
+    let m = get_wait(&ch, "long-lived", true).await;
+    assert_eq!(m.delivery.data, b"fresh");
+}

@@ -153,11 +153,13 @@ impl Connection {
 
     pub(crate) async fn channel_method(&mut self, id: u16, method: AMQPClass) -> AmqpResult<()> {
         if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
-            if id > self.channel_max {
+            // RabbitMQ counts open channels against the negotiated channel_max.
+            if id > self.channel_max || self.channels.len() >= self.channel_max as usize {
                 return Err(AmqpError::connection(
-                    ReplyCode::ChannelError,
+                    ReplyCode::NotAllowed,
                     format!(
-                        "CHANNEL_ERROR - channel {id} exceeds channel_max {}",
+                        "NOT_ALLOWED - number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
                         self.channel_max
                     ),
                 ));

@@ -15,6 +15,9 @@ pub struct Message {
     pub properties: AMQPProperties,
     pub properties_raw: Bytes,
     pub body: Bytes,
+    /// When the broker took the message (ms since the epoch): TTLs count from here, also
+    /// after a restart.
+    pub published_at: u64,
     /// The store's encoding, made once however many durable queues take the message.
     encoded: OnceLock<Bytes>,
 }
@@ -33,6 +36,7 @@ impl Message {
             properties,
             properties_raw,
             body,
+            published_at: crate::queue::now_ms(),
             encoded: OnceLock::new(),
         }
     }
@@ -81,6 +85,7 @@ impl Message {
                         + self.properties_raw.len()
                         + self.body.len(),
                 );
+                out.put_u64(self.published_at);
                 out.put_u8(self.exchange.len() as u8);
                 out.extend_from_slice(self.exchange.as_bytes());
                 out.put_u8(self.routing_key.len() as u8);
@@ -107,6 +112,10 @@ impl Message {
             let s = data.split_to(len);
             String::from_utf8(s.to_vec()).ok()
         };
+        if data.remaining() < 8 {
+            return None;
+        }
+        let published_at = data.get_u64();
         let exchange = short(&mut data)?;
         let routing_key = short(&mut data)?;
         if data.remaining() < 4 {
@@ -122,7 +131,8 @@ impl Message {
             Ok(([], p)) => p,
             _ => return None,
         };
-        let msg = Message::new(exchange, routing_key, properties, properties_raw, data);
+        let mut msg = Message::new(exchange, routing_key, properties, properties_raw, data);
+        msg.published_at = published_at;
         let _ = msg.encoded.set(original);
         Some(msg)
     }

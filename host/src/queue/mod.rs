@@ -157,7 +157,8 @@ impl Queue {
             lanes: (0..lanes).map(|_| VecDeque::new()).collect(),
             ..Default::default()
         };
-        for e in recovered {
+        for mut e in recovered {
+            e.expires_at = expiry(&config, &e.msg);
             state.ready_bytes += e.msg.size() as u64;
             state.ready_count += 1;
             let lane = lane_of(&config, &e.msg);
@@ -220,17 +221,14 @@ impl Queue {
 
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>, id: u64) -> PublishOutcome {
         let now = now_ms();
-        let ttl = match (self.config.message_ttl, msg.expiration_ms().ok().flatten()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let expires_at = expiry(&self.config, &msg);
         let stored = self.stores(&msg);
         let entry = Entry {
             id,
             msg,
             redelivered: false,
             delivery_count: 0,
-            expires_at: ttl.map(|t| now.saturating_add(t)),
+            expires_at,
             stored,
         };
         let outcome = self.locked(|st| {
@@ -259,7 +257,7 @@ impl Queue {
             self.dispatch(st);
             PublishOutcome::Enqueued(ticket)
         });
-        if self.config.message_ttl.is_some() || ttl.is_some() {
+        if expires_at.is_some() {
             self.timer.notify_one();
         }
         outcome
@@ -649,6 +647,16 @@ impl Queue {
 
 fn consumer_has_room(c: &Consumer) -> bool {
     (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch) && c.channel.can_deliver()
+}
+
+/// When a message dies of old age in a queue with `config`: the shorter of the queue's
+/// x-message-ttl and the message's expiration, counted from when it was published.
+fn expiry(config: &QueueConfig, msg: &Message) -> Option<u64> {
+    let ttl = match (config.message_ttl, msg.expiration_ms().ok().flatten()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    ttl.map(|t| msg.published_at.saturating_add(t))
 }
 
 fn lane_of(config: &QueueConfig, msg: &Message) -> usize {
