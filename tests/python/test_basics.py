@@ -824,10 +824,6 @@ class TestRpc(BrokerTestCase):
             responses, {corr: str(n * n).encode() for corr, n in requests.items()}
         )
 
-    @unittest.skip(
-        "Warren advertises the direct_reply_to capability but has no amq.rabbitmq.reply-to "
-        "pseudo-queue yet: basic.consume on it closes the channel with 404 NOT_FOUND"
-    )
     def test_direct_reply_to(self):
         server_conn = self.connect()
         server = server_conn.channel()
@@ -856,6 +852,22 @@ class TestRpc(BrokerTestCase):
         )
         self.pump_until(client_conn, lambda: replies, what="the reply")
         self.assertEqual(replies, [("c-1", b"pong")])
+
+    def test_direct_reply_to_request_without_reply_consumer_is_refused(self):
+        ch = self.channel()
+        q = self.declare_queue(ch, prefix="rpc")
+        with self.assertChannelClosed(
+            406, "PRECONDITION_FAILED - fast reply consumer does not exist"
+        ):
+            ch.basic_publish("", q, b"ping", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+            ch.basic_get(q, auto_ack=True)
+
+    def test_direct_reply_to_consumer_must_be_no_ack(self):
+        ch = self.channel()
+        with self.assertChannelClosed(
+            406, "PRECONDITION_FAILED - reply consumer cannot acknowledge"
+        ):
+            ch.basic_consume("amq.rabbitmq.reply-to", lambda *a: None, auto_ack=False)
 
     def test_exclusive_reply_queue_disappears_with_its_connection(self):
         conn = self.connect()

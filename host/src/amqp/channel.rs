@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::codec::{self, ContentHeader};
 use super::connection::Connection;
 use super::delivery::ChannelHandle;
+use super::direct_reply::{DirectReplies, PSEUDO_QUEUE};
 use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::Outbound;
 use crate::broker::message::Message;
@@ -72,6 +73,8 @@ pub struct Channel {
     pub closing: bool,
     /// The last queue declared on this channel (an empty queue name refers to it).
     pub last_queue: Option<String>,
+    /// Direct reply-to consumer: (consumer tag, key its requests carry).
+    pub reply_consumer: Option<(String, String)>,
 }
 
 impl Channel {
@@ -85,12 +88,16 @@ impl Channel {
             pending: None,
             closing: false,
             last_queue: None,
+            reply_consumer: None,
         }
     }
 
     /// Cancels consumers and requeues unacked deliveries (channel or connection closed).
-    pub fn release(&self) {
+    pub fn release(&self, replies: &DirectReplies) {
         self.handle.mark_closed();
+        if let Some((_, key)) = &self.reply_consumer {
+            replies.unregister(key);
+        }
         for (queue, id) in self.consumers.values() {
             queue.cancel(*id);
         }
@@ -136,7 +143,7 @@ impl Connection {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.closing = true;
             ch.pending = None;
-            ch.release();
+            ch.release(&self.broker.direct_replies);
             let consumers = std::mem::take(&mut ch.consumers);
             drop(consumers);
         }
@@ -272,7 +279,7 @@ impl Connection {
         match m {
             channel::AMQPMethod::Close(_) => {
                 if let Some(ch) = self.channels.remove(&id) {
-                    ch.release();
+                    ch.release(&self.broker.direct_replies);
                 }
                 self.update_channel_count();
                 self.send(
@@ -454,14 +461,18 @@ impl Connection {
             }
             b.freeze()
         };
-        let msg = Message::new(
-            p.exchange,
-            p.routing_key,
-            header.properties,
-            header.properties_raw,
-            body,
-        );
         let fail = |e: AmqpError| e.with_method(60, 40).on_channel(id);
+        let (mut properties, mut properties_raw) = (header.properties, header.properties_raw);
+        if properties.reply_to().as_ref().map(|r| r.as_str()) == Some(PSEUDO_QUEUE) {
+            let Some((_, key)) = &self.channel(id)?.reply_consumer else {
+                return Err(fail(AmqpError::precondition(
+                    "fast reply consumer does not exist",
+                )));
+            };
+            properties = properties.with_reply_to(DirectReplies::address(key).into());
+            properties_raw = codec::encode_properties(&properties);
+        }
+        let msg = Message::new(p.exchange, p.routing_key, properties, properties_raw, body);
         let vhost = self.vhost.clone();
         if !msg.exchange.is_empty() {
             match vhost.as_ref().and_then(|v| v.exchange(&msg.exchange)) {
@@ -532,6 +543,23 @@ impl Connection {
         let Some(vhost) = self.vhost.clone() else {
             return Ok((None, false));
         };
+        if msg.exchange.is_empty() && DirectReplies::is_address(&msg.routing_key) {
+            let routing_key = msg.routing_key.clone();
+            if !self
+                .broker
+                .direct_replies
+                .deliver(&routing_key, msg.clone())
+                && mandatory
+            {
+                let _ = self.out.send(Outbound::Return {
+                    channel: id,
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE",
+                    msg,
+                });
+            }
+            return Ok((None, false));
+        }
         let mut queues = Vec::new();
         vhost.route(
             &msg.exchange,

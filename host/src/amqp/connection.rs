@@ -526,7 +526,7 @@ impl Connection {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(ch) = self.channels.remove(&id) {
-                ch.release();
+                ch.release(&self.broker.direct_replies);
             }
         }
         for q in std::mem::take(&mut self.exclusive_queues) {

@@ -131,6 +131,20 @@ impl ChannelHandle {
         });
     }
 
+    /// Sends a message that needs no acknowledgement and belongs to no queue (direct reply-to).
+    pub fn deliver_untracked(&self, consumer_tag: &Arc<str>, msg: Arc<Message>) {
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let _ = self.out.send(Outbound::Deliver {
+            channel: self.id,
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag: tag,
+            redelivered: false,
+            msg,
+        });
+    }
+
     /// Answers a basic.get with one message.
     pub fn deliver_get(
         &self,

@@ -5,6 +5,7 @@ pub mod channel;
 pub mod codec;
 pub mod connection;
 pub mod delivery;
+pub mod direct_reply;
 pub mod error;
 pub mod methods;
 pub mod outbound;

@@ -86,6 +86,8 @@ pub struct Broker {
     next_connection: AtomicU64,
     pub alarms: watch::Sender<Alarms>,
     permissions: permissions::PermissionCache,
+    /// Direct reply-to consumers of this node's channels.
+    pub direct_replies: crate::amqp::direct_reply::DirectReplies,
     me: Weak<Broker>,
 }
 
@@ -110,6 +112,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             alarms: watch::channel(Alarms::default()).0,
             permissions: permissions::PermissionCache::default(),
+            direct_replies: Default::default(),
             me: me.clone(),
         })
     }

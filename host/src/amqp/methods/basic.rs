@@ -9,6 +9,7 @@ use super::queue::generated_name;
 use crate::amqp::channel::{PendingPublish, TxAck, requeue_all};
 use crate::amqp::connection::Connection;
 use crate::amqp::delivery::Unacked;
+use crate::amqp::direct_reply::PSEUDO_QUEUE;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
@@ -70,6 +71,32 @@ impl Connection {
                 );
                 Ok(())
             }
+            basic::AMQPMethod::Consume(c) if c.queue.as_str() == PSEUDO_QUEUE => {
+                if !c.no_ack {
+                    return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+                }
+                let tag = match c.consumer_tag.as_str() {
+                    "" => generated_name("amq.ctag-"),
+                    t => t.to_string(),
+                };
+                let broker = self.broker.clone();
+                let ch = self.channel(id)?;
+                if ch.reply_consumer.is_some() {
+                    return Err(AmqpError::precondition("reply consumer already set"));
+                }
+                let key = broker
+                    .direct_replies
+                    .register(ch.handle.clone(), Arc::from(tag.as_str()));
+                ch.reply_consumer = Some((tag.clone(), key));
+                self.reply(
+                    id,
+                    c.nowait,
+                    AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                        consumer_tag: tag.as_str().into(),
+                    })),
+                );
+                Ok(())
+            }
             basic::AMQPMethod::Consume(c) => {
                 let name = self.resolve_queue_name(id, c.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
@@ -117,6 +144,15 @@ impl Connection {
                 let ch = self.channel(id)?;
                 if let Some((q, consumer)) = ch.consumers.remove(c.consumer_tag.as_str()) {
                     q.cancel(consumer);
+                }
+                if ch
+                    .reply_consumer
+                    .as_ref()
+                    .is_some_and(|(tag, _)| tag == c.consumer_tag.as_str())
+                {
+                    if let Some((_, key)) = ch.reply_consumer.take() {
+                        self.broker.direct_replies.unregister(&key);
+                    }
                 }
                 self.reply(
                     id,
