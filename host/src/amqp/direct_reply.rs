@@ -14,10 +14,13 @@ use crate::broker::message::Message;
 pub const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";
 const PREFIX: &str = "amq.rabbitmq.reply-to.";
 
+/// A reply consumer: its channel and consumer tag.
+type ReplyConsumer = (Arc<ChannelHandle>, Arc<str>);
+
 /// Reply consumers of this node, by the key that `reply_to` carries.
 #[derive(Default)]
 pub struct DirectReplies {
-    consumers: Mutex<HashMap<String, (Arc<ChannelHandle>, Arc<str>)>>,
+    consumers: Mutex<HashMap<String, ReplyConsumer>>,
 }
 
 impl DirectReplies {

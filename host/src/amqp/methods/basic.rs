@@ -145,14 +145,12 @@ impl Connection {
                 if let Some((q, consumer)) = ch.consumers.remove(c.consumer_tag.as_str()) {
                     q.cancel(consumer);
                 }
-                if ch
+                let cancels_reply = ch
                     .reply_consumer
                     .as_ref()
-                    .is_some_and(|(tag, _)| tag == c.consumer_tag.as_str())
-                {
-                    if let Some((_, key)) = ch.reply_consumer.take() {
-                        self.broker.direct_replies.unregister(&key);
-                    }
+                    .is_some_and(|(tag, _)| tag == c.consumer_tag.as_str());
+                if cancels_reply && let Some((_, key)) = ch.reply_consumer.take() {
+                    self.broker.direct_replies.unregister(&key);
                 }
                 self.reply(
                     id,
