@@ -62,6 +62,8 @@ fn run_foreground() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // No colour codes in the log file of a detached node.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     already_running(&config)?;
     let cookie = load_or_create_cookie().context("cookie")?;
