@@ -107,14 +107,7 @@ impl Channel {
 
 /// Requeues everything a channel has unacked, queue by queue.
 pub fn requeue_all(handle: &ChannelHandle) {
-    let mut by_queue: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in handle.take_all_unacked() {
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ids)) => ids.push(u.msg_id),
-            None => by_queue.push((u.queue.clone(), vec![u.msg_id])),
-        }
-    }
-    for (q, ids) in by_queue {
+    for (q, ids) in super::delivery::group_by_queue(handle.take_all_unacked()) {
         q.reject(&ids, true);
     }
 }

@@ -30,6 +30,18 @@ struct DeliveryState {
     global_unacked: u32,
 }
 
+/// Groups deliveries by queue so that each queue is locked once for a batch of acks.
+pub fn group_by_queue(items: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<u64>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in items {
+        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.msg_id),
+            None => out.push((u.queue, vec![u.msg_id])),
+        }
+    }
+    out
+}
+
 pub struct ChannelHandle {
     pub id: u16,
     pub connection: u64,

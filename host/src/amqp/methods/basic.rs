@@ -8,24 +8,12 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use super::queue::generated_name;
 use crate::amqp::channel::{PendingPublish, TxAck, requeue_all};
 use crate::amqp::connection::Connection;
-use crate::amqp::delivery::Unacked;
+use crate::amqp::delivery::group_by_queue;
 use crate::amqp::direct_reply::PSEUDO_QUEUE;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
-use crate::queue::{ConsumeRequest, Queue};
-
-/// Groups deliveries by queue so each queue is locked once per ack.
-fn by_queue(items: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<u64>)> {
-    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in items {
-        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ids)) => ids.push(u.msg_id),
-            None => out.push((u.queue, vec![u.msg_id])),
-        }
-    }
-    out
-}
+use crate::queue::ConsumeRequest;
 
 impl Connection {
     pub(crate) async fn basic_method(&mut self, id: u16, m: basic::AMQPMethod) -> AmqpResult<()> {
@@ -243,7 +231,7 @@ impl Connection {
             .take_unacked(tag, multiple)
             .ok_or_else(|| Self::unknown_tag(tag))?;
         let global = ch.handle.prefetch_global() > 0;
-        let touched = by_queue(items);
+        let touched = group_by_queue(items);
         for (q, ids) in &touched {
             q.ack(ids);
         }
@@ -271,7 +259,7 @@ impl Connection {
             .take_unacked(tag, multiple)
             .ok_or_else(|| Self::unknown_tag(tag))?;
         let global = ch.handle.prefetch_global() > 0;
-        for (q, ids) in by_queue(items) {
+        for (q, ids) in group_by_queue(items) {
             q.reject(&ids, requeue);
         }
         if global {
