@@ -181,8 +181,7 @@ impl Broker {
                 tracing::warn!(queue = %rec.name, error = %e, "stored queue has invalid arguments; using defaults");
                 // Arguments were validated at declare time; a stored record that no longer
                 // parses keeps working with defaults rather than vanishing.
-                QueueConfig::parse(&Default::default(), &rec.name, &rec.vhost)
-                    .unwrap_or_else(|_| unreachable_config())
+                QueueConfig::default()
             }
         };
         let recovered = self.recovered.lock().remove(&rec.uid).unwrap_or_default();
@@ -230,22 +229,6 @@ impl Broker {
 
     pub fn unregister_connection(&self, id: u64) {
         self.connections.lock().remove(&id);
-    }
-}
-
-fn unreachable_config() -> QueueConfig {
-    QueueConfig {
-        message_ttl: None,
-        expires: None,
-        max_length: None,
-        max_length_bytes: None,
-        overflow: crate::queue::Overflow::DropHead,
-        dead_letter_exchange: None,
-        dead_letter_routing_key: None,
-        max_priority: None,
-        single_active_consumer: false,
-        queue_type: crate::queue::QueueType::Classic,
-        delivery_limit: None,
     }
 }
 

@@ -44,6 +44,25 @@ pub struct QueueConfig {
 /// The longest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`): ten years, in milliseconds.
 const MAX_EXPIRY_MS: i128 = 315_360_000_000;
 
+/// A queue declared without arguments.
+impl Default for QueueConfig {
+    fn default() -> QueueConfig {
+        QueueConfig {
+            message_ttl: None,
+            expires: None,
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            max_priority: None,
+            single_active_consumer: false,
+            queue_type: QueueType::Classic,
+            delivery_limit: None,
+        }
+    }
+}
+
 impl QueueConfig {
     /// Parses and validates arguments; the error is RabbitMQ's 406 text (without the prefix).
     /// The checks, their order and their reasons follow `rabbit_amqqueue:declare_args/0`.
