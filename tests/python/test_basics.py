@@ -862,6 +862,12 @@ class TestRpc(BrokerTestCase):
             ch.basic_publish("", q, b"ping", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
             ch.basic_get(q, auto_ack=True)
 
+    def test_direct_reply_to_pseudo_queue_passively_exists(self):
+        ch = self.channel()
+        ok = ch.queue_declare("amq.rabbitmq.reply-to", passive=True)
+        self.assertEqual(ok.method.queue, "amq.rabbitmq.reply-to")
+        self.assertEqual(ok.method.message_count, 0)
+
     def test_direct_reply_to_consumer_must_be_no_ack(self):
         ch = self.channel()
         with self.assertChannelClosed(

@@ -61,6 +61,19 @@ impl Connection {
         match m {
             queue::AMQPMethod::Declare(d) => {
                 let mut name = d.queue.as_str().to_string();
+                if d.passive && name == crate::amqp::direct_reply::PSEUDO_QUEUE {
+                    // The direct reply-to pseudo-queue always "exists", as in RabbitMQ.
+                    self.reply(
+                        id,
+                        d.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: name.into(),
+                            message_count: 0,
+                            consumer_count: 0,
+                        })),
+                    );
+                    return Ok(());
+                }
                 if d.passive {
                     let name = self.resolve_queue_name(id, &name)?;
                     let q = self.usable_queue(&name)?;
