@@ -227,6 +227,11 @@ impl Broker {
         self.connections.lock().insert(info.id, info);
     }
 
+    /// A snapshot of the open client connections (for listings).
+    pub fn connection_list(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.connections.lock().values().cloned().collect()
+    }
+
     pub fn unregister_connection(&self, id: u64) {
         self.connections.lock().remove(&id);
     }

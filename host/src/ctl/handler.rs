@@ -271,14 +271,7 @@ impl NodeHandler {
     }
 
     fn list_connections(&self, req: &Request) -> Response {
-        let conns: Vec<_> = self
-            .node
-            .broker
-            .connections
-            .lock()
-            .values()
-            .cloned()
-            .collect();
+        let conns = self.node.broker.connection_list();
         let node = self.node.config.node_name.clone();
         let rows = conns.into_iter().map(|c| {
             let node = node.clone();
@@ -349,14 +342,7 @@ impl NodeHandler {
     }
 
     fn list_channels(&self, req: &Request) -> Response {
-        let conns: Vec<_> = self
-            .node
-            .broker
-            .connections
-            .lock()
-            .values()
-            .cloned()
-            .collect();
+        let conns = self.node.broker.connection_list();
         let consumers = self.consumers(None);
         let mut rows = Vec::new();
         for c in conns {
