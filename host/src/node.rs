@@ -83,8 +83,8 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
         recovered.entry(m.queue).or_default().push(Entry {
             id: m.id,
             msg: Arc::new(msg),
-            // The broker cannot know whether a client saw it before the restart.
-            redelivered: true,
+            // As RabbitMQ: redelivered if a consumer may have seen it before the restart.
+            redelivered: m.delivered,
             delivery_count: 0,
             expires_at: None,
             stored: true,

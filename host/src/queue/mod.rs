@@ -356,6 +356,7 @@ impl Queue {
             if c.no_ack {
                 self.forget_stored(&e);
             } else {
+                self.note_delivered(&e);
                 c.unacked += 1;
                 let cid = c.id;
                 st.unacked_bytes += e.msg.size() as u64;
@@ -386,6 +387,16 @@ impl Queue {
         let (_, i) = best?;
         st.rr = (i + 1) % n;
         Some(i)
+    }
+
+    /// A stored message's first delivery is recorded, so that after a crash it comes back
+    /// marked redelivered (and one never delivered does not).
+    fn note_delivered(&self, e: &Entry) {
+        if e.stored && !e.redelivered && e.delivery_count == 1 {
+            if let Some(s) = &self.store {
+                s.mark_delivered(self.record.uid, e.id);
+            }
+        }
     }
 
     fn forget_stored(&self, e: &Entry) {
@@ -470,6 +481,7 @@ impl Queue {
             if no_ack {
                 self.forget_stored(&e);
             } else {
+                self.note_delivered(&e);
                 st.unacked_bytes += e.msg.size() as u64;
                 st.unacked.insert(e.id, (e, None));
             }

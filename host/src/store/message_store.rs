@@ -33,7 +33,13 @@
 //!            1 Publish:     u64 queue, u64 msg id, payload (N - 17 bytes)
 //!            2 Remove:      u64 queue, u64 msg id × ((N - 9) / 8)
 //!            3 DeleteQueue: u64 queue
+//!            4 Delivered:   u64 queue, u64 msg id × ((N - 9) / 8)
 //! ```
+//! A Delivered record says a consumer was sent the message, so that a message
+//! recovered after a crash is marked redelivered only if it really may have
+//! been seen (as RabbitMQ's queue index records deliveries). Compaction
+//! re-appends the marker after a moved message, so no marker is ever needed
+//! from a segment that reclamation may delete.
 //! The CRC covers the length so that a torn or zero-filled tail can never be
 //! mistaken for a record. A bad record in the last segment is a torn write of a
 //! crash (nothing after it was ever reported durable) and is cut off; anywhere
@@ -50,7 +56,7 @@
 //! after the copies are fsynced. Recovery tolerates seeing a message twice
 //! (the later copy wins).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -107,6 +113,8 @@ pub struct RecoveredMessage {
     pub queue: QueueUid,
     pub id: MsgId,
     pub payload: Bytes,
+    /// A consumer was sent the message before the restart.
+    pub delivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +141,7 @@ const REC_HDR: usize = 8;
 const KIND_PUBLISH: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_DELETE_QUEUE: u8 = 3;
+const KIND_DELIVERED: u8 = 4;
 /// kind + queue + id
 const PUBLISH_FIXED: usize = 17;
 /// kind + queue
@@ -295,6 +304,11 @@ enum Record<'a> {
     DeleteQueue {
         queue: QueueUid,
     },
+    /// Raw little-endian ids, like `Remove`.
+    Delivered {
+        queue: QueueUid,
+        ids: &'a [u8],
+    },
 }
 
 enum RecordError {
@@ -347,6 +361,14 @@ fn read_record(buf: &[u8], off: usize) -> Result<Option<(Record<'_>, usize)>, Re
                 ids: &body[QUEUE_FIXED..],
             }
         }
+        KIND_DELIVERED
+            if body.len() >= QUEUE_FIXED && (body.len() - QUEUE_FIXED).is_multiple_of(8) =>
+        {
+            Record::Delivered {
+                queue: le_u64(&body[1..9]),
+                ids: &body[QUEUE_FIXED..],
+            }
+        }
         KIND_DELETE_QUEUE if body.len() == QUEUE_FIXED => Record::DeleteQueue {
             queue: le_u64(&body[1..9]),
         },
@@ -387,6 +409,8 @@ struct SegInfo {
 #[derive(Debug, Default)]
 struct Index {
     queues: HashMap<QueueUid, HashMap<MsgId, Loc>>,
+    /// Live messages a consumer was sent.
+    delivered: HashSet<(QueueUid, MsgId)>,
     segs: BTreeMap<u64, SegInfo>,
     live: u64,
     total_bytes: u64,
@@ -449,6 +473,7 @@ impl Index {
         if msgs.is_empty() {
             self.queues.remove(&queue);
         }
+        self.delivered.remove(&(queue, id));
         self.unlink(loc);
         self.live -= 1;
         true
@@ -458,7 +483,8 @@ impl Index {
         let Some(msgs) = self.queues.remove(&queue) else {
             return 0;
         };
-        for loc in msgs.values() {
+        for (id, loc) in &msgs {
+            self.delivered.remove(&(queue, *id));
             self.unlink(*loc);
         }
         self.live -= msgs.len() as u64;
@@ -493,7 +519,21 @@ impl Index {
             Record::DeleteQueue { queue } => {
                 self.delete_queue(queue);
             }
+            Record::Delivered { queue, ids } => {
+                for raw in ids.chunks_exact(8) {
+                    self.mark_delivered(queue, le_u64(raw));
+                }
+            }
         }
+    }
+
+    /// Records a delivery of a live message; false if the message is not live.
+    fn mark_delivered(&mut self, queue: QueueUid, id: MsgId) -> bool {
+        let live = self.queues.get(&queue).is_some_and(|m| m.contains_key(&id));
+        if live {
+            self.delivered.insert((queue, id));
+        }
+        live
     }
 }
 
@@ -516,6 +556,10 @@ enum Op {
     },
     DeleteQueue {
         queue: QueueUid,
+    },
+    Delivered {
+        queue: QueueUid,
+        id: MsgId,
     },
 }
 
@@ -746,6 +790,11 @@ impl MessageStore {
         })
     }
 
+    /// Records that a consumer was sent the message (for the redelivered flag after a crash).
+    pub fn mark_delivered(&self, queue: QueueUid, id: MsgId) -> u64 {
+        self.submit(Op::Delivered { queue, id })
+    }
+
     /// Forgets every message of a queue (queue deleted).
     pub fn delete_queue(&self, queue: QueueUid) -> u64 {
         self.submit(Op::DeleteQueue { queue })
@@ -937,7 +986,13 @@ fn recover(dir: &Path, dir_file: &File, fsync: bool) -> Result<Recovered, StoreE
                 } else {
                     Bytes::copy_from_slice(payload)
                 };
-                messages.push(RecoveredMessage { queue, id, payload });
+                let delivered = index.delivered.contains(&(queue, id));
+                messages.push(RecoveredMessage {
+                    queue,
+                    id,
+                    payload,
+                    delivered,
+                });
             }
             off += len;
         }
@@ -1075,6 +1130,11 @@ impl Writer {
                 self.index.add(queue, id, loc);
             }
             Op::Remove { queue, id } => self.remove(queue, &[id])?,
+            Op::Delivered { queue, id } => {
+                if self.index.mark_delivered(queue, id) {
+                    self.append_delivered(queue, id)?;
+                }
+            }
             Op::RemoveMany { queue, ids } => self.remove(queue, &ids)?,
             Op::DeleteQueue { queue } => {
                 // Nothing live means no record on disk still needs cancelling.
@@ -1087,6 +1147,14 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    fn append_delivered(&mut self, queue: QueueUid, id: MsgId) -> io::Result<()> {
+        let mut body = [0u8; QUEUE_FIXED + 8];
+        body[0] = KIND_DELIVERED;
+        body[1..9].copy_from_slice(&queue.to_le_bytes());
+        body[9..17].copy_from_slice(&id.to_le_bytes());
+        self.append(&[&body]).map(|_| ())
     }
 
     fn remove(&mut self, queue: QueueUid, ids: &[MsgId]) -> io::Result<()> {
@@ -1294,6 +1362,13 @@ impl Writer {
                                 };
                                 self.index.add(queue, id, loc);
                                 moved += 1;
+                                // The marker may sit in a segment reclaimed later.
+                                if self.index.delivered.contains(&(queue, id)) {
+                                    if let Err(e) = self.append_delivered(queue, id) {
+                                        result = Err(e);
+                                        break;
+                                    }
+                                }
                             }
                             Err(e) => {
                                 result = Err(e);
@@ -1608,6 +1683,42 @@ mod tests {
         assert_eq!(ids(&rec), vec![(9, 1)]);
         assert_eq!(rec.messages[0].payload, payload(9, 1, 300));
         assert_eq!(rec.next_msg_id, 401);
+    }
+
+    #[tokio::test]
+    async fn delivery_markers_survive_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = MessageStore::open(dir.path(), opts(4096)).unwrap();
+        store.publish(9, 1, payload(9, 1, 300));
+        store.publish(9, 2, payload(9, 2, 300));
+        store.mark_delivered(9, 1);
+        // A marker for a message that is gone changes nothing.
+        store.mark_delivered(9, 77);
+        // Push both messages' segment to compaction: they move forward, and the marker of
+        // message 1 must move with them.
+        for id in 3..=400 {
+            store.publish(1, id, payload(1, id, 300));
+            let t = store.remove(1, id);
+            if id % 50 == 0 {
+                store.wait_synced(t).await.unwrap();
+            }
+        }
+        settle(&store, 3).await;
+        store.close();
+        assert!(!seg_files(dir.path()).contains(&1));
+        drop(store);
+
+        let (store, rec) = MessageStore::open(dir.path(), opts(4096)).unwrap();
+        let flags: Vec<(u64, bool)> = rec.messages.iter().map(|m| (m.id, m.delivered)).collect();
+        assert_eq!(flags, vec![(1, true), (2, false)]);
+        // Removing and re-reading forgets the marker with the message.
+        let t = store.remove(9, 1);
+        store.wait_synced(t).await.unwrap();
+        store.close();
+        drop(store);
+        let (_store, rec) = MessageStore::open(dir.path(), opts(4096)).unwrap();
+        let flags: Vec<(u64, bool)> = rec.messages.iter().map(|m| (m.id, m.delivered)).collect();
+        assert_eq!(flags, vec![(2, false)]);
     }
 
     #[tokio::test]
