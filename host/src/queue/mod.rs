@@ -392,10 +392,12 @@ impl Queue {
     /// A stored message's first delivery is recorded, so that after a crash it comes back
     /// marked redelivered (and one never delivered does not).
     fn note_delivered(&self, e: &Entry) {
-        if e.stored && !e.redelivered && e.delivery_count == 1 {
-            if let Some(s) = &self.store {
-                s.mark_delivered(self.record.uid, e.id);
-            }
+        if e.stored
+            && !e.redelivered
+            && e.delivery_count == 1
+            && let Some(s) = &self.store
+        {
+            s.mark_delivered(self.record.uid, e.id);
         }
     }
 

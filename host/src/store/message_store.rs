@@ -1363,11 +1363,11 @@ impl Writer {
                                 self.index.add(queue, id, loc);
                                 moved += 1;
                                 // The marker may sit in a segment reclaimed later.
-                                if self.index.delivered.contains(&(queue, id)) {
-                                    if let Err(e) = self.append_delivered(queue, id) {
-                                        result = Err(e);
-                                        break;
-                                    }
+                                if self.index.delivered.contains(&(queue, id))
+                                    && let Err(e) = self.append_delivered(queue, id)
+                                {
+                                    result = Err(e);
+                                    break;
                                 }
                             }
                             Err(e) => {
