@@ -416,6 +416,23 @@ class TestRouting(BrokerTestCase):
         self.assertEqual(body, b"bounce")
 
 
+    def test_cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden(self):
+        ch = self.channel()
+        to_q = self.declare_queue(ch, prefix="to")
+        cc_q = self.declare_queue(ch, prefix="cc")
+        bcc_q = self.declare_queue(ch, prefix="bcc")
+        ch.basic_publish(
+            "",
+            to_q,
+            b"memo",
+            pika.BasicProperties(headers={"CC": [cc_q], "BCC": [bcc_q], "k": "v"}),
+        )
+        for q in (to_q, cc_q, bcc_q):
+            _, props, body = self.get_message(ch, q, auto_ack=True)
+            self.assertEqual(body, b"memo")
+            self.assertEqual(props.headers, {"CC": [cc_q], "k": "v"})
+
+
 class TestProperties(BrokerTestCase):
     def test_properties_round_trip(self):
         ch = self.channel()

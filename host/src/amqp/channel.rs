@@ -16,8 +16,10 @@ use super::direct_reply::{DirectReplies, PSEUDO_QUEUE};
 use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::Outbound;
 use crate::broker::message::Message;
+use crate::broker::routing::sender_selected_keys;
 use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
+use amq_protocol::types::FieldTable;
 
 /// RabbitMQ's default max_message_size (128 MiB).
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
@@ -554,12 +556,31 @@ impl Connection {
             return Ok((None, false));
         }
         let mut queues = Vec::new();
-        vhost.route(
-            &msg.exchange,
-            &msg.routing_key,
-            msg.properties.headers().as_ref(),
-            &mut queues,
-        );
+        let original = msg.clone();
+        let headers = original.properties.headers().as_ref();
+        vhost.route(&msg.exchange, &msg.routing_key, headers, &mut queues);
+        let mut msg = msg;
+        let cc = sender_selected_keys(headers);
+        if !cc.is_empty() {
+            for key in &cc {
+                vhost.route(&original.exchange, key, headers, &mut queues);
+            }
+            // BCC recipients stay hidden from everyone, as in RabbitMQ.
+            if let Some(h) = headers.filter(|h| h.contains_key("BCC")) {
+                let mut kept = FieldTable::default();
+                for (k, v) in h {
+                    if k.as_str() != "BCC" {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+                let props = msg.properties.clone().with_headers(kept);
+                msg = Arc::new(msg.with_properties(
+                    msg.exchange.clone(),
+                    msg.routing_key.clone(),
+                    props,
+                ));
+            }
+        }
         if queues.is_empty() {
             if mandatory {
                 let _ = self.out.send(Outbound::Return {

@@ -98,6 +98,29 @@ impl VhostRt {
     }
 }
 
+/// Sender-selected distribution: the routing keys in a message's `CC` and `BCC` headers,
+/// which RabbitMQ routes by as well as the routing key.
+pub fn sender_selected_keys(headers: Option<&FieldTable>) -> Vec<String> {
+    let mut keys = Vec::new();
+    let Some(h) = headers else { return keys };
+    for name in ["CC", "BCC"] {
+        if let Some(amq_protocol::types::AMQPValue::FieldArray(a)) = h.inner().get(name) {
+            for v in a.as_slice() {
+                match v {
+                    amq_protocol::types::AMQPValue::LongString(s) => {
+                        keys.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    amq_protocol::types::AMQPValue::ShortString(s) => {
+                        keys.push(s.as_str().to_string())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    keys
+}
+
 struct Routing {
     router: Box<dyn ExchangeRouter>,
     destinations: HashMap<BindingId, (DestinationKind, String)>,
