@@ -169,6 +169,27 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
 }
 
 impl Node {
+    /// Returns the node to a fresh state (warrenctl reset): every vhost with its exchanges,
+    /// queues and messages, and every user goes; the defaults come back.
+    pub async fn reset(&self) -> Result<(), crate::meta::MetaError> {
+        use crate::meta::MetaCommand;
+        let meta = &self.broker.meta;
+        let (vhosts, users): (Vec<String>, Vec<String>) = {
+            let state = meta.read();
+            (
+                state.vhosts.keys().cloned().collect(),
+                state.users.keys().cloned().collect(),
+            )
+        };
+        for name in vhosts {
+            meta.submit(MetaCommand::DeleteVhost { name }).await?;
+        }
+        for name in users {
+            meta.submit(MetaCommand::DeleteUser { name }).await?;
+        }
+        self.broker.seed_defaults()
+    }
+
     /// Closes every client connection (stop_app, shutdown).
     pub fn close_connections(&self) {
         for c in self.broker.connections.lock().values() {

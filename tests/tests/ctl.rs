@@ -507,3 +507,49 @@ fn a_node_killed_with_kill_9_is_exit_69_quickly() {
         start.elapsed()
     );
 }
+
+/// RabbitMQ's `stop_app`, `reset`, `start_app`: reset is refused while the application runs,
+/// and afterwards the node is as new (its queues, messages and users are gone, guest is back).
+#[tokio::test]
+async fn reset_after_stop_app_returns_the_node_to_a_fresh_state() {
+    let broker = TestBroker::start();
+    {
+        let (conn, ch) = open(&broker.url()).await;
+        declare(&ch, "kept-until-reset", durable(), FieldTable::default()).await;
+        publish(&ch, "", "kept-until-reset", b"x", persistent()).await;
+        conn.close(200, "bye".into()).await.unwrap();
+    }
+    broker.ctl_ok(&["add_user", "carol", "pw"]);
+    broker.ctl_ok(&["add_vhost", "scratch"]);
+
+    let refused = broker.ctl(&["reset"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("stop_app"),
+        "{}",
+        stderr(&refused)
+    );
+
+    broker.ctl_ok(&["stop_app"]);
+    broker.ctl_ok(&["reset"]);
+    broker.ctl_ok(&["start_app"]);
+
+    let (_conn, ch) = open(&broker.url()).await;
+    let err = ch
+        .queue_declare(
+            "kept-until-reset".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("the queue is gone after reset");
+    assert_eq!(code(&err), Some(404));
+    let users = broker.ctl_ok(&["list_users", "-q"]);
+    assert!(users.contains("guest"), "{users}");
+    assert!(!users.contains("carol"), "{users}");
+    let vhosts = broker.ctl_ok(&["list_vhosts", "-q"]);
+    assert!(!vhosts.contains("scratch"), "{vhosts}");
+}

@@ -551,11 +551,20 @@ impl NodeHandler {
                 Response::message(format!("Starting node {} ...", self.node.config.node_name))
             }
             "cluster_status" => self.cluster_status(),
-            "reset"
-            | "force_reset"
-            | "join_cluster"
-            | "forget_cluster_node"
-            | "change_cluster_node_type" => {
+            "reset" | "force_reset" => {
+                let node_name = &self.node.config.node_name;
+                if *self.node.app_running.borrow() {
+                    return Err(Response::error(
+                        exit_code::SOFTWARE,
+                        format!(
+                            "the application is still running on node {node_name}. Please stop it with warrenctl stop_app first"
+                        ),
+                    ));
+                }
+                self.node.reset().await.map_err(meta_failure)?;
+                Response::message(format!("Resetting node {node_name} ..."))
+            }
+            "join_cluster" | "forget_cluster_node" | "change_cluster_node_type" => {
                 return Err(Response::error(
                     exit_code::SOFTWARE,
                     format!(
