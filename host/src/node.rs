@@ -54,6 +54,12 @@ pub fn broker_config(cfg: &NodeConfig) -> BrokerConfig {
         default_user: s.default_user.clone(),
         default_pass: s.default_pass.clone(),
         default_vhost: s.default_vhost.clone(),
+        // RabbitMQ's default is 30 minutes; 0 or "false" turns it off.
+        consumer_timeout_ms: match s.get("consumer_timeout") {
+            None => Some(1_800_000),
+            Some("false") | Some("0") => None,
+            Some(v) => Some(v.trim().parse::<u64>().unwrap_or(1_800_000)),
+        },
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Connection {
     pub(crate) info: Option<Arc<ConnectionInfo>>,
     pub(crate) has_published: bool,
     recv_bytes: u64,
+    /// When bytes last arrived: heartbeat detection counts from here.
+    last_recv: tokio::time::Instant,
 }
 
 enum ReadEnd {
@@ -109,6 +111,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         info: None,
         has_published: false,
         recv_bytes: 0,
+        last_recv: tokio::time::Instant::now(),
     };
     match conn.handshake(&mut rd, &mut buf).await {
         Ok(()) => conn.run(&mut rd, &mut buf).await,
@@ -147,7 +150,10 @@ impl Connection {
             };
             match n {
                 Ok(0) | Err(_) => return Err(ReadEnd::Closed),
-                Ok(n) => self.recv_bytes += n as u64,
+                Ok(n) => {
+                    self.recv_bytes += n as u64;
+                    self.last_recv = tokio::time::Instant::now();
+                }
             }
         }
     }
@@ -319,6 +325,8 @@ impl Connection {
     async fn run(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut) {
         let info = self.info.clone();
         let mut alarms = self.broker.alarms.subscribe();
+        let mut consumer_check = tokio::time::interval(Duration::from_secs(1));
+        consumer_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.has_published
                 && alarms.borrow().any()
@@ -328,9 +336,15 @@ impl Connection {
             }
             let hb = self.writer.heartbeat.load(Ordering::Relaxed);
             // Two missed heartbeats mean the peer is gone.
-            let timeout = (hb > 0).then(|| Duration::from_secs(hb as u64 * 2));
+            let timeout = (hb > 0).then(|| {
+                Duration::from_secs(hb as u64 * 2).saturating_sub(self.last_recv.elapsed())
+            });
             let frame = tokio::select! {
                 f = self.next_frame(rd, buf, timeout) => f,
+                _ = consumer_check.tick() => {
+                    self.enforce_consumer_timeout();
+                    continue;
+                }
                 _ = async {
                     match &info {
                         Some(i) => i.kill.notified().await,
@@ -366,6 +380,33 @@ impl Connection {
                 Err(e) if e.closes_connection() => return self.close_with(rd, buf, e).await,
                 Err(e) => self.close_channel_with(e),
             }
+        }
+    }
+
+    /// Closes channels holding a delivery unacknowledged past consumer_timeout, as RabbitMQ.
+    fn enforce_consumer_timeout(&mut self) {
+        let Some(limit) = self.broker.config.consumer_timeout_ms else {
+            return;
+        };
+        let now = now_ms();
+        let late: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| !ch.closing)
+            .filter(|(_, ch)| {
+                ch.handle
+                    .oldest_unacked()
+                    .is_some_and(|t| now.saturating_sub(t) > limit)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.close_channel_with(
+                AmqpError::precondition(format!(
+                    "delivery acknowledgement on channel {id} timed out. Timeout value used: {limit} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                ))
+                .on_channel(id),
+            );
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Unacked {
     pub msg_id: u64,
     /// Consumer id within the queue; None for basic.get.
     pub consumer: Option<u64>,
+    /// When it was sent (ms since the epoch), for consumer_timeout.
+    pub sent_at: u64,
 }
 
 struct DeliveryState {
@@ -130,6 +132,7 @@ impl ChannelHandle {
                     queue: queue.clone(),
                     msg_id,
                     consumer: Some(consumer),
+                    sent_at: crate::queue::now_ms(),
                 },
             );
             st.global_unacked += 1;
@@ -177,6 +180,7 @@ impl ChannelHandle {
                     queue: queue.clone(),
                     msg_id,
                     consumer: None,
+                    sent_at: crate::queue::now_ms(),
                 },
             );
         }
@@ -216,6 +220,11 @@ impl ChannelHandle {
         let mut st = self.state.lock();
         st.global_unacked = 0;
         std::mem::take(&mut st.unacked).into_values().collect()
+    }
+
+    /// When the oldest unacknowledged delivery was sent (tags grow with time).
+    pub fn oldest_unacked(&self) -> Option<u64> {
+        self.state.lock().unacked.values().next().map(|u| u.sent_at)
     }
 
     pub fn unacked_count(&self) -> usize {

@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     pub default_user: String,
     pub default_pass: String,
     pub default_vhost: String,
+    /// RabbitMQ's consumer_timeout: a delivery unacknowledged for longer closes its channel.
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 /// Resource alarms: past them publishers are blocked.
