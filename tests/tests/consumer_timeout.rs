@@ -33,10 +33,11 @@ async fn an_unacknowledged_delivery_past_consumer_timeout_closes_its_channel() {
     let started = Instant::now();
     let close = loop {
         let f = raw.read_frame().expect("the broker closes the channel");
-        if f.kind == 1 && f.channel == 1 {
-            if let AMQPClass::Channel(channel::AMQPMethod::Close(c)) = f.method() {
-                break c;
-            }
+        if f.kind == 1
+            && f.channel == 1
+            && let AMQPClass::Channel(channel::AMQPMethod::Close(c)) = f.method()
+        {
+            break c;
         }
     };
     assert!(started.elapsed() >= Duration::from_millis(900));
