@@ -139,6 +139,17 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn amqp_listeners(config: &NodeConfig) -> Result<Vec<TcpListener>, NodeError> {
     let port = config.amqp_port;
     let mut out = Vec::new();
+    // `listeners.tcp.default = 127.0.0.1:5672` binds that one address only.
+    if let Some(ip) = config
+        .settings
+        .listeners_tcp_default
+        .as_ref()
+        .and_then(|l| l.ip)
+    {
+        let addr = SocketAddr::new(ip, port);
+        out.push(bind_listener(addr).map_err(|e| NodeError::Listen(addr, e))?);
+        return Ok(out);
+    }
     let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     out.push(bind_listener(v4).map_err(|e| NodeError::Listen(v4, e))?);
     let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
