@@ -21,6 +21,10 @@ use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
 use amq_protocol::types::FieldTable;
 
+/// Bodies at least this large stay zero-copy slices of the read buffer; smaller ones are
+/// copied out, so that a long-queued small message does not pin a whole read buffer.
+const SHARE_BODY_FROM: u64 = 16 * 1024;
+
 /// RabbitMQ's default max_message_size (128 MiB).
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
 
@@ -447,7 +451,7 @@ impl Connection {
         let Some(header) = p.header else {
             return Ok(());
         };
-        let body = if p.chunks.len() == 1 {
+        let body = if p.chunks.len() == 1 && p.received > SHARE_BODY_FROM {
             p.chunks.into_iter().next().unwrap_or_default()
         } else {
             let mut b = BytesMut::with_capacity(p.received as usize);

@@ -156,7 +156,8 @@ pub fn decode_content_header(payload: Bytes) -> Result<ContentHeader, AmqpError>
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let body_size = u64::from_be_bytes(payload[4..12].try_into().map_err(|_| bad())?);
-    let properties_raw = payload.slice(12..);
+    // A copy: a slice would pin the whole read buffer for as long as the message lives.
+    let properties_raw = Bytes::copy_from_slice(&payload[12..]);
     let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..]) {
         Ok(([], p)) => p,
         _ => return Err(bad()),
