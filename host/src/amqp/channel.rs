@@ -471,6 +471,7 @@ impl Connection {
             properties = properties.with_reply_to(DirectReplies::address(key).into());
             properties_raw = codec::encode_properties(&properties);
         }
+        let claimed_user = properties.user_id().clone();
         let msg = Message::new(p.exchange, p.routing_key, properties, properties_raw, body);
         let vhost = self.vhost.clone();
         if !msg.exchange.is_empty() {
@@ -495,7 +496,7 @@ impl Connection {
         if let Err(e) = msg.expiration_ms() {
             return Err(fail(AmqpError::precondition(e)));
         }
-        if let Some(claimed) = msg.properties.user_id()
+        if let Some(claimed) = &claimed_user
             && claimed.as_str() != self.user
             && !self
                 .broker
@@ -561,7 +562,7 @@ impl Connection {
         }
         let mut queues = Vec::new();
         let original = msg.clone();
-        let headers = original.properties.headers().as_ref();
+        let headers = original.headers();
         vhost.route(&msg.exchange, &msg.routing_key, headers, &mut queues);
         let mut msg = msg;
         let cc = sender_selected_keys(headers);
@@ -577,7 +578,7 @@ impl Connection {
                         kept.insert(k.clone(), v.clone());
                     }
                 }
-                let props = msg.properties.clone().with_headers(kept);
+                let props = msg.properties().with_headers(kept);
                 msg = Arc::new(msg.with_properties(
                     msg.exchange.clone(),
                     msg.routing_key.clone(),

@@ -24,7 +24,8 @@ fn str_of(v: Option<&AMQPValue>) -> Option<String> {
 
 /// The message's properties after one more death in `queue` for `reason`.
 pub fn with_death(msg: &Message, queue: &str, reason: DeathReason) -> AMQPProperties {
-    let mut headers = msg.properties.headers().clone().unwrap_or_default();
+    let properties = msg.properties();
+    let mut headers = properties.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
         _ => Vec::new(),
@@ -61,7 +62,7 @@ pub fn with_death(msg: &Message, queue: &str, reason: DeathReason) -> AMQPProper
             let mut keys = FieldArray::default();
             keys.push(long(&msg.routing_key));
             t.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
-            if let Some(exp) = msg.properties.expiration() {
+            if let Some(exp) = properties.expiration() {
                 t.insert("original-expiration".into(), long(exp.as_str()));
             }
             t
@@ -81,7 +82,7 @@ pub fn with_death(msg: &Message, queue: &str, reason: DeathReason) -> AMQPProper
     headers.insert("x-last-death-queue".into(), long(queue));
     headers.insert("x-last-death-exchange".into(), long(&msg.exchange));
     // A dead-lettered message does not carry its old TTL along (RabbitMQ removes it).
-    without_expiration(&msg.properties).with_headers(headers)
+    without_expiration(&properties).with_headers(headers)
 }
 
 /// A copy of `p` with every property but `expiration` (the generated type has no unsetter).
@@ -142,7 +143,7 @@ impl Broker {
                 let props = with_death(&entry.msg, from.name(), reason);
                 let msg = Arc::new(entry.msg.with_properties(dlx.clone(), rk.clone(), props));
                 let mut targets = Vec::new();
-                vhost.route(dlx, &rk, msg.properties.headers().as_ref(), &mut targets);
+                vhost.route(dlx, &rk, msg.headers(), &mut targets);
                 let id = self.next_message_id();
                 for q in targets {
                     // A message expiring back into its own queue would cycle forever.

@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::types::FieldTable;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::amqp::codec::encode_properties;
@@ -12,7 +13,12 @@ use crate::amqp::codec::encode_properties;
 pub struct Message {
     pub exchange: String,
     pub routing_key: String,
-    pub properties: AMQPProperties,
+    /// The few properties the broker acts on; the rest stay encoded in `properties_raw`
+    /// (a parsed property set costs more memory than a small message itself).
+    delivery_mode: Option<u8>,
+    priority: Option<u8>,
+    expiration: Option<Box<str>>,
+    headers: Option<Box<FieldTable>>,
     pub properties_raw: Bytes,
     pub body: Bytes,
     /// When the broker took the message (ms since the epoch): TTLs count from here, also
@@ -33,7 +39,10 @@ impl Message {
         Message {
             exchange,
             routing_key,
-            properties,
+            delivery_mode: *properties.delivery_mode(),
+            priority: *properties.priority(),
+            expiration: properties.expiration().as_ref().map(|e| e.as_str().into()),
+            headers: properties.headers().clone().map(Box::new),
             properties_raw,
             body,
             published_at: crate::queue::now_ms(),
@@ -52,22 +61,35 @@ impl Message {
         Message::new(exchange, routing_key, properties, raw, self.body.clone())
     }
 
+    /// All properties, decoded from the bytes the publisher sent (dead-lettering, BCC).
+    pub fn properties(&self) -> AMQPProperties {
+        match amq_protocol::protocol::basic::parse_properties(&self.properties_raw[..]) {
+            Ok(([], p)) => p,
+            // The bytes were parsed once already when the message arrived.
+            _ => AMQPProperties::default(),
+        }
+    }
+
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.headers.as_deref()
+    }
+
     pub fn persistent(&self) -> bool {
-        self.properties.delivery_mode() == &Some(2)
+        self.delivery_mode == Some(2)
     }
 
     pub fn priority(&self) -> u8 {
-        self.properties.priority().unwrap_or(0)
+        self.priority.unwrap_or(0)
     }
 
     /// Per-message TTL from the `expiration` property, in milliseconds. `Err` for a value that
     /// is not a non-negative integer (RabbitMQ refuses those with 406).
     pub fn expiration_ms(&self) -> Result<Option<u64>, String> {
-        match self.properties.expiration() {
+        match self.expiration.as_deref() {
             None => Ok(None),
-            Some(s) => parse_expiration(s.as_str())
+            Some(s) => parse_expiration(s)
                 .map(Some)
-                .map_err(|why| format!("invalid expiration '{}': {why}", s.as_str())),
+                .map_err(|why| format!("invalid expiration '{s}': {why}")),
         }
     }
 
