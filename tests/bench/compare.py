@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison of Warren and RabbitMQ on this machine, in one command:
+
+    python3 tests/bench/compare.py            # BENCH_SECONDS=10 by default per scenario
+
+Builds Warren (release), starts it; installs Debian's rabbitmq-server with apt-get if it is
+missing and starts it on another port with its own data directory; runs the same scenarios
+against each with warren-perf; prints a table (scenario, RabbitMQ, Warren, ratio) and writes
+it to target/bench-compare.txt. Both brokers are processes this script owns and stops.
+Broker and load tool share this machine's cores: the figures say so.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+WARREN_PORT, RABBIT_PORT = 5801, 5802
+RABBIT_NODE = "compare-rabbit@localhost"
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def wait_port(port, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Warren:
+    name = "Warren"
+
+    def __init__(self, work):
+        self.env = dict(os.environ, WARREN_BASE=os.path.join(work, "warren"),
+                        WARREN_NODE_PORT=str(WARREN_PORT), WARREN_NODENAME="compare-warren")
+        self.port = WARREN_PORT
+
+    def start(self):
+        run([os.path.join(TARGET, "release", "warren-server"), "-detached"], env=self.env)
+        wait_port(self.port)
+
+    def pid(self):
+        path = os.path.join(self.env["WARREN_BASE"], f"compare-warren@{socket.gethostname().split('.')[0]}",
+                            "node.json")
+        import json
+        with open(path) as f:
+            return json.load(f)["pid"]
+
+    def stop(self):
+        subprocess.run([os.path.join(TARGET, "release", "warrenctl"), "-n", "compare-warren", "stop"],
+                       env=self.env, capture_output=True)
+
+
+class Rabbit:
+    name = "RabbitMQ"
+
+    def __init__(self, work):
+        base = os.path.join(work, "rabbit")
+        os.makedirs(os.path.join(base, "home"), exist_ok=True)
+        with open(os.path.join(base, "rabbitmq.conf"), "w") as f:
+            f.write("loopback_users = none\n")
+        self.env = dict(os.environ, HOME=os.path.join(base, "home"),
+                        RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
+                        RABBITMQ_LOG_BASE=os.path.join(base, "log"),
+                        RABBITMQ_NODENAME=RABBIT_NODE, RABBITMQ_NODE_PORT=str(RABBIT_PORT),
+                        RABBITMQ_DIST_PORT=str(RABBIT_PORT + 20000),
+                        RABBITMQ_CONFIG_FILE=os.path.join(base, "rabbitmq"))
+        self.port = RABBIT_PORT
+
+    def start(self):
+        if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")):
+            print("installing rabbitmq-server with apt-get ...", flush=True)
+            run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+            run(["apt-get", "install", "-y", "-q", "rabbitmq-server"],
+                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+        run([os.path.join(RABBIT_BIN, "rabbitmq-server"), "-detached"], env=self.env)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            r = subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", RABBIT_NODE,
+                                "await_startup"], env=self.env, capture_output=True)
+            if r.returncode == 0:
+                break
+            time.sleep(1)
+        wait_port(self.port)
+
+    def pid(self):
+        out = subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", RABBIT_NODE, "eval",
+                              "os:getpid()."], env=self.env, capture_output=True, text=True)
+        digits = re.sub(r"[^0-9]", "", out.stdout)
+        if not digits:
+            raise SystemExit(f"cannot find RabbitMQ's pid: {out.stdout} {out.stderr}")
+        return int(digits)
+
+    def stop(self):
+        subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", RABBIT_NODE, "stop"],
+                       env=self.env, capture_output=True)
+
+
+SUMMARY = re.compile(r"sending rate avg: (\d+) msg/s, confirmed avg: (\d+) msg/s, "
+                     r"receiving rate avg: (\d+) msg/s, .*latency: (\S+) µs")
+
+
+def perf(broker, args):
+    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
+    out = subprocess.run([os.path.join(TARGET, "release", "warren-perf"), "--uri", uri,
+                          "-z", str(SECONDS)] + args, capture_output=True, text=True,
+                         env=dict(os.environ, RUST_BACKTRACE="0"))
+    for line in out.stdout.splitlines():
+        m = SUMMARY.search(line)
+        if m:
+            lat = m.group(4).split("/")
+            lat = [int(x) for x in lat] if len(lat) == 5 else [0] * 5
+            return {"sent": int(m.group(1)), "confirmed": int(m.group(2)),
+                    "received": int(m.group(3)), "p50": lat[1], "p99": lat[4]}
+    raise SystemExit(f"warren-perf {args} against {broker.name} failed:\n{out.stdout}\n{out.stderr}")
+
+
+def idle_memory(broker, n=1000):
+    pid = broker.pid()
+    before = rss_kb(pid)
+    probe = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "idle_connections.py"),
+                              str(broker.port), str(n), "8"], stdout=subprocess.PIPE, text=True)
+    probe.stdout.readline()  # "opened N": all handshakes done
+    time.sleep(2)
+    after = rss_kb(pid)
+    probe.wait()
+    return (after - before) * 1024 / n
+
+
+SCENARIOS = [
+    ("1p/1c 16 B transient autoack: received msg/s",
+     lambda b: perf(b, ["-s", "16", "-a", "-u", "s1", "-e", "cmp-direct"])["received"]),
+    ("1p/1c 1 KiB persistent, confirms 1000, prefetch 1000: confirmed msg/s",
+     lambda b: perf(b, ["-s", "1024", "-f", "persistent", "-c", "1000", "-q", "1000",
+                        "-u", "s2", "-e", "cmp-direct"])["confirmed"]),
+    ("fanout to 10 queues, 16 B autoack: received msg/s",
+     lambda b: perf(b, ["-s", "16", "-a", "-e", "cmp-fanout", "-t", "fanout", "--queues", "10",
+                        "-y", "10", "-u", "s3", "-c", "1000"])["received"]),
+    ("latency at 5,000 msg/s: p50 µs (lower is better)",
+     lambda b: perf(b, ["-r", "5000", "-u", "s4", "-e", "cmp-direct"])["p50"]),
+    ("latency at 5,000 msg/s: p99 µs (lower is better)",
+     lambda b: perf(b, ["-r", "5000", "-u", "s5", "-e", "cmp-direct"])["p99"]),
+    ("memory per idle connection: bytes (lower is better)", idle_memory),
+]
+
+
+def main():
+    run(["cargo", "build", "--release", "-q", "-p", "warren", "--bin", "warren-server",
+         "--bin", "warrenctl", "-p", "warren-tests", "--bin", "warren-perf"], cwd=ROOT)
+    work = tempfile.mkdtemp(prefix="warren-compare-")
+    brokers = [Rabbit(work), Warren(work)]
+    results = {}
+    try:
+        for b in brokers:
+            b.start()
+            for name, f in SCENARIOS:
+                print(f"{b.name}: {name} ...", flush=True)
+                results[(b.name, name)] = f(b)
+            b.stop()
+    finally:
+        for b in brokers:
+            b.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    lines = [f"Warren vs RabbitMQ on {os.cpu_count()} cores ({cpu}); broker and load tool share "
+             f"them; {SECONDS} s per scenario; load tool: warren-perf (lapin)", "",
+             "| scenario | RabbitMQ | Warren | Warren advantage |", "|---|---|---|---|"]
+    for name, _ in SCENARIOS:
+        r, w = results[("RabbitMQ", name)], results[("Warren", name)]
+        lower_better = "lower is better" in name
+        ratio = (r / w if lower_better else w / r) if r and w else float("nan")
+        lines.append(f"| {name} | {r:,.0f} | {w:,.0f} | {ratio:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(TARGET, exist_ok=True)
+    with open(os.path.join(TARGET, "bench-compare.txt"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
