@@ -29,6 +29,7 @@ pub fn total_memory() -> u64 {
 
 /// Resident memory of this process.
 pub fn process_memory() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     std::fs::read_to_string("/proc/self/statm")
         .ok()

@@ -143,8 +143,7 @@ impl Connection {
             ch.closing = true;
             ch.pending = None;
             ch.release(&self.broker.direct_replies);
-            let consumers = std::mem::take(&mut ch.consumers);
-            drop(consumers);
+            ch.consumers.clear();
         }
         self.send(
             id,
@@ -533,6 +532,16 @@ impl Connection {
         Ok(())
     }
 
+    /// basic.return 312 NO_ROUTE for a mandatory message that reached no queue.
+    fn return_unroutable(&self, id: u16, msg: Arc<Message>) {
+        let _ = self.out.send(Outbound::Return {
+            channel: id,
+            reply_code: 312,
+            reply_text: "NO_ROUTE",
+            msg,
+        });
+    }
+
     /// Routes a message and hands it to its queues: (highest store ticket, rejected by a queue).
     fn route_and_enqueue(
         &mut self,
@@ -551,12 +560,7 @@ impl Connection {
                 .deliver(&routing_key, msg.clone())
                 && mandatory
             {
-                let _ = self.out.send(Outbound::Return {
-                    channel: id,
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE",
-                    msg,
-                });
+                self.return_unroutable(id, msg);
             }
             return Ok((None, false));
         }
@@ -588,12 +592,7 @@ impl Connection {
         }
         if queues.is_empty() {
             if mandatory {
-                let _ = self.out.send(Outbound::Return {
-                    channel: id,
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE",
-                    msg,
-                });
+                self.return_unroutable(id, msg);
             }
             return Ok((None, false));
         }

@@ -345,12 +345,7 @@ impl Connection {
                     self.enforce_consumer_timeout();
                     continue;
                 }
-                _ = async {
-                    match &info {
-                        Some(i) => i.kill.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                _ = killed(info.as_deref()) => {
                     let e = AmqpError::connection(
                         ReplyCode::ConnectionForced,
                         "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
@@ -429,12 +424,7 @@ impl Connection {
         loop {
             let changed = tokio::select! {
                 c = alarms.changed() => c.is_ok(),
-                _ = async {
-                    match info {
-                        Some(i) => i.kill.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => false,
+                _ = killed(info) => false,
             };
             if !changed {
                 return false;
@@ -585,6 +575,14 @@ impl Connection {
         if let Some(i) = &self.info {
             self.broker.unregister_connection(i.id);
         }
+    }
+}
+
+/// Resolves when the broker closes this connection (vhost deleted, node stopping).
+async fn killed(info: Option<&ConnectionInfo>) {
+    match info {
+        Some(i) => i.kill.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -56,6 +56,35 @@ impl Connection {
         }
     }
 
+    fn declare_ok(&self, id: u16, nowait: bool, name: String, messages: u32, consumers: u32) {
+        self.reply(
+            id,
+            nowait,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: name.into(),
+                message_count: messages,
+                consumer_count: consumers,
+            })),
+        );
+    }
+
+    /// declare-ok for a queue that exists (after a passive or an actual declare).
+    fn answer_declared(&mut self, id: u16, nowait: bool, name: String) -> AmqpResult<()> {
+        let q = self.usable_queue(&name)?;
+        // A declare counts as a use: it renews the x-expires lease, as in RabbitMQ.
+        q.touch();
+        let s = q.stats();
+        self.channel(id)?.last_queue = Some(name.clone());
+        self.declare_ok(
+            id,
+            nowait,
+            name,
+            s.messages_ready as u32,
+            s.consumers as u32,
+        );
+        Ok(())
+    }
+
     pub(crate) async fn queue_method(&mut self, id: u16, m: queue::AMQPMethod) -> AmqpResult<()> {
         let vhost = self.vhost_name();
         match m {
@@ -63,34 +92,12 @@ impl Connection {
                 let mut name = d.queue.as_str().to_string();
                 if d.passive && name == crate::amqp::direct_reply::PSEUDO_QUEUE {
                     // The direct reply-to pseudo-queue always "exists", as in RabbitMQ.
-                    self.reply(
-                        id,
-                        d.nowait,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: name.into(),
-                            message_count: 0,
-                            consumer_count: 0,
-                        })),
-                    );
+                    self.declare_ok(id, d.nowait, name, 0, 0);
                     return Ok(());
                 }
                 if d.passive {
                     let name = self.resolve_queue_name(id, &name)?;
-                    let q = self.usable_queue(&name)?;
-                    // A declare counts as a use: it renews the x-expires lease, as in RabbitMQ.
-                    q.touch();
-                    let s = q.stats();
-                    self.channel(id)?.last_queue = Some(name.clone());
-                    self.reply(
-                        id,
-                        d.nowait,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: name.into(),
-                            message_count: s.messages_ready as u32,
-                            consumer_count: s.consumers as u32,
-                        })),
-                    );
-                    return Ok(());
+                    return self.answer_declared(id, d.nowait, name);
                 }
                 if name.is_empty() {
                     name = generated_name("amq.gen-");
@@ -145,20 +152,7 @@ impl Connection {
                 if created && d.exclusive {
                     self.exclusive_queues.push(name.clone());
                 }
-                let q = self.usable_queue(&name)?;
-                q.touch();
-                let s = q.stats();
-                self.channel(id)?.last_queue = Some(name.clone());
-                self.reply(
-                    id,
-                    d.nowait,
-                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                        queue: name.into(),
-                        message_count: s.messages_ready as u32,
-                        consumer_count: s.consumers as u32,
-                    })),
-                );
-                Ok(())
+                self.answer_declared(id, d.nowait, name)
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.resolve_queue_name(id, b.queue.as_str())?;
