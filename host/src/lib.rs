@@ -13,6 +13,7 @@ pub mod config;
 pub mod ctl;
 pub mod meta;
 pub mod node;
+pub mod plugins;
 pub mod queue;
 pub mod resources;
 pub mod routing;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::plugins::PluginHost;
 use crate::broker::message::Message;
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{NodeConfig, NodeRuntimeFile};
@@ -28,6 +29,18 @@ pub enum NodeError {
     Listen(SocketAddr, std::io::Error),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Plugin(#[from] crate::plugins::PluginError),
+}
+
+/// The node's plugin host: runtime, catalog and enabled-plugins file.
+pub fn plugin_host(config: &NodeConfig) -> Result<Arc<PluginHost>, crate::plugins::PluginError> {
+    PluginHost::new(
+        &config.data_dir,
+        config.enabled_plugins_file.clone(),
+        crate::config::process_env("WARREN_PLUGINS_DIR").map(std::path::PathBuf::from),
+        Arc::new(config.settings.clone()),
+    )
 }
 
 /// A running node, as the control protocol sees it.
@@ -97,6 +110,9 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
         });
     }
     tracing::info!(messages = count, "message store recovered");
+    // Plugins load before metadata replays, so stored exchanges find their types.
+    let plugins = plugin_host(&config)?;
+    plugins.load_enabled()?;
     let meta = Arc::new(MetaStore::open(&config.data_dir.join("metadata.redb"))?);
     let fresh = meta.is_fresh();
     let broker = Broker::new(
@@ -105,6 +121,7 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
         Some(store),
         recovery.next_msg_id,
         recovered,
+        plugins,
     );
     meta.boot(broker.clone())?;
     if fresh {

@@ -220,8 +220,11 @@ macro_rules! export_exchange_type {
 #[macro_export]
 macro_rules! export_auth_backend {
     ($ty:ty) => {
+        // wit-bindgen's export macro takes a plain name.
+        #[doc(hidden)]
+        pub type __WarrenAuthBackend = $ty;
         #[cfg(target_arch = "wasm32")]
-        $crate::auth_world::export_auth_plugin!($ty with_types_in $crate::auth_world);
+        $crate::auth_world::export_auth_plugin!(__WarrenAuthBackend with_types_in $crate::auth_world);
     };
 }
 
@@ -229,7 +232,9 @@ macro_rules! export_auth_backend {
 #[macro_export]
 macro_rules! export_http_handler {
     ($ty:ty) => {
+        #[doc(hidden)]
+        pub type __WarrenHttpHandler = $ty;
         #[cfg(target_arch = "wasm32")]
-        $crate::http_world::export_http_plugin!($ty with_types_in $crate::http_world);
+        $crate::http_world::export_http_plugin!(__WarrenHttpHandler with_types_in $crate::http_world);
     };
 }

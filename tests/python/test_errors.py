@@ -189,7 +189,7 @@ class TestPreconditionFailed(BrokerTestCase):
         ch = conn.channel()
         x = unique("badtype")
         with self.assertChannelClosed(
-            406, "PRECONDITION_FAILED - unknown exchange type 'ZZwwInvalid'"
+            406, "PRECONDITION_FAILED - invalid exchange type 'ZZwwInvalid'"
         ):
             ch.exchange_declare(x, exchange_type="ZZwwInvalid")
         self.assertTrue(conn.is_open)

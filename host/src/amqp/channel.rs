@@ -567,12 +567,16 @@ impl Connection {
         let mut queues = Vec::new();
         let original = msg.clone();
         let headers = original.headers();
-        vhost.route(&msg.exchange, &msg.routing_key, headers, &mut queues);
+        vhost
+            .route(&msg.exchange, &msg.routing_key, headers, Some(&msg), &mut queues)
+            .map_err(|e| AmqpError::connection(ReplyCode::InternalError, e))?;
         let mut msg = msg;
         let cc = sender_selected_keys(headers);
         if !cc.is_empty() {
             for key in &cc {
-                vhost.route(&original.exchange, key, headers, &mut queues);
+                vhost
+                    .route(&original.exchange, key, headers, Some(&original), &mut queues)
+                    .map_err(|e| AmqpError::connection(ReplyCode::InternalError, e))?;
             }
             // BCC recipients stay hidden from everyone, as in RabbitMQ.
             if let Some(h) = headers.filter(|h| h.contains_key("BCC")) {

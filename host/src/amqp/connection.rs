@@ -38,6 +38,7 @@ pub struct Connection {
     pub(crate) out: OutboundTx,
     pub(crate) writer: Arc<WriterShared>,
     pub(crate) user: String,
+    pub(crate) session: Option<Arc<crate::broker::permissions::AuthSession>>,
     pub(crate) vhost: Option<Arc<VhostRt>>,
     pub(crate) channels: HashMap<u16, Channel>,
     pub(crate) channel_max: u16,
@@ -102,6 +103,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         out: tx,
         writer,
         user: String::new(),
+            session: None,
         vhost: None,
         channels: HashMap::new(),
         cancel_notify: false,
@@ -203,7 +205,15 @@ impl Connection {
                 ),
             )));
         };
-        if let Err(e) = self.broker.login(&user, &pass, self.peer.ip()) {
+        // Auth backends see PLAIN form for both mechanisms.
+        let mut plain = Vec::with_capacity(user.len() + pass.len() + 2);
+        plain.push(0);
+        plain.extend_from_slice(user.as_bytes());
+        plain.push(0);
+        plain.extend_from_slice(pass.as_bytes());
+        let session = match self.broker.login("PLAIN", &plain, self.peer.ip()) {
+            Ok(s) => s,
+            Err(e) => {
             // As RabbitMQ: the client learns only that the login was refused (a loopback-only
             // user included); the reason goes to the log.
             let reason = match e {
@@ -218,8 +228,10 @@ impl Connection {
             return Err(
                 auth_failure_close.then(|| AmqpError::connection(ReplyCode::AccessRefused, text))
             );
-        }
-        self.user = user;
+            }
+        };
+        self.user = session.username.clone();
+        self.session = Some(session);
         let cfg = self.broker.config.clone();
         self.send(
             0,
@@ -269,8 +281,11 @@ impl Connection {
             _ => return Err(Some(handshake_error("expected connection.open"))),
         };
         let vhost = open.virtual_host.as_str().to_string();
+        let Some(session) = self.session.clone() else {
+            return Err(Some(handshake_error("connection.open before authentication")));
+        };
         self.broker
-            .check_vhost_access(&self.user, &vhost)
+            .check_vhost_access(&session, &vhost)
             .map_err(|e| Some(e.with_method(10, 40)))?;
         self.vhost = self.broker.vhost(&vhost);
         self.send(

@@ -143,7 +143,10 @@ impl Broker {
                 let props = with_death(&entry.msg, from.name(), reason);
                 let msg = Arc::new(entry.msg.with_properties(dlx.clone(), rk.clone(), props));
                 let mut targets = Vec::new();
-                vhost.route(dlx, &rk, msg.headers(), &mut targets);
+                if let Err(e) = vhost.route(dlx, &rk, msg.headers(), Some(&msg), &mut targets) {
+                    // Nobody to tell: the message is dropped as if unroutable.
+                    tracing::warn!(queue = %from.name(), error = %e, "dead-lettering failed");
+                }
                 let id = self.next_message_id();
                 for q in targets {
                     // A message expiring back into its own queue would cycle forever.

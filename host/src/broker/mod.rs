@@ -6,6 +6,7 @@ pub mod dead_letter;
 pub mod message;
 pub mod permissions;
 pub mod routing;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::meta::*;
 use crate::queue::{Entry, Queue, QueueConfig};
-use crate::routing::exchange_type::{ExchangeType, builtin_types};
+use crate::plugins::PluginHost;
+use crate::plugins::exchange::WasmExchangeType;
+use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
 pub use routing::{ExchangeRt, VhostRt};
 
@@ -81,7 +84,9 @@ pub struct Broker {
     pub meta: Arc<MetaStore>,
     pub store: Option<MessageStore>,
     vhosts: RwLock<HashMap<String, Arc<VhostRt>>>,
-    types: HashMap<&'static str, Box<dyn ExchangeType>>,
+    pub plugins: Arc<PluginHost>,
+    pub stats: stats::Counters,
+    started: std::time::Instant,
     msg_ids: AtomicU64,
     recovered: Mutex<HashMap<u64, Vec<Entry>>>,
     pub connections: Mutex<BTreeMap<u64, Arc<ConnectionInfo>>>,
@@ -100,14 +105,16 @@ impl Broker {
         store: Option<MessageStore>,
         next_msg_id: u64,
         recovered: HashMap<u64, Vec<Entry>>,
+        plugins: Arc<PluginHost>,
     ) -> Arc<Broker> {
-        let types = builtin_types().into_iter().map(|t| (t.name(), t)).collect();
-        Arc::new_cyclic(|me| Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
             config,
             meta,
             store,
             vhosts: RwLock::new(HashMap::new()),
-            types,
+            plugins,
+            stats: Default::default(),
+            started: std::time::Instant::now(),
             msg_ids: AtomicU64::new(next_msg_id.max(1)),
             recovered: Mutex::new(recovered),
             connections: Mutex::new(BTreeMap::new()),
@@ -116,7 +123,13 @@ impl Broker {
             permissions: permissions::PermissionCache::default(),
             direct_replies: Default::default(),
             me: me.clone(),
-        })
+        });
+        let services: std::sync::Weak<dyn crate::plugins::host_api::HostServices> =
+            Arc::downgrade(&broker) as _;
+        let hooks: std::sync::Weak<dyn crate::plugins::ExchangeTypeHooks> =
+            Arc::downgrade(&broker) as _;
+        broker.plugins.set_services(services, hooks);
+        broker
     }
 
     pub fn next_message_id(&self) -> u64 {
@@ -127,8 +140,12 @@ impl Broker {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn exchange_type(&self, name: &str) -> Option<&dyn ExchangeType> {
-        self.types.get(name).map(|t| t.as_ref())
+    pub fn exchange_type(&self, name: &str) -> Option<Arc<WasmExchangeType>> {
+        self.plugins.exchange_type(name)
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VhostRt>> {
@@ -200,18 +217,29 @@ impl Broker {
         let Some(vhost) = self.vhost(&rec.vhost) else {
             return;
         };
+        vhost.exchanges.write().insert(
+            rec.name.clone(),
+            Arc::new(ExchangeRt::new(rec.clone(), self.router_for(rec))),
+        );
+    }
+
+    /// The routing state for an exchange, from its type's plugin. The default
+    /// exchange needs none (it is a protocol rule); an exchange whose type
+    /// plugin is not enabled gets none and routes nowhere until it is.
+    pub(crate) fn router_for(&self, rec: &ExchangeRecord) -> Option<Box<dyn ExchangeRouter>> {
+        if rec.name.is_empty() {
+            return None;
+        }
         let Some(t) = self.exchange_type(&rec.kind) else {
-            tracing::warn!(exchange = %rec.name, kind = %rec.kind, "exchange of unknown type");
-            return;
+            tracing::warn!(exchange = %rec.name, kind = %rec.kind, "exchange type not enabled; the exchange routes nowhere");
+            return None;
         };
         match t.create(&rec.arguments) {
-            Ok(router) => {
-                vhost.exchanges.write().insert(
-                    rec.name.clone(),
-                    Arc::new(ExchangeRt::new(rec.clone(), router)),
-                );
+            Ok(router) => Some(router),
+            Err(RouterError::Refused(e) | RouterError::Failed(e)) => {
+                tracing::warn!(exchange = %rec.name, error = %e, "exchange type refused a stored exchange");
+                None
             }
-            Err(e) => tracing::warn!(exchange = %rec.name, error = %e, "exchange type refused"),
         }
     }
 
@@ -274,6 +302,9 @@ impl MetaListener for Broker {
                         .vhost(vhost)
                         .and_then(|v| v.queues.write().remove(name));
                     if let Some(q) = q {
+                        let s = q.stats();
+                        stats::Counters::add(&self.stats.retired_delivered, s.delivered);
+                        stats::Counters::add(&self.stats.retired_acked, s.acked);
                         q.on_deleted();
                     }
                 }

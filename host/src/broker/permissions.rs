@@ -1,31 +1,33 @@
-//! Users and permissions as the AMQP layer asks about them: who may log in, from where, and
-//! which exchanges and queues they may configure, write to and read from.
+//! Users and permissions as the AMQP layer asks about them. The answers come
+//! from the node's auth backend plugins (auth-internal by default), tried in
+//! the configured order; the host keeps only the protocol rules (loopback-only
+//! users, the default exchange's name for permission purposes) and a
+//! per-connection cache of answers.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use super::Broker;
-use crate::amqp::error::AmqpError;
-use crate::auth::{CompiledPermission, Permission, check_password};
+use crate::amqp::error::{AmqpError, ReplyCode};
+use crate::plugins::auth::{AuthedUser, Permission, ResourceKind, WasmAuth};
 
-/// (vhost, user) → compiled permission; `None` caches "no permission on this vhost".
-type CompiledByUser = HashMap<(String, String), Option<Arc<CompiledPermission>>>;
-
+/// Bumped whenever users or permissions change, so cached answers are dropped.
 #[derive(Default)]
 pub struct PermissionCache {
-    compiled: Mutex<CompiledByUser>,
+    generation: AtomicU64,
 }
 
 impl PermissionCache {
     pub fn clear(&self) {
-        self.compiled.lock().clear();
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
     Configure,
     Write,
@@ -40,6 +42,14 @@ impl Access {
             Access::Read => "read",
         }
     }
+
+    fn permission(self) -> Permission {
+        match self {
+            Access::Configure => Permission::Configure,
+            Access::Write => Permission::Write,
+            Access::Read => Permission::Read,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,64 +60,97 @@ pub enum LoginError {
     LoopbackOnly(String),
 }
 
+type CacheKey = (bool, String, Access);
+
+/// A logged-in user, and the backend that vouched for them.
+pub struct AuthSession {
+    pub username: String,
+    pub tags: Vec<String>,
+    user: AuthedUser,
+    backend: Arc<WasmAuth>,
+    cache: Mutex<(u64, HashMap<CacheKey, bool>)>,
+}
+
+impl AuthSession {
+    pub fn backend_name(&self) -> &str {
+        &self.backend.backend
+    }
+}
+
+fn plugin_failure(e: String) -> AmqpError {
+    AmqpError::connection(ReplyCode::InternalError, format!("INTERNAL_ERROR - {e}"))
+}
+
 impl Broker {
-    /// Checks a user's credentials; returns the user's tags.
+    /// Checks credentials with the node's auth backends. `mechanism` and
+    /// `response` are as the client sent them, except that AMQPLAIN arrives
+    /// converted to PLAIN form.
     pub fn login(
         &self,
-        user: &str,
-        password: &str,
+        mechanism: &str,
+        response: &[u8],
         peer: IpAddr,
-    ) -> Result<Vec<String>, LoginError> {
+    ) -> Result<Arc<AuthSession>, LoginError> {
         let refused = || {
-            LoginError::Refused("ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.".to_string())
+            LoginError::Refused(format!("ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
         };
-        let state = self.meta.read();
-        let Some(u) = state.users.get(user) else {
-            return Err(refused());
-        };
-        if u.password_hash.is_empty() || !check_password(password, &u.password_hash) {
+        let backends = self.plugins.auth_backends();
+        if backends.is_empty() {
+            tracing::error!("login refused: no auth backend plugin is enabled");
             return Err(refused());
         }
-        if self.config.loopback_users.iter().any(|l| l == user) && !peer.is_loopback() {
+        let mut accepted = None;
+        for b in backends {
+            match b.authenticate(mechanism, response) {
+                Ok(Ok(user)) => {
+                    accepted = Some((b, user));
+                    break;
+                }
+                Ok(Err(reason)) => {
+                    tracing::info!(backend = %b.backend, reason, "auth backend refused login")
+                }
+                Err(e) => tracing::error!(backend = %b.backend, error = %e, "auth backend failed"),
+            }
+        }
+        let Some((backend, user)) = accepted else {
+            return Err(refused());
+        };
+        if self
+            .config
+            .loopback_users
+            .iter()
+            .any(|l| *l == user.username)
+            && !peer.is_loopback()
+        {
             return Err(LoginError::LoopbackOnly(format!(
-                "ACCESS_REFUSED - User '{user}' can only connect via localhost"
+                "ACCESS_REFUSED - User '{}' can only connect via localhost",
+                user.username
             )));
         }
-        Ok(u.tags.clone())
+        Ok(Arc::new(AuthSession {
+            username: user.username.clone(),
+            tags: user.tags.clone(),
+            user,
+            backend,
+            cache: Mutex::new((0, HashMap::new())),
+        }))
     }
 
-    fn compiled_permission(&self, vhost: &str, user: &str) -> Option<Arc<CompiledPermission>> {
-        let key = (vhost.to_string(), user.to_string());
-        if let Some(p) = self.permissions.compiled.lock().get(&key) {
-            return p.clone();
-        }
-        let compiled = self.meta.read().permission(vhost, user).and_then(|p| {
-            CompiledPermission::new(&Permission {
-                configure: p.configure.clone(),
-                write: p.write.clone(),
-                read: p.read.clone(),
-            })
-            .ok()
-            .map(Arc::new)
-        });
-        self.permissions
-            .compiled
-            .lock()
-            .insert(key, compiled.clone());
-        compiled
-    }
-
-    pub fn check_vhost_access(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
-        let not_allowed =
-            |text: String| AmqpError::connection(crate::amqp::error::ReplyCode::NotAllowed, text);
+    pub fn check_vhost_access(&self, session: &AuthSession, vhost: &str) -> Result<(), AmqpError> {
+        let not_allowed = |text: String| AmqpError::connection(ReplyCode::NotAllowed, text);
         if self.vhost(vhost).is_none() {
             return Err(not_allowed(format!(
                 "NOT_ALLOWED - vhost {vhost} not found"
             )));
         }
-        if self.compiled_permission(vhost, user).is_none() {
+        let allowed = session
+            .backend
+            .check_vhost(&session.user, vhost)
+            .map_err(plugin_failure)?;
+        if !allowed {
             return Err(not_allowed(format!(
-                "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'"
+                "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{}'",
+                session.username
             )));
         }
         Ok(())
@@ -116,7 +159,7 @@ impl Broker {
     /// RabbitMQ's check_resource_access: `kind` is "exchange" or "queue".
     pub fn check_access(
         &self,
-        user: &str,
+        session: &AuthSession,
         vhost: &str,
         kind: &str,
         name: &str,
@@ -128,19 +171,44 @@ impl Broker {
         } else {
             name
         };
-        let allowed = self
-            .compiled_permission(vhost, user)
-            .is_some_and(|p| match access {
-                Access::Configure => p.can_configure(checked),
-                Access::Write => p.can_write(checked),
-                Access::Read => p.can_read(checked),
-            });
+        let is_exchange = kind == "exchange";
+        let generation = self.permissions.generation.load(Ordering::Relaxed);
+        let key = (is_exchange, checked.to_string(), access);
+        let cached = {
+            let mut c = session.cache.lock();
+            if c.0 != generation {
+                *c = (generation, HashMap::new());
+            }
+            c.1.get(&key).copied()
+        };
+        let allowed = match cached {
+            Some(a) => a,
+            None => {
+                let kind_wit = if is_exchange {
+                    ResourceKind::Exchange
+                } else {
+                    ResourceKind::Queue
+                };
+                let a = session
+                    .backend
+                    .check_resource(&session.user, vhost, kind_wit, checked, access.permission())
+                    .map_err(plugin_failure)?;
+                let mut c = session.cache.lock();
+                // Publishing to many generated names must not grow this forever.
+                if c.1.len() > 1024 {
+                    c.1.clear();
+                }
+                c.1.insert(key, a);
+                a
+            }
+        };
         if allowed {
             Ok(())
         } else {
             Err(AmqpError::access_refused(format!(
-                "{} access to {kind} '{checked}' in vhost '{vhost}' refused for user '{user}'",
-                access.as_str()
+                "{} access to {kind} '{checked}' in vhost '{vhost}' refused for user '{}'",
+                access.as_str(),
+                session.username
             )))
         }
     }

@@ -10,8 +10,9 @@ use parking_lot::RwLock;
 
 use crate::meta::state::string_arg;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord};
+use crate::broker::message::Message;
 use crate::queue::Queue;
-use crate::routing::exchange_type::{BindingId, ExchangeRouter, RouteInput};
+use crate::routing::exchange_type::{BindingId, ExchangeRouter, RouteInput, RouterError};
 
 pub struct VhostRt {
     pub name: String,
@@ -37,22 +38,25 @@ impl VhostRt {
     }
 
     /// The queues a message published to `exchange` reaches, each once.
+    /// Err is an exchange type's failure, worded for a 541 INTERNAL_ERROR.
     pub fn route(
         &self,
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
+        message: Option<&Message>,
         out: &mut Vec<Arc<Queue>>,
-    ) {
+    ) -> Result<(), String> {
         if exchange.is_empty() {
             if let Some(q) = self.queue(routing_key) {
                 out.push(q);
             }
-            return;
+            return Ok(());
         }
         let input = RouteInput {
             routing_key,
             headers,
+            message,
         };
         let mut visited: Vec<String> = Vec::new();
         let mut pending = vec![exchange.to_string()];
@@ -70,7 +74,15 @@ impl VhostRt {
             {
                 let routing = x.routing.read();
                 ids.clear();
-                routing.router.route(&input, &mut ids);
+                // An exchange whose type plugin is disabled routes nowhere.
+                if let Some(router) = &routing.router {
+                    router.route(&input, &mut ids).map_err(|e| {
+                        format!(
+                            "INTERNAL_ERROR - routing on exchange '{}' in vhost '{}': {e}",
+                            x.record.name, self.name
+                        )
+                    })?;
+                }
                 for id in &ids {
                     match routing.destinations.get(id) {
                         Some((DestinationKind::Queue, q)) => {
@@ -95,6 +107,7 @@ impl VhostRt {
                 pending.push(ae.clone());
             }
         }
+        Ok(())
     }
 }
 
@@ -122,7 +135,7 @@ pub fn sender_selected_keys(headers: Option<&FieldTable>) -> Vec<String> {
 }
 
 struct Routing {
-    router: Box<dyn ExchangeRouter>,
+    router: Option<Box<dyn ExchangeRouter>>,
     destinations: HashMap<BindingId, (DestinationKind, String)>,
 }
 
@@ -133,7 +146,7 @@ pub struct ExchangeRt {
 }
 
 impl ExchangeRt {
-    pub fn new(record: ExchangeRecord, router: Box<dyn ExchangeRouter>) -> ExchangeRt {
+    pub fn new(record: ExchangeRecord, router: Option<Box<dyn ExchangeRouter>>) -> ExchangeRt {
         ExchangeRt {
             alternate: string_arg(&record.arguments, "alternate-exchange"),
             record,
@@ -146,20 +159,50 @@ impl ExchangeRt {
 
     pub fn bind(&self, id: BindingId, b: &BindingRecord) {
         let mut r = self.routing.write();
-        match r.router.bind(id, &b.routing_key, &b.arguments) {
+        let accepted = match r.router.as_mut() {
+            Some(router) => router.bind(id, &b.routing_key, &b.arguments),
+            None => Ok(()),
+        };
+        match accepted {
             Ok(()) => {
                 r.destinations
                     .insert(id, (b.destination_kind, b.destination.clone()));
             }
-            Err(e) => {
-                tracing::warn!(exchange = %self.record.name, error = %e, "binding refused by exchange type")
+            Err(RouterError::Refused(e) | RouterError::Failed(e)) => {
+                tracing::warn!(exchange = %self.record.name, error = %e, "binding not applied by exchange type")
             }
         }
     }
 
     pub fn unbind(&self, id: BindingId) {
         let mut r = self.routing.write();
-        r.router.unbind(id);
+        if let Some(router) = r.router.as_mut() {
+            router.unbind(id);
+        }
         r.destinations.remove(&id);
+    }
+
+    pub fn has_router(&self) -> bool {
+        self.routing.read().router.is_some()
+    }
+
+    /// Gives the exchange a router (its type plugin was enabled), replaying its
+    /// bindings; or takes it away (the plugin was disabled).
+    pub fn set_router(
+        &self,
+        router: Option<Box<dyn ExchangeRouter>>,
+        bindings: &[(BindingId, BindingRecord)],
+    ) {
+        let mut r = self.routing.write();
+        r.router = router;
+        if let Some(router) = r.router.as_mut() {
+            for (id, b) in bindings {
+                if let Err(RouterError::Refused(e) | RouterError::Failed(e)) =
+                    router.bind(*id, &b.routing_key, &b.arguments)
+                {
+                    tracing::warn!(exchange = %self.record.name, error = %e, "binding not applied by exchange type");
+                }
+            }
+        }
     }
 }

@@ -713,7 +713,8 @@ impl NodeHandler {
             "authenticate_user" => {
                 let user = Self::arg(&req, 0, "user")?;
                 let pass = Self::arg(&req, 1, "password")?;
-                match broker.login(user, pass, std::net::Ipv4Addr::LOCALHOST.into()) {
+                let plain = format!("\0{user}\0{pass}");
+                match broker.login("PLAIN", plain.as_bytes(), std::net::Ipv4Addr::LOCALHOST.into()) {
                     Ok(_) => Response::message("Success"),
                     Err(_) => {
                         return Err(Response::error(

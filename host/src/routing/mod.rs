@@ -1,8 +1,5 @@
-//! Exchange types behind the routing seam: the broker asks an exchange's type which of its
-//! bindings a message matches. These native types move into WASM plugins later.
+//! The routing seam: the broker asks an exchange's type which of its bindings
+//! a message matches. Every exchange type is a plugin (see `crate::plugins`);
+//! only the default exchange is a protocol rule, in `broker::routing`.
 
-pub mod exchange_direct;
-pub mod exchange_fanout;
-pub mod exchange_headers;
-pub mod exchange_topic;
 pub mod exchange_type;

@@ -4,7 +4,8 @@ use amq_protocol::protocol::{AMQPClass, exchange};
 use amq_protocol::types::FieldTable;
 
 use crate::amqp::connection::Connection;
-use crate::amqp::error::{AmqpError, AmqpResult};
+use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::routing::exchange_type::{ExchangeType, RouterError};
 use crate::broker::permissions::Access;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord, MetaCommand, MetaError};
 
@@ -27,8 +28,11 @@ impl Connection {
     }
 
     pub(crate) fn check(&self, kind: &str, name: &str, access: Access) -> AmqpResult<()> {
+        let Some(session) = &self.session else {
+            return Err(AmqpError::access_refused("not logged in"));
+        };
         self.broker
-            .check_access(&self.user, &self.vhost_name(), kind, name, access)
+            .check_access(session, &self.vhost_name(), kind, name, access)
     }
 
     pub(crate) fn reply(&self, id: u16, nowait: bool, method: AMQPClass) {
@@ -74,9 +78,10 @@ impl Connection {
                 // RabbitMQ's order: the type, then the name, then permissions; the reserved
                 // prefix only stops creating an exchange (re-declaring amq.direct is fine).
                 let kind = d.kind.as_str().to_string();
+                // RabbitMQ 4.x answers an unknown (or disabled) type this way.
                 let Some(t) = self.broker.exchange_type(&kind) else {
                     return Err(AmqpError::precondition(format!(
-                        "unknown exchange type '{kind}'"
+                        "invalid exchange type '{kind}'"
                     )));
                 };
                 self.check("exchange", &name, Access::Configure)?;
@@ -90,10 +95,13 @@ impl Connection {
                         "exchange name '{name}' contains reserved prefix 'amq.*'"
                     )));
                 }
-                t.create(&d.arguments).map_err(|e| {
-                    AmqpError::precondition(format!(
+                t.create(&d.arguments).map_err(|e| match e {
+                    RouterError::Refused(e) => AmqpError::precondition(format!(
                         "invalid arguments for exchange '{name}' in vhost '{vhost}': {e}"
-                    ))
+                    )),
+                    RouterError::Failed(e) => {
+                        AmqpError::connection(ReplyCode::InternalError, format!("INTERNAL_ERROR - {e}"))
+                    }
                 })?;
                 let rec = ExchangeRecord {
                     vhost,
@@ -225,12 +233,17 @@ impl Connection {
                 .and_then(|v| v.exchange(&record.source))
                 .map(|x| x.record.kind.clone());
             if let Some(t) = kind.as_deref().and_then(|k| self.broker.exchange_type(k)) {
-                let mut probe = t
-                    .create(&FieldTable::default())
-                    .map_err(AmqpError::precondition)?;
+                let to_amqp = |e| match e {
+                    RouterError::Refused(e) => AmqpError::precondition(e),
+                    RouterError::Failed(e) => {
+                        AmqpError::connection(ReplyCode::InternalError, format!("INTERNAL_ERROR - {e}"))
+                    }
+                };
+                // Ask the type before committing, so a refusal reaches the client.
+                let mut probe = t.create(&FieldTable::default()).map_err(to_amqp)?;
                 probe
                     .bind(0, &record.routing_key, &record.arguments)
-                    .map_err(AmqpError::precondition)?;
+                    .map_err(to_amqp)?;
             }
         }
         let cmd = if bind {

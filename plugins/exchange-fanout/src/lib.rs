@@ -3,38 +3,26 @@
 
 use std::collections::HashMap;
 
-use amq_protocol::types::FieldTable;
-
-use crate::routing::exchange_type::{BindingId, ExchangeRouter, ExchangeType, RouteInput};
-
-/// Factory for fanout exchanges.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FanoutExchange;
-
-impl ExchangeType for FanoutExchange {
-    fn name(&self) -> &'static str {
-        "fanout"
-    }
-
-    fn create(&self, _arguments: &FieldTable) -> Result<Box<dyn ExchangeRouter>, String> {
-        Ok(Box::new(FanoutRouter::default()))
-    }
-}
+use warren_sdk::{BindingId, ExchangeType, FieldTable, Message};
 
 /// Routing state of one fanout exchange.
 #[derive(Debug, Default)]
-pub struct FanoutRouter {
+pub struct Fanout {
     ids: Vec<BindingId>,
     // Position of each id in `ids`, so a fanout with thousands of bindings
     // binds and unbinds in O(1) instead of scanning.
     slot: HashMap<BindingId, usize>,
 }
 
-impl ExchangeRouter for FanoutRouter {
+impl ExchangeType for Fanout {
+    fn create(_arguments: &FieldTable) -> Result<Self, String> {
+        Ok(Self::default())
+    }
+
     fn bind(
         &mut self,
         id: BindingId,
-        _routing_key: &str,
+        _binding_key: &str,
         _arguments: &FieldTable,
     ) -> Result<(), String> {
         if !self.slot.contains_key(&id) {
@@ -54,21 +42,24 @@ impl ExchangeRouter for FanoutRouter {
         }
     }
 
-    fn route(&self, _msg: &RouteInput<'_>, out: &mut Vec<BindingId>) {
+    fn route(&self, _message: &Message, out: &mut Vec<BindingId>) {
         out.extend_from_slice(&self.ids);
     }
 }
+
+warren_sdk::export_exchange_type!(Fanout);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(r: &FanoutRouter, key: &str) -> Vec<BindingId> {
+    fn route(r: &Fanout, key: &str) -> Vec<BindingId> {
         let mut out = Vec::new();
         r.route(
-            &RouteInput {
-                routing_key: key,
-                headers: None,
+            &Message {
+                routing_key: key.into(),
+                headers: vec![],
+                properties: None,
             },
             &mut out,
         );
@@ -78,7 +69,7 @@ mod tests {
 
     #[test]
     fn every_binding_gets_every_message() {
-        let mut r = FanoutRouter::default();
+        let mut r = Fanout::create(&vec![]).unwrap();
         let a = FieldTable::default();
         r.bind(1, "x", &a).unwrap();
         r.bind(2, "", &a).unwrap();
@@ -89,7 +80,7 @@ mod tests {
 
     #[test]
     fn rebind_is_idempotent_and_unbind_keeps_index_consistent() {
-        let mut r = FanoutRouter::default();
+        let mut r = Fanout::default();
         let a = FieldTable::default();
         for id in 0..10 {
             r.bind(id, "", &a).unwrap();

@@ -11,23 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use amq_protocol::types::FieldTable;
-
-use crate::routing::exchange_type::{BindingId, ExchangeRouter, ExchangeType, RouteInput};
-
-/// Factory for topic exchanges.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TopicExchange;
-
-impl ExchangeType for TopicExchange {
-    fn name(&self) -> &'static str {
-        "topic"
-    }
-
-    fn create(&self, _arguments: &FieldTable) -> Result<Box<dyn ExchangeRouter>, String> {
-        Ok(Box::new(TopicRouter::default()))
-    }
-}
+use warren_sdk::{BindingId, ExchangeType, FieldTable, Message};
 
 /// Checks a topic binding key. RabbitMQ's `validate_binding/2` for topic accepts
 /// every key (including `""`, `"a..b"`, `"#.#"`, `"**"`), so this always
@@ -67,7 +51,7 @@ impl Node {
 
 /// Routing state of one topic exchange.
 #[derive(Debug, Default)]
-pub struct TopicRouter {
+pub struct Topic {
     root: Node,
     // Unbind only receives the id; keep each binding's (normalised) path.
     path_of: HashMap<BindingId, Vec<Box<str>>>,
@@ -238,16 +222,20 @@ fn dedup_tail(out: &mut Vec<BindingId>, start: usize) {
     out.truncate(write);
 }
 
-impl ExchangeRouter for TopicRouter {
+impl ExchangeType for Topic {
+    fn create(_arguments: &FieldTable) -> Result<Self, String> {
+        Ok(Self::default())
+    }
+
     fn bind(
         &mut self,
         id: BindingId,
-        routing_key: &str,
+        binding_key: &str,
         _arguments: &FieldTable,
     ) -> Result<(), String> {
-        validate_binding_key(routing_key)?;
+        validate_binding_key(binding_key)?;
         self.unbind(id);
-        let path = normalise(routing_key);
+        let path = normalise(binding_key);
         let mut node = &mut self.root;
         for word in &path {
             node = node.child_or_insert(word);
@@ -263,9 +251,9 @@ impl ExchangeRouter for TopicRouter {
         }
     }
 
-    fn route(&self, msg: &RouteInput<'_>, out: &mut Vec<BindingId>) {
+    fn route(&self, message: &Message, out: &mut Vec<BindingId>) {
         let start = out.len();
-        let key = msg.routing_key;
+        let key = message.routing_key.as_str();
         let pos = if key.is_empty() { None } else { Some(0) };
         let mut seen = Seen::default();
         walk(&self.root, key, pos, out, &mut seen);
@@ -273,29 +261,50 @@ impl ExchangeRouter for TopicRouter {
     }
 }
 
+warren_sdk::export_exchange_type!(Topic);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
 
-    fn router(patterns: &[&str]) -> TopicRouter {
-        let mut r = TopicRouter::default();
+    /// SplitMix64: a seeded generator for the randomised test, so the crate
+    /// needs no dependencies.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in `0..n` (the modulo bias is irrelevant for tiny `n`).
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn msg(key: &str) -> Message {
+        Message {
+            routing_key: key.into(),
+            headers: vec![],
+            properties: None,
+        }
+    }
+
+    fn router(patterns: &[&str]) -> Topic {
+        let mut r = Topic::default();
         for (i, p) in patterns.iter().enumerate() {
             r.bind(i as BindingId, p, &FieldTable::default()).unwrap();
         }
         r
     }
 
-    fn route(r: &TopicRouter, key: &str) -> Vec<BindingId> {
+    fn route(r: &Topic, key: &str) -> Vec<BindingId> {
         let mut out = Vec::new();
-        r.route(
-            &RouteInput {
-                routing_key: key,
-                headers: None,
-            },
-            &mut out,
-        );
+        r.route(&msg(key), &mut out);
         out
     }
 
@@ -420,13 +429,7 @@ mod tests {
     fn each_binding_reported_once() {
         let r = router(&["#.a.#", "#.a.*.#", "#"]);
         let mut out = vec![42, 42];
-        r.route(
-            &RouteInput {
-                routing_key: "a.a.a.a",
-                headers: None,
-            },
-            &mut out,
-        );
+        r.route(&msg("a.a.a.a"), &mut out);
         assert_eq!(out, [42, 42, 0, 1, 2], "existing entries untouched");
     }
 
@@ -482,13 +485,13 @@ mod tests {
 
     #[test]
     fn trie_agrees_with_oracle_on_random_inputs() {
-        let mut rng = StdRng::seed_from_u64(0x7a11);
+        let mut rng = Rng(0x7a11);
         let pattern_words = ["a", "b", "", "*", "#"];
         let key_words = ["a", "b", "", "*", "#"];
-        let make_key = |rng: &mut StdRng, alphabet: &[&str], max: usize| -> String {
-            let n = rng.gen_range(0..=max);
+        let make_key = |rng: &mut Rng, alphabet: &[&str], max: usize| -> String {
+            let n = rng.below(max + 1);
             (0..n)
-                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .map(|_| alphabet[rng.below(alphabet.len())])
                 .collect::<Vec<_>>()
                 .join(".")
         };
@@ -519,19 +522,21 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_topic_routing() {
-        let mut r = TopicRouter::default();
+        let mut r = Topic::default();
         let none = FieldTable::default();
         for i in 0..5_000u64 {
             r.bind(2 * i, &format!("a.{i}.*"), &none).unwrap();
             r.bind(2 * i + 1, &format!("#.{i}"), &none).unwrap();
         }
-        let keys: Vec<String> = (0..1_000u64)
+        // Messages are built up front so the loop measures routing, not allocation.
+        let msgs: Vec<Message> = (0..1_000u64)
             .map(|i| match i % 4 {
                 0 => format!("a.{}.x", i * 7 % 6_000),
                 1 => format!("b.c.{}", i * 13 % 6_000),
                 2 => format!("a.{}", i),
                 _ => format!("x.y.z.w.{}", i),
             })
+            .map(|k| msg(&k))
             .collect();
         let mut out = Vec::with_capacity(16);
         let mut matched = 0usize;
@@ -539,13 +544,7 @@ mod tests {
         let t = std::time::Instant::now();
         for i in 0..n {
             out.clear();
-            r.route(
-                &RouteInput {
-                    routing_key: &keys[i % keys.len()],
-                    headers: None,
-                },
-                &mut out,
-            );
+            r.route(&msgs[i % msgs.len()], &mut out);
             matched += out.len();
         }
         let secs = t.elapsed().as_secs_f64();
