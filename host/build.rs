@@ -13,7 +13,9 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ sits in the repository root");
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the repository root");
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     // OUT_DIR is <target>/<profile>/build/<pkg>/out; the plugin build shares <target>.
@@ -24,19 +26,34 @@ fn main() {
         .unwrap_or_else(|| root.join("target"));
     let plugin_target = target_root.join("wasm-plugins");
 
-    for p in ["wit", "sdk/src", "sdk/Cargo.toml", "plugins/Cargo.toml", "plugins/.cargo"] {
+    for p in [
+        "wit",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "plugins/Cargo.toml",
+        "plugins/.cargo",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let members = builtin_members(&plugins);
     for m in &members {
         for f in ["src", "Cargo.toml", "plugin.toml"] {
-            println!("cargo:rerun-if-changed={}", plugins.join(m).join(f).display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                plugins.join(m).join(f).display()
+            );
         }
     }
 
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&plugins)
-        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+        ])
         .arg(&plugin_target);
     // Settings meant for the outer build (clippy's wrapper, host rustflags,
     // coverage) must not leak into the wasm build.
@@ -61,7 +78,9 @@ fn main() {
     }
 
     let wasm_dir = plugin_target.join(WASM_TARGET).join("release");
-    let mut code = String::from("/// (manifest, component) of every built-in plugin.\npub static BUILTIN: &[(&str, &[u8])] = &[\n");
+    let mut code = String::from(
+        "/// (manifest, component) of every built-in plugin.\npub static BUILTIN: &[(&str, &[u8])] = &[\n",
+    );
     for m in &members {
         let wasm = wasm_dir.join(format!("{}.wasm", m.replace('-', "_")));
         let toml = plugins.join(m).join("plugin.toml");

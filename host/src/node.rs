@@ -8,11 +8,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::plugins::PluginHost;
 use crate::broker::message::Message;
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{NodeConfig, NodeRuntimeFile};
 use crate::meta::MetaStore;
+use crate::plugins::PluginHost;
 use crate::queue::Entry;
 use crate::resources::{self, Limits};
 use crate::store::message_store::{MessageStore, StoreOptions};

@@ -123,8 +123,12 @@ pub trait ExchangeType: Sized + 'static {
     fn create(arguments: &FieldTable) -> Result<Self, String>;
     /// Adds a binding (or replaces the binding with this id). An error refuses
     /// the bind with 406 PRECONDITION_FAILED and the text.
-    fn bind(&mut self, id: BindingId, binding_key: &str, arguments: &FieldTable)
-    -> Result<(), String>;
+    fn bind(
+        &mut self,
+        id: BindingId,
+        binding_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), String>;
     /// Removes a binding; unknown ids are ignored.
     fn unbind(&mut self, id: BindingId);
     /// Appends the ids of the bindings the message matches, each at most once.

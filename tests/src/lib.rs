@@ -26,6 +26,15 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Where host/build.rs builds the plugin components, including the
+/// test-only ones that are not embedded (e.g. `test_misbehave.wasm`).
+pub fn wasm_plugin_dir() -> PathBuf {
+    bin_dir()
+        .parent()
+        .expect("target directory")
+        .join("wasm-plugins/wasm32-wasip2/release")
+}
+
 /// A free TCP port whose +20000 neighbour (the dist port) is free too.
 pub fn free_port() -> u16 {
     loop {
@@ -62,6 +71,8 @@ pub struct Node {
     pub child: Option<Child>,
     /// Extra `key = value` lines for warren.conf.
     pub config: String,
+    /// Extra environment for the node and its CLIs (e.g. WARREN_PLUGINS_DIR).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -100,6 +111,7 @@ impl Node {
             home,
             child: None,
             config: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -127,6 +139,17 @@ impl Node {
             .env_remove("WARREN_CONFIG_FILE")
             .env("HOME", &self.home)
             .env("WARREN_COOKIE", "test-cookie-secret");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    /// Runs `warren-plugins -n <node> args...` with this node's environment.
+    pub fn plugins(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("warren-plugins"));
+        self.env(&mut cmd);
+        cmd.arg("-n").arg(self.full_name()).args(args);
+        cmd.output().expect("run warren-plugins")
     }
 
     /// Starts the node in the foreground (as a child) and waits until it accepts connections.

@@ -518,6 +518,7 @@ impl Connection {
             return Ok(());
         }
         let (ticket, rejected) = self.route_and_enqueue(id, msg, p.mandatory)?;
+        let stats = self.broker.clone();
         let ch = self.channel(id)?;
         if let Some(c) = ch.confirm.as_mut() {
             let seq = c.next_seq;
@@ -525,6 +526,7 @@ impl Connection {
             let item = if rejected {
                 ConfirmItem::Nack(seq)
             } else {
+                crate::broker::stats::Counters::add(&stats.stats.confirmed, 1);
                 ConfirmItem::Ack(seq, ticket)
             };
             let _ = c.tx.send(item);
@@ -564,18 +566,31 @@ impl Connection {
             }
             return Ok((None, false));
         }
+        crate::broker::stats::Counters::add(&self.broker.stats.published, 1);
         let mut queues = Vec::new();
         let original = msg.clone();
         let headers = original.headers();
         vhost
-            .route(&msg.exchange, &msg.routing_key, headers, Some(&msg), &mut queues)
+            .route(
+                &msg.exchange,
+                &msg.routing_key,
+                headers,
+                Some(&msg),
+                &mut queues,
+            )
             .map_err(|e| AmqpError::connection(ReplyCode::InternalError, e))?;
         let mut msg = msg;
         let cc = sender_selected_keys(headers);
         if !cc.is_empty() {
             for key in &cc {
                 vhost
-                    .route(&original.exchange, key, headers, Some(&original), &mut queues)
+                    .route(
+                        &original.exchange,
+                        key,
+                        headers,
+                        Some(&original),
+                        &mut queues,
+                    )
                     .map_err(|e| AmqpError::connection(ReplyCode::InternalError, e))?;
             }
             // BCC recipients stay hidden from everyone, as in RabbitMQ.
@@ -595,6 +610,7 @@ impl Connection {
             }
         }
         if queues.is_empty() {
+            crate::broker::stats::Counters::add(&self.broker.stats.unroutable, 1);
             if mandatory {
                 self.return_unroutable(id, msg);
             }

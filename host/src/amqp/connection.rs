@@ -103,7 +103,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         out: tx,
         writer,
         user: String::new(),
-            session: None,
+        session: None,
         vhost: None,
         channels: HashMap::new(),
         cancel_notify: false,
@@ -214,20 +214,19 @@ impl Connection {
         let session = match self.broker.login("PLAIN", &plain, self.peer.ip()) {
             Ok(s) => s,
             Err(e) => {
-            // As RabbitMQ: the client learns only that the login was refused (a loopback-only
-            // user included); the reason goes to the log.
-            let reason = match e {
-                LoginError::Refused(t) | LoginError::LoopbackOnly(t) => t,
-            };
-            let text = format!(
-                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                start_ok.mechanism.as_str()
-            );
-            tracing::warn!(peer = %self.peer, user, reason, "login refused");
-            // Without authentication_failure_close a client learns only that the socket closed.
-            return Err(
-                auth_failure_close.then(|| AmqpError::connection(ReplyCode::AccessRefused, text))
-            );
+                // As RabbitMQ: the client learns only that the login was refused (a loopback-only
+                // user included); the reason goes to the log.
+                let reason = match e {
+                    LoginError::Refused(t) | LoginError::LoopbackOnly(t) => t,
+                };
+                let text = format!(
+                    "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism.as_str()
+                );
+                tracing::warn!(peer = %self.peer, user, reason, "login refused");
+                // Without authentication_failure_close a client learns only that the socket closed.
+                return Err(auth_failure_close
+                    .then(|| AmqpError::connection(ReplyCode::AccessRefused, text)));
             }
         };
         self.user = session.username.clone();
@@ -282,7 +281,9 @@ impl Connection {
         };
         let vhost = open.virtual_host.as_str().to_string();
         let Some(session) = self.session.clone() else {
-            return Err(Some(handshake_error("connection.open before authentication")));
+            return Err(Some(handshake_error(
+                "connection.open before authentication",
+            )));
         };
         self.broker
             .check_vhost_access(&session, &vhost)

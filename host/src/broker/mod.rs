@@ -17,9 +17,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::meta::*;
-use crate::queue::{Entry, Queue, QueueConfig};
 use crate::plugins::PluginHost;
 use crate::plugins::exchange::WasmExchangeType;
+use crate::queue::{Entry, Queue, QueueConfig};
 use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
 pub use routing::{ExchangeRt, VhostRt};

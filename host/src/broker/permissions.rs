@@ -92,7 +92,9 @@ impl Broker {
         peer: IpAddr,
     ) -> Result<Arc<AuthSession>, LoginError> {
         let refused = || {
-            LoginError::Refused(format!("ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
+            LoginError::Refused(format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ))
         };
         let backends = self.plugins.auth_backends();
         if backends.is_empty() {
@@ -115,13 +117,7 @@ impl Broker {
         let Some((backend, user)) = accepted else {
             return Err(refused());
         };
-        if self
-            .config
-            .loopback_users
-            .iter()
-            .any(|l| *l == user.username)
-            && !peer.is_loopback()
-        {
+        if self.config.loopback_users.contains(&user.username) && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly(format!(
                 "ACCESS_REFUSED - User '{}' can only connect via localhost",
                 user.username

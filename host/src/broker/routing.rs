@@ -8,9 +8,9 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 
+use crate::broker::message::Message;
 use crate::meta::state::string_arg;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord};
-use crate::broker::message::Message;
 use crate::queue::Queue;
 use crate::routing::exchange_type::{BindingId, ExchangeRouter, RouteInput, RouterError};
 

@@ -56,7 +56,7 @@ impl HostServices for Broker {
         let connections = self.connection_list();
         let channels: u64 = connections
             .iter()
-            .map(|c| c.channels.load(Ordering::Relaxed) as u64)
+            .map(|c| c.channels.load(Ordering::Relaxed))
             .sum();
         let mut queues = 0u32;
         let mut exchanges = 0u32;
@@ -151,4 +151,3 @@ impl ExchangeTypeHooks for Broker {
 fn is_standard(x: &ExchangeRecord) -> bool {
     x.name.is_empty() || x.name.starts_with("amq.")
 }
-

@@ -529,6 +529,33 @@ impl NodeHandler {
         let broker = &self.node.broker;
         Ok(match req.command.as_str() {
             "status" => self.status(),
+            "plugins_list" => {
+                let plugins = &self.node.broker.plugins;
+                Response::data(json!({
+                    "node": self.node.config.node_name,
+                    "plugins": plugins.list(),
+                }))
+            }
+            "plugins_enable" | "plugins_disable" => {
+                let plugins = &self.node.broker.plugins;
+                let names = req.args.clone();
+                if names.is_empty() {
+                    return Err(usage("at least one plugin name is required"));
+                }
+                let changed = if req.command == "plugins_enable" {
+                    plugins.enable(&names).await
+                } else {
+                    plugins.disable(&names).await
+                };
+                match changed {
+                    Ok(changed) => Response::data(json!({
+                        "node": self.node.config.node_name,
+                        "changed": changed,
+                        "plugins": plugins.list(),
+                    })),
+                    Err(e) => return Err(Response::error(e.exit_code(), e.to_string())),
+                }
+            }
             "await_startup" => Response::ok(),
             "stop" => {
                 let node = self.node.clone();
@@ -714,7 +741,11 @@ impl NodeHandler {
                 let user = Self::arg(&req, 0, "user")?;
                 let pass = Self::arg(&req, 1, "password")?;
                 let plain = format!("\0{user}\0{pass}");
-                match broker.login("PLAIN", plain.as_bytes(), std::net::Ipv4Addr::LOCALHOST.into()) {
+                match broker.login(
+                    "PLAIN",
+                    plain.as_bytes(),
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                ) {
                     Ok(_) => Response::message("Success"),
                     Err(_) => {
                         return Err(Response::error(

@@ -23,7 +23,8 @@ pub struct WasmAuth {
     live: Mutex<Option<(Store<State>, AuthPlugin)>>,
 }
 
-type Call<'a, R> = dyn FnOnce(&mut Store<State>, &AuthPlugin) -> Result<wasmtime::Result<R>, PluginError> + 'a;
+type Call<'a, R> =
+    dyn FnOnce(&mut Store<State>, &AuthPlugin) -> Result<wasmtime::Result<R>, PluginError> + 'a;
 
 impl WasmAuth {
     pub fn load(
@@ -60,7 +61,11 @@ impl WasmAuth {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
         let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!("{}: instantiation failed: {}", self.plugin, root_cause(&e)))
+            PluginError::Call(format!(
+                "{}: instantiation failed: {}",
+                self.plugin,
+                root_cause(&e)
+            ))
         })?;
         Ok((store, bindings))
     }
@@ -110,7 +115,10 @@ impl WasmAuth {
         self.call(
             "checking vhost access",
             Box::new(|store, b| {
-                run_now(b.warren_plugin_auth_backend().call_check_vhost(store, user, vhost))
+                run_now(
+                    b.warren_plugin_auth_backend()
+                        .call_check_vhost(store, user, vhost),
+                )
             }),
         )
     }
@@ -126,9 +134,10 @@ impl WasmAuth {
         self.call(
             "checking resource access",
             Box::new(|store, b| {
-                run_now(b.warren_plugin_auth_backend().call_check_resource(
-                    store, user, vhost, kind, name, permission,
-                ))
+                run_now(
+                    b.warren_plugin_auth_backend()
+                        .call_check_resource(store, user, vhost, kind, name, permission),
+                )
             }),
         )
     }

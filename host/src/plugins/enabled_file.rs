@@ -13,9 +13,12 @@ pub fn read(path: &Path) -> Result<Option<Vec<String>>, PluginError> {
             return Err(PluginError::Io(format!("{}: {e}", path.display())));
         }
     };
-    parse(&text)
-        .map(Some)
-        .ok_or_else(|| PluginError::BadManifest(format!("{}: expected a list such as [prometheus,exchange-topic].", path.display())))
+    parse(&text).map(Some).ok_or_else(|| {
+        PluginError::BadManifest(format!(
+            "{}: expected a list such as [prometheus,exchange-topic].",
+            path.display()
+        ))
+    })
 }
 
 pub fn parse(text: &str) -> Option<Vec<String>> {
@@ -23,7 +26,11 @@ pub fn parse(text: &str) -> Option<Vec<String>> {
     if t.is_empty() {
         return Some(Vec::new());
     }
-    let inner = t.strip_suffix('.')?.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let inner = t
+        .strip_suffix('.')?
+        .trim()
+        .strip_prefix('[')?
+        .strip_suffix(']')?;
     let mut out = Vec::new();
     for item in inner.split(',') {
         let name = item.trim().trim_matches(|c| c == '\'' || c == '"');
@@ -54,7 +61,10 @@ mod tests {
     #[test]
     fn reads_rabbitmq_style_lists() {
         assert_eq!(parse("[a,b].\n"), Some(vec!["a".into(), "b".into()]));
-        assert_eq!(parse("[ 'a' , \"b\", a ]."), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            parse("[ 'a' , \"b\", a ]."),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert_eq!(parse("[]."), Some(vec![]));
         assert_eq!(parse(""), Some(vec![]));
         assert_eq!(parse("a,b"), None);

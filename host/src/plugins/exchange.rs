@@ -98,7 +98,10 @@ impl WasmExchangeType {
                 let live = shard.instantiate()?;
                 inner.live = Some(live);
                 if info.is_none() {
-                    let live = inner.live.as_mut().ok_or_else(|| PluginError::Call("no instance".into()))?;
+                    let live = inner
+                        .live
+                        .as_mut()
+                        .ok_or_else(|| PluginError::Call("no instance".into()))?;
                     runtime.arm(&mut live.store);
                     let got = run_now(
                         live.bindings
@@ -133,7 +136,11 @@ impl Shard {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
         let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!("{}: instantiation failed: {}", self.ctx.name, root_cause(&e)))
+            PluginError::Call(format!(
+                "{}: instantiation failed: {}",
+                self.ctx.name,
+                root_cause(&e)
+            ))
         })?;
         Ok(Live { store, bindings })
     }

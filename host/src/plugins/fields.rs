@@ -37,15 +37,14 @@ pub fn value(v: &AMQPValue) -> FieldValue {
         AMQPValue::Void => FieldValue::Void,
         AMQPValue::DecimalValue(_) | AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => {
             let encode = amq_protocol::types::generation::gen_value(v);
-            FieldValue::Encoded(
-                cookie_factory::gen_simple(encode, Vec::new()).unwrap_or_default(),
-            )
+            FieldValue::Encoded(cookie_factory::gen_simple(encode, Vec::new()).unwrap_or_default())
         }
     }
 }
 
 pub fn properties(p: &BasicProperties) -> xt::Properties {
-    let s = |v: &Option<amq_protocol::types::ShortString>| v.as_ref().map(|s| s.as_str().to_string());
+    let s =
+        |v: &Option<amq_protocol::types::ShortString>| v.as_ref().map(|s| s.as_str().to_string());
     xt::Properties {
         content_type: s(p.content_type()),
         content_encoding: s(p.content_encoding()),
@@ -69,7 +68,10 @@ mod tests {
 
     #[test]
     fn integers_of_every_width_are_one_int_and_nested_values_stay_comparable() {
-        assert!(matches!(value(&AMQPValue::ShortShortInt(-3)), FieldValue::Int(-3)));
+        assert!(matches!(
+            value(&AMQPValue::ShortShortInt(-3)),
+            FieldValue::Int(-3)
+        ));
         assert!(matches!(value(&AMQPValue::LongUInt(7)), FieldValue::Int(7)));
         assert!(
             matches!(value(&AMQPValue::LongString(LongString::from("x"))), FieldValue::Text(t) if t == "x")

@@ -53,7 +53,11 @@ impl WasmHttp {
                 })?,
                 None => l.default_port,
             },
-            None => return Err(PluginError::BadManifest(format!("{name}: no listens entry"))),
+            None => {
+                return Err(PluginError::BadManifest(format!(
+                    "{name}: no listens entry"
+                )));
+            }
         };
         let http = WasmHttp {
             plugin: name,
@@ -73,19 +77,25 @@ impl WasmHttp {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
         let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!("{}: instantiation failed: {}", self.plugin, root_cause(&e)))
+            PluginError::Call(format!(
+                "{}: instantiation failed: {}",
+                self.plugin,
+                root_cause(&e)
+            ))
         })?;
         Ok((store, bindings))
     }
 
     /// Binds the port and serves until [`WasmHttp::stop`].
     pub async fn start(self: &Arc<Self>) -> Result<(), PluginError> {
-        let listener = TcpListener::bind(("0.0.0.0", self.port)).await.map_err(|e| {
-            PluginError::Io(format!(
-                "plugin '{}' cannot listen on port {}: {e}",
-                self.plugin, self.port
-            ))
-        })?;
+        let listener = TcpListener::bind(("0.0.0.0", self.port))
+            .await
+            .map_err(|e| {
+                PluginError::Io(format!(
+                    "plugin '{}' cannot listen on port {}: {e}",
+                    self.plugin, self.port
+                ))
+            })?;
         let me = self.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -171,7 +181,11 @@ impl WasmHttp {
                 return write_plain(&mut sock, 500, &e).await;
             }
         };
-        let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        );
         for (k, v) in &response.headers {
             if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
                 continue;
@@ -205,7 +219,11 @@ impl WasmHttp {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 *live = None;
-                Err(format!("plugin '{}' failed: {}", self.plugin, root_cause(&e)))
+                Err(format!(
+                    "plugin '{}' failed: {}",
+                    self.plugin,
+                    root_cause(&e)
+                ))
             }
             Err(e) => {
                 *live = None;

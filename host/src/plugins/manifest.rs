@@ -76,9 +76,8 @@ fn yes() -> bool {
 
 impl Manifest {
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, PluginError> {
-        let m: Manifest = toml::from_str(text).map_err(|e| {
-            PluginError::BadManifest(format!("{origin}: {}", e.message().trim()))
-        })?;
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| PluginError::BadManifest(format!("{origin}: {}", e.message().trim())))?;
         let bad = |why: String| Err(PluginError::BadManifest(format!("{origin}: {why}")));
         if m.name.is_empty()
             || !m
@@ -166,11 +165,17 @@ mod tests {
 
     #[test]
     fn refuses_incomplete_or_unknown_fields() {
-        let e = Manifest::parse("name = \"x\"\nversion = \"1\"\nkind = \"exchange-type\"\n", "x.toml")
-            .unwrap_err();
+        let e = Manifest::parse(
+            "name = \"x\"\nversion = \"1\"\nkind = \"exchange-type\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("exchange_type"), "{e}");
-        let e = Manifest::parse("name = \"x\"\nversion = \"1\"\nkind = \"teapot\"\n", "x.toml")
-            .unwrap_err();
+        let e = Manifest::parse(
+            "name = \"x\"\nversion = \"1\"\nkind = \"teapot\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
         let e = Manifest::parse(
             "name = \"a b\"\nversion = \"1\"\nkind = \"http\"\nlistens = { port_key = \"p\", default_port = 1 }\n",

@@ -117,10 +117,16 @@ pub struct PluginHost {
 /// Node config keys of the plugin host itself.
 pub fn limits_from(settings: &Settings) -> Limits {
     let mut l = Limits::default();
-    if let Some(ms) = settings.get("plugins.call_timeout_ms").and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = settings
+        .get("plugins.call_timeout_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         l.call_timeout = Duration::from_millis(ms.max(1));
     }
-    if let Some(mb) = settings.get("plugins.memory_limit_mb").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(mb) = settings
+        .get("plugins.memory_limit_mb")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         l.memory_bytes = mb.max(1) << 20;
     }
     l
@@ -154,7 +160,11 @@ impl PluginHost {
         }))
     }
 
-    pub fn set_services(&self, services: Weak<dyn HostServices>, hooks: Weak<dyn ExchangeTypeHooks>) {
+    pub fn set_services(
+        &self,
+        services: Weak<dyn HostServices>,
+        hooks: Weak<dyn ExchangeTypeHooks>,
+    ) {
         let _ = self.services.set(services);
         let _ = self.hooks.set(hooks);
     }
@@ -190,7 +200,9 @@ impl PluginHost {
                         tracing::error!(plugin = %name, error = %e, "plugin failed to load; continuing without it");
                     }
                 }
-                None => tracing::error!(plugin = %name, "enabled plugin not found; continuing without it"),
+                None => {
+                    tracing::error!(plugin = %name, "enabled plugin not found; continuing without it")
+                }
             }
         }
         *self.explicit.lock() = explicit;
@@ -215,7 +227,9 @@ impl PluginHost {
                 &component,
                 self.shards,
             )?)),
-            Kind::AuthBackend => Loaded::Auth(Arc::new(WasmAuth::load(&self.runtime, ctx, &component)?)),
+            Kind::AuthBackend => {
+                Loaded::Auth(Arc::new(WasmAuth::load(&self.runtime, ctx, &component)?))
+            }
             Kind::Http => Loaded::Http(WasmHttp::load(&self.runtime, ctx, &component)?),
         })
     }
@@ -260,7 +274,7 @@ impl PluginHost {
         for name in closure(names, &catalog) {
             let a = catalog
                 .get(&name)
-                .ok_or_else(|| unknown(&[name.clone()]))?;
+                .ok_or_else(|| unknown(std::slice::from_ref(&name)))?;
             self.prepare(a)?;
         }
         Ok(())
@@ -298,7 +312,9 @@ impl PluginHost {
             .into_iter()
             .filter_map(|want| {
                 let want = want.trim().trim_start_matches("rabbit_auth_backend_");
-                all.iter().find(|a| a.backend == want || a.plugin == want).cloned()
+                all.iter()
+                    .find(|a| a.backend == want || a.plugin == want)
+                    .cloned()
             })
             .collect()
     }
@@ -329,7 +345,11 @@ impl PluginHost {
     pub async fn enable(&self, names: &[String]) -> Result<Vec<String>, PluginError> {
         let _serial = self.changing.lock().await;
         let catalog = self.catalog();
-        let missing: Vec<String> = names.iter().filter(|n| !catalog.contains_key(*n)).cloned().collect();
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !catalog.contains_key(*n))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             return Err(unknown(&missing));
         }
@@ -387,7 +407,11 @@ impl PluginHost {
     pub async fn disable(&self, names: &[String]) -> Result<Vec<String>, PluginError> {
         let _serial = self.changing.lock().await;
         let catalog = self.catalog();
-        let missing: Vec<String> = names.iter().filter(|n| !catalog.contains_key(*n)).cloned().collect();
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !catalog.contains_key(*n))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             return Err(unknown(&missing));
         }
@@ -407,7 +431,10 @@ impl PluginHost {
             .collect();
         if let Some(hooks) = self.hooks() {
             for name in &stopping {
-                if let Some(t) = catalog.get(name).and_then(|a| a.manifest.exchange_type.clone()) {
+                if let Some(t) = catalog
+                    .get(name)
+                    .and_then(|a| a.manifest.exchange_type.clone())
+                {
                     let users = hooks.exchanges_blocking_disable(&t);
                     if !users.is_empty() {
                         return Err(PluginError::InUse(format!(
@@ -420,11 +447,17 @@ impl PluginHost {
         }
         let auth_left = remaining
             .iter()
-            .filter(|n| catalog.get(*n).is_some_and(|a| a.manifest.kind == Kind::AuthBackend))
+            .filter(|n| {
+                catalog
+                    .get(*n)
+                    .is_some_and(|a| a.manifest.kind == Kind::AuthBackend)
+            })
             .count();
-        let auth_stopping = stopping
-            .iter()
-            .any(|n| catalog.get(n).is_some_and(|a| a.manifest.kind == Kind::AuthBackend));
+        let auth_stopping = stopping.iter().any(|n| {
+            catalog
+                .get(n)
+                .is_some_and(|a| a.manifest.kind == Kind::AuthBackend)
+        });
         if auth_stopping && auth_left == 0 {
             return Err(PluginError::InUse(
                 "disabling would leave the node with no auth backend: nobody could log in".into(),
@@ -561,7 +594,11 @@ pub fn edit_offline(
     names: &[String],
 ) -> Result<Vec<String>, PluginError> {
     let catalog = host.catalog();
-    let missing: Vec<String> = names.iter().filter(|n| !catalog.contains_key(*n)).cloned().collect();
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !catalog.contains_key(*n))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         return Err(unknown(&missing));
     }

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginError;
@@ -67,27 +70,30 @@ impl Runtime {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .wasm_component_model(true);
+            .wasm_component_model(true)
+            // Every call runs on a fiber; the pool keeps their stacks (and
+            // instance slots) warm instead of mapping fresh ones per call.
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
         let engine = Engine::new(&config).map_err(|e| PluginError::Runtime(e.to_string()))?;
         let mut linker = Linker::<State>::new(&engine);
         let link = |r: wasmtime::Result<()>| r.map_err(|e| PluginError::Runtime(e.to_string()));
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
-        link(exchange::warren::plugin::log::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        ))?;
-        link(exchange::warren::plugin::config::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        ))?;
-        link(auth::warren::plugin::users::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        ))?;
-        link(http::warren::plugin::stats::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        ))?;
+        link(exchange::warren::plugin::log::add_to_linker::<
+            State,
+            HasSelf<State>,
+        >(&mut linker, |s| s))?;
+        link(exchange::warren::plugin::config::add_to_linker::<
+            State,
+            HasSelf<State>,
+        >(&mut linker, |s| s))?;
+        link(auth::warren::plugin::users::add_to_linker::<
+            State,
+            HasSelf<State>,
+        >(&mut linker, |s| s))?;
+        link(http::warren::plugin::stats::add_to_linker::<
+            State,
+            HasSelf<State>,
+        >(&mut linker, |s| s))?;
 
         // Deadlines are counted in epochs; one thread advances them for every store.
         let weak = engine.weak();
@@ -147,7 +153,11 @@ impl Runtime {
         let compiled = self.engine.precompile_component(wasm).map_err(|e| {
             PluginError::NotAComponent(format!("{name}: not a valid component: {}", root_cause(&e)))
         })?;
-        tracing::info!(plugin = name, ms = started.elapsed().as_millis() as u64, "compiled plugin component");
+        tracing::info!(
+            plugin = name,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled plugin component"
+        );
         if let Err(e) = write_atomically(&self.cache_dir, &path, &compiled) {
             tracing::warn!(plugin = name, error = %e, "could not cache compiled component");
         }
@@ -158,7 +168,10 @@ impl Runtime {
 
     pub fn store(&self, ctx: Arc<PluginCtx>) -> Store<State> {
         let stderr = super::host_api::LogStream::new(ctx.name.clone());
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).stdout(stderr).build();
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .stdout(stderr)
+            .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .trap_on_grow_failure(true)
@@ -183,6 +196,26 @@ impl Runtime {
     }
 }
 
+/// Slots for a node's plugin instances. A few dozen are live at once (a few
+/// shards per exchange-type plugin, one per auth or http plugin); the
+/// per-component maxima are sized for interpreters such as componentize-py's.
+fn pool(limits: &Limits) -> PoolingAllocationConfig {
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(256)
+        .total_core_instances(2048)
+        .total_memories(256)
+        .total_tables(1024)
+        .total_stacks(256)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(8)
+        .max_tables_per_component(32)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20)
+        .table_elements(200_000)
+        .max_memory_size(limits.memory_bytes);
+    p
+}
+
 /// Drives a plugin call to completion on the calling thread.
 ///
 /// Plugin stores are async only so that WASI never blocks on a runtime from
@@ -205,12 +238,16 @@ pub fn root_cause(e: &wasmtime::Error) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return match trap {
             wasmtime::Trap::Interrupt => "deadline exceeded (runaway call interrupted)".into(),
-            wasmtime::Trap::UnreachableCodeReached => "trapped (unreachable: the plugin panicked or aborted)".into(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "trapped (unreachable: the plugin panicked or aborted)".into()
+            }
             other => format!("trapped ({other})"),
         };
     }
     let text = format!("{e:#}");
-    if text.contains("forcing trap when growing memory") || text.contains("memory") && text.contains("limit") {
+    if text.contains("forcing trap when growing memory")
+        || text.contains("memory") && text.contains("limit")
+    {
         return "memory limit exceeded".into();
     }
     e.root_cause().to_string()

@@ -17,6 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 /// How long a test waits for something that should happen "at once".
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+#[allow(unused_imports)]
 pub use warren_tests::{Node, TestBroker};
 
 pub async fn connect(url: &str) -> Connection {

@@ -5,9 +5,9 @@ use amq_protocol::types::FieldTable;
 
 use crate::amqp::connection::Connection;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
-use crate::routing::exchange_type::{ExchangeType, RouterError};
 use crate::broker::permissions::Access;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord, MetaCommand, MetaError};
+use crate::routing::exchange_type::{ExchangeType, RouterError};
 
 pub fn meta_error(e: MetaError) -> AmqpError {
     match e {
@@ -99,9 +99,10 @@ impl Connection {
                     RouterError::Refused(e) => AmqpError::precondition(format!(
                         "invalid arguments for exchange '{name}' in vhost '{vhost}': {e}"
                     )),
-                    RouterError::Failed(e) => {
-                        AmqpError::connection(ReplyCode::InternalError, format!("INTERNAL_ERROR - {e}"))
-                    }
+                    RouterError::Failed(e) => AmqpError::connection(
+                        ReplyCode::InternalError,
+                        format!("INTERNAL_ERROR - {e}"),
+                    ),
                 })?;
                 let rec = ExchangeRecord {
                     vhost,
@@ -235,9 +236,10 @@ impl Connection {
             if let Some(t) = kind.as_deref().and_then(|k| self.broker.exchange_type(k)) {
                 let to_amqp = |e| match e {
                     RouterError::Refused(e) => AmqpError::precondition(e),
-                    RouterError::Failed(e) => {
-                        AmqpError::connection(ReplyCode::InternalError, format!("INTERNAL_ERROR - {e}"))
-                    }
+                    RouterError::Failed(e) => AmqpError::connection(
+                        ReplyCode::InternalError,
+                        format!("INTERNAL_ERROR - {e}"),
+                    ),
                 };
                 // Ask the type before committing, so a refusal reaches the client.
                 let mut probe = t.create(&FieldTable::default()).map_err(to_amqp)?;
