@@ -77,7 +77,7 @@ pub fn broker_config(cfg: &NodeConfig) -> BrokerConfig {
 }
 
 /// Opens the node's stores and rebuilds its state.
-pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> {
+pub async fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::DataDir(config.data_dir.display().to_string(), e))?;
     let fsync = config.settings.get("warren.message_store.fsync") != Some("false");
@@ -113,8 +113,11 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
     // Plugins load before metadata replays, so stored exchanges find their types.
     let plugins = plugin_host(&config)?;
     plugins.load_enabled()?;
-    let meta = Arc::new(MetaStore::open(&config.data_dir.join("metadata.redb"))?);
-    let fresh = meta.is_fresh();
+    let me = crate::cluster::ClusterNode {
+        name: config.node_name.clone(),
+        addr: advertised_addr(&config),
+    };
+    let meta = Arc::new(MetaStore::new(config.data_dir.clone(), me, cookie.clone()));
     let broker = Broker::new(
         broker_config(&config),
         meta.clone(),
@@ -123,9 +126,9 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
         recovered,
         plugins,
     );
-    meta.boot(broker.clone())?;
+    let fresh = meta.start(broker.clone()).await?;
     if fresh {
-        broker.seed_defaults()?;
+        broker.seed_defaults().await?;
     }
     broker.discard_orphaned_messages();
     Ok(Arc::new(Node {
@@ -136,6 +139,17 @@ pub fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> 
         shutdown: watch::channel(false).0,
         started_at: std::time::Instant::now(),
     }))
+}
+
+/// Where other nodes reach this one: its host part and dist port.
+pub fn advertised_addr(config: &NodeConfig) -> String {
+    let host = crate::config::node_host(&config.node_name);
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", config.dist_port)
 }
 
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -203,25 +217,20 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
 }
 
 impl Node {
-    /// Returns the node to a fresh state (warrenctl reset): every vhost with its exchanges,
-    /// queues and messages, and every user goes; the defaults come back.
-    pub async fn reset(&self) -> Result<(), crate::meta::MetaError> {
-        use crate::meta::MetaCommand;
+    /// Returns the node to a fresh state (warrenctl reset): it leaves its
+    /// cluster (telling the others, unless `force`), forgets every vhost with
+    /// its exchanges, queues and messages, and every user, and starts over as
+    /// a single disc node with the default vhost and user.
+    pub async fn reset(&self, force: bool) -> Result<(), crate::meta::MetaError> {
         let meta = &self.broker.meta;
-        let (vhosts, users): (Vec<String>, Vec<String>) = {
-            let state = meta.read();
-            (
-                state.vhosts.keys().cloned().collect(),
-                state.users.keys().cloned().collect(),
-            )
-        };
-        for name in vhosts {
-            meta.submit(MetaCommand::DeleteVhost { name }).await?;
+        if !force && let Some(cluster) = meta.cluster() {
+            let (disc, ram) = cluster.members();
+            if disc.len() + ram.len() > 1 {
+                cluster.remove_member(&self.config.node_name).await?;
+            }
         }
-        for name in users {
-            meta.submit(MetaCommand::DeleteUser { name }).await?;
-        }
-        self.broker.seed_defaults()
+        meta.wipe(crate::cluster::NodeKind::Disc, true).await?;
+        self.broker.seed_defaults().await
     }
 
     /// Closes every client connection (stop_app, shutdown).

@@ -47,6 +47,7 @@ pub struct Connection {
     blocked_capable: bool,
     client_properties: FieldTable,
     pub(crate) exclusive_queues: Vec<String>,
+    close_ok_pending: bool,
     pub(crate) info: Option<Arc<ConnectionInfo>>,
     pub(crate) has_published: bool,
     recv_bytes: u64,
@@ -110,6 +111,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         blocked_capable: false,
         client_properties: FieldTable::default(),
         exclusive_queues: Vec::new(),
+        close_ok_pending: false,
         info: None,
         has_published: false,
         recv_bytes: 0,
@@ -121,6 +123,12 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         Err(None) => {}
     }
     conn.cleanup().await;
+    if conn.close_ok_pending {
+        conn.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+    }
     let _ = conn.out.send(Outbound::Close);
     let _ = writer_task.await;
 }
@@ -495,10 +503,9 @@ impl Connection {
     fn connection_method(&mut self, method: AMQPClass) -> AmqpResult<bool> {
         match method {
             AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
-                self.send(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                );
+                // close-ok goes out after cleanup: as in RabbitMQ, a client that
+                // saw it finds its exclusive queues gone on any node.
+                self.close_ok_pending = true;
                 Ok(false)
             }
             AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {

@@ -72,7 +72,7 @@ fn run_foreground() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let node = warren::node::open(config, cookie)?;
+        let node = warren::node::open(config, cookie).await?;
         node.run().await?;
         Ok::<(), anyhow::Error>(())
     })?;

@@ -82,7 +82,9 @@ enum Command {
     ForceReset,
     /// Joins the cluster of NODE (the application must be stopped)
     JoinCluster {
-        node: String,
+        // Not `node`: clap would merge it with the global `-n/--node`.
+        #[arg(value_name = "NODE")]
+        cluster_node: String,
         /// Join as a RAM node
         #[arg(long, conflicts_with = "disc")]
         ram: bool,
@@ -94,7 +96,8 @@ enum Command {
     ClusterStatus,
     /// Removes NODE from the cluster
     ForgetClusterNode {
-        node: String,
+        #[arg(value_name = "NODE")]
+        cluster_node: String,
         /// Run against a stopped node
         #[arg(long)]
         offline: bool,
@@ -342,7 +345,9 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
             Some(format!("Forcefully resetting node {node} ...")),
         ),
         C::JoinCluster {
-            node: other, ram, ..
+            cluster_node: other,
+            ram,
+            ..
         } => {
             let other = full_node_name(other)?;
             let node_type = if *ram { "ram" } else { "disc" };
@@ -358,7 +363,7 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
             Some(format!("Cluster status of node {node} ...")),
         ),
         C::ForgetClusterNode {
-            node: other,
+            cluster_node: other,
             offline,
         } => {
             let other = full_node_name(other)?;

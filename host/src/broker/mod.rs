@@ -167,26 +167,31 @@ impl Broker {
     }
 
     /// Seeds a fresh node: vhost `/`, user guest/guest with full permissions.
-    pub fn seed_defaults(&self) -> Result<(), MetaError> {
+    pub async fn seed_defaults(&self) -> Result<(), MetaError> {
         let c = &self.config;
-        self.meta.submit_sync(MetaCommand::AddVhost(VhostRecord {
-            name: c.default_vhost.clone(),
-            description: "Default virtual host".into(),
-        }))?;
-        self.meta.submit_sync(MetaCommand::AddUser(UserRecord {
-            name: c.default_user.clone(),
-            password_hash: crate::auth::hash_password(&c.default_pass),
-            hashing_algorithm: PASSWORD_HASHING_SHA256.into(),
-            tags: vec!["administrator".into()],
-        }))?;
         self.meta
-            .submit_sync(MetaCommand::SetPermissions(PermissionRecord {
+            .submit(MetaCommand::AddVhost(VhostRecord {
+                name: c.default_vhost.clone(),
+                description: "Default virtual host".into(),
+            }))
+            .await?;
+        self.meta
+            .submit(MetaCommand::AddUser(UserRecord {
+                name: c.default_user.clone(),
+                password_hash: crate::auth::hash_password(&c.default_pass),
+                hashing_algorithm: PASSWORD_HASHING_SHA256.into(),
+                tags: vec!["administrator".into()],
+            }))
+            .await?;
+        self.meta
+            .submit(MetaCommand::SetPermissions(PermissionRecord {
                 user: c.default_user.clone(),
                 vhost: c.default_vhost.clone(),
                 configure: ".*".into(),
                 write: ".*".into(),
                 read: ".*".into(),
-            }))?;
+            }))
+            .await?;
         Ok(())
     }
 

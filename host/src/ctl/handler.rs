@@ -44,6 +44,16 @@ fn table_to_json(t: &FieldTable) -> Value {
     )
 }
 
+/// Where to reach another node by name: its node.json when it runs on this
+/// machine, else its host and the conventional dist port.
+fn peer_of(name: &str) -> Result<crate::cluster::ClusterNode, String> {
+    let target = crate::config::ctl_target(Some(name)).map_err(|e| e.to_string())?;
+    Ok(crate::cluster::ClusterNode {
+        name: target.node.clone(),
+        addr: target.addr(),
+    })
+}
+
 fn meta_failure(e: MetaError) -> Response {
     let code = match e {
         MetaError::NotFound(_)
@@ -496,17 +506,35 @@ impl NodeHandler {
         let node = &self.node.config.node_name;
         let running = *self.node.app_running.borrow();
         let alarms = self.node.broker.alarms.borrow().clone();
+        let status = match self.node.broker.meta.cluster() {
+            Some(c) => c.status(),
+            None => crate::cluster::Status {
+                disc: vec![node.clone()],
+                ram: vec![],
+                running: vec![],
+                leader: None,
+            },
+        };
+        let mut running_nodes = status.running.clone();
+        if !running {
+            running_nodes.retain(|n| n != node);
+        }
+        // The cluster is named after its first disc node, as RabbitMQ names it after the seed node.
+        let cluster_name = status.disc.first().cloned().unwrap_or_else(|| node.clone());
         let data = json!({
-            "cluster_name": node,
-            "disk_nodes": [node],
-            "ram_nodes": [],
-            "running_nodes": if running { vec![node.clone()] } else { vec![] },
+            "cluster_name": cluster_name,
+            "disk_nodes": status.disc,
+            "ram_nodes": status.ram,
+            "running_nodes": running_nodes,
+            "leader": status.leader,
             "partitions": {},
             "alarms": if alarms.any() { vec![format!("{} on node {node}", alarms.reason())] } else { vec![] },
         });
         let text = format!(
-            "Basics\n\nCluster name: {node}\n\nDisk Nodes\n\n{node}\n\nRAM Nodes\n\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
-            running = if running { node.as_str() } else { "" },
+            "Basics\n\nCluster name: {cluster_name}\n\nDisk Nodes\n\n{disc}\n\nRAM Nodes\n\n{ram}\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
+            disc = status.disc.join("\n"),
+            ram = status.ram.join("\n"),
+            running = running_nodes.join("\n"),
             alarms = if alarms.any() {
                 alarms.reason()
             } else {
@@ -516,6 +544,22 @@ impl NodeHandler {
         let mut r = Response::data(data);
         r.message = Some(text);
         r
+    }
+
+    fn cluster(&self) -> Result<Arc<crate::cluster::Cluster>, Response> {
+        self.node.broker.meta.cluster().ok_or_else(|| {
+            Response::error(
+                exit_code::TEMP_FAIL,
+                "the node's metadata store is restarting",
+            )
+        })
+    }
+
+    /// The JSON payload of a node-to-node request (its first argument).
+    fn payload<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
+        let raw = Self::arg(req, 0, "payload")?;
+        serde_json::from_str(raw)
+            .map_err(|e| usage(format!("bad payload for {}: {e}", req.command)))
     }
 
     fn arg<'a>(req: &'a Request, i: usize, what: &str) -> Result<&'a str, Response> {
@@ -588,17 +632,183 @@ impl NodeHandler {
                         ),
                     ));
                 }
-                self.node.reset().await.map_err(meta_failure)?;
+                self.node
+                    .reset(req.command == "force_reset")
+                    .await
+                    .map_err(meta_failure)?;
                 Response::message(format!("Resetting node {node_name} ..."))
             }
-            "join_cluster" | "forget_cluster_node" | "change_cluster_node_type" => {
-                return Err(Response::error(
-                    exit_code::SOFTWARE,
-                    format!(
-                        "{} is not available yet: this Warren version runs single nodes only",
-                        req.command
-                    ),
-                ));
+            "join_cluster" => {
+                let target = Self::arg(&req, 0, "node")?;
+                let node_name = &self.node.config.node_name;
+                if *self.node.app_running.borrow() {
+                    return Err(Response::error(
+                        exit_code::SOFTWARE,
+                        format!(
+                            "Mnesia is still running on node {node_name}. Please stop the node with warrenctl stop_app first."
+                        ),
+                    ));
+                }
+                let target =
+                    crate::config::normalize_node_name(target, &crate::config::short_hostname())
+                        .map_err(|e| usage(e.to_string()))?;
+                if &target == node_name {
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!("cannot cluster node {node_name} with itself"),
+                    ));
+                }
+                let peer =
+                    peer_of(&target).map_err(|e| Response::error(exit_code::UNAVAILABLE, e))?;
+                let kind = match req.options.get("node_type").map(String::as_str) {
+                    Some("ram") => crate::cluster::NodeKind::Ram,
+                    _ => crate::cluster::NodeKind::Disc,
+                };
+                broker.meta.join(peer, kind).await.map_err(meta_failure)?;
+                Response::message(format!("Clustering node {node_name} with {target}"))
+            }
+            "forget_cluster_node" => {
+                let target = Self::arg(&req, 0, "node")?;
+                let target =
+                    crate::config::normalize_node_name(target, &crate::config::short_hostname())
+                        .map_err(|e| usage(e.to_string()))?;
+                let node_name = &self.node.config.node_name;
+                if &target == node_name {
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!(
+                            "Cannot forget node {node_name} from itself: use warrenctl reset on it instead"
+                        ),
+                    ));
+                }
+                let cluster = self.cluster()?;
+                if cluster.peers.reachability.is_up(&target) {
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!(
+                            "Node {target} is running: stop it (warrenctl -n {target} stop_app) before forgetting it"
+                        ),
+                    ));
+                }
+                cluster.remove_member(&target).await.map_err(meta_failure)?;
+                Response::message(format!("Removing node {target} from the cluster"))
+            }
+            "change_cluster_node_type" => {
+                let t = Self::arg(&req, 0, "disc|ram")?;
+                let kind = match t {
+                    "ram" => crate::cluster::NodeKind::Ram,
+                    "disc" | "disk" => crate::cluster::NodeKind::Disc,
+                    other => {
+                        return Err(usage(format!(
+                            "unknown node type '{other}': use disc or ram"
+                        )));
+                    }
+                };
+                let node_name = &self.node.config.node_name;
+                if *self.node.app_running.borrow() {
+                    return Err(Response::error(
+                        exit_code::SOFTWARE,
+                        format!(
+                            "Mnesia is still running on node {node_name}. Please stop the node with warrenctl stop_app first."
+                        ),
+                    ));
+                }
+                let cluster = self.cluster()?;
+                let (disc, ram) = cluster.members();
+                if disc.len() + ram.len() <= 1 {
+                    return Err(Response::error(
+                        exit_code::DATA_ERR,
+                        format!(
+                            "Non-clustered node {node_name} cannot change its type: it is its cluster's only disc node"
+                        ),
+                    ));
+                }
+                if cluster.kind_of(node_name) == Some(kind) {
+                    return Ok(Response::message(format!(
+                        "Node {node_name} is already a {} node",
+                        kind.as_str()
+                    )));
+                }
+                cluster
+                    .set_member_kind(node_name, kind)
+                    .await
+                    .map_err(meta_failure)?;
+                // The node's storage follows its kind: rejoin through a peer with the new kind.
+                let peer = disc
+                    .into_iter()
+                    .chain(ram)
+                    .find(|n| &n.name != node_name && cluster.is_up(n))
+                    .ok_or_else(|| {
+                        Response::error(exit_code::TEMP_FAIL, "no other cluster node is reachable")
+                    })?;
+                cluster
+                    .remove_member(node_name)
+                    .await
+                    .map_err(meta_failure)?;
+                broker.meta.join(peer, kind).await.map_err(meta_failure)?;
+                Response::message(format!("Turned {node_name} into a {} node", kind.as_str()))
+            }
+            // ---- node-to-node requests (authenticated with the cookie like any other) ----
+            "raft_append" => {
+                let rpc = Self::payload(&req)?;
+                let r = self.cluster()?.raft.append_entries(rpc).await;
+                Response::data(json!(r))
+            }
+            "raft_vote" => {
+                let rpc = Self::payload(&req)?;
+                let r = self.cluster()?.raft.vote(rpc).await;
+                Response::data(json!(r))
+            }
+            "raft_snapshot" => {
+                let rpc = Self::payload(&req)?;
+                let r = self.cluster()?.raft.install_snapshot(rpc).await;
+                Response::data(json!(r))
+            }
+            "meta_submit" => {
+                let cmd: MetaCommand = Self::payload(&req)?;
+                let answer = self
+                    .cluster()?
+                    .submit_as_leader(cmd, crate::cluster::QUORUM_WAIT)
+                    .await
+                    .map_err(meta_failure)?;
+                Response::data(json!(answer))
+            }
+            "meta_wait_applied" => {
+                let index: u64 = Self::payload(&req)?;
+                let cluster = self.cluster()?;
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    cluster.shared.wait_applied(index),
+                )
+                .await;
+                Response::data(json!(true))
+            }
+            "cluster_info" => Response::data(json!(self.cluster()?.status())),
+            "peer_ping" => Response::data(json!(true)),
+            "cluster_join" => {
+                let join: crate::cluster::JoinRequest = Self::payload(&req)?;
+                self.cluster()?
+                    .add_member(join)
+                    .await
+                    .map_err(meta_failure)?;
+                broker.meta.remember_peers();
+                Response::data(json!(true))
+            }
+            "cluster_leave" => {
+                let name: String = Self::payload(&req)?;
+                self.cluster()?
+                    .remove_member(&name)
+                    .await
+                    .map_err(meta_failure)?;
+                Response::data(json!(true))
+            }
+            "cluster_set_kind" => {
+                let (name, kind): (String, crate::cluster::NodeKind) = Self::payload(&req)?;
+                self.cluster()?
+                    .set_member_kind(&name, kind)
+                    .await
+                    .map_err(meta_failure)?;
+                Response::data(json!(true))
             }
             "list_queues" => self.list_queues(&req),
             "list_exchanges" => self.list_exchanges(&req),

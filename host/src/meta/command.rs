@@ -43,6 +43,13 @@ pub enum MetaCommand {
     },
     Bind(BindingRecord),
     Unbind(BindingRecord),
+    /// A node started again: what lived only in its memory is gone. Its
+    /// transient and exclusive queues go; when it is the whole cluster,
+    /// transient exchanges go too (RabbitMQ's rule for a full restart).
+    NodeRestarted {
+        node: String,
+        whole_cluster: bool,
+    },
 }
 
 /// What applying a command changed, for the node's runtime (routers, queue processes) to follow.
@@ -73,7 +80,7 @@ pub enum MetaEvent {
 }
 
 /// The answer to a command, beside its events.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaOutcome {
     Done,
     /// A declare found an equivalent entity already there.

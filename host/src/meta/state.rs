@@ -10,7 +10,7 @@ use super::command::{MetaCommand, MetaEvent, MetaOutcome};
 use super::equivalence;
 use super::model::*;
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetaError {
     #[error("{0}")]
     NotFound(String),
@@ -39,6 +39,144 @@ pub struct MetaState {
     pub bindings: BTreeMap<u64, BindingRecord>,
     binding_ids: HashMap<String, u64>,
     next_binding_id: u64,
+}
+
+/// The whole state as plain lists: what a Raft snapshot carries between nodes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetaSnapshot {
+    pub vhosts: Vec<VhostRecord>,
+    pub users: Vec<UserRecord>,
+    pub permissions: Vec<PermissionRecord>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub queues: Vec<QueueRecord>,
+    pub bindings: Vec<(u64, BindingRecord)>,
+    pub next_binding_id: u64,
+}
+
+impl MetaState {
+    pub fn to_snapshot(&self) -> MetaSnapshot {
+        MetaSnapshot {
+            vhosts: self.vhosts.values().cloned().collect(),
+            users: self.users.values().cloned().collect(),
+            permissions: self.permissions.values().cloned().collect(),
+            exchanges: self.exchanges.values().cloned().collect(),
+            queues: self.queues.values().cloned().collect(),
+            bindings: self
+                .bindings
+                .iter()
+                .map(|(id, b)| (*id, b.clone()))
+                .collect(),
+            next_binding_id: self.next_binding_id,
+        }
+    }
+
+    pub fn from_snapshot(s: MetaSnapshot) -> MetaState {
+        let mut st = MetaState::default();
+        for v in s.vhosts {
+            st.vhosts.insert(v.name.clone(), v);
+        }
+        for u in s.users {
+            st.users.insert(u.name.clone(), u);
+        }
+        for p in s.permissions {
+            st.permissions.insert(key(&p.vhost, &p.user), p);
+        }
+        for x in s.exchanges {
+            st.exchanges.insert(key(&x.vhost, &x.name), x);
+        }
+        for q in s.queues {
+            st.queues.insert(key(&q.vhost, &q.name), q);
+        }
+        for (id, b) in s.bindings {
+            st.binding_ids.insert(b.identity(), id);
+            st.bindings.insert(id, b);
+        }
+        st.next_binding_id = s.next_binding_id;
+        st
+    }
+
+    /// The events that turn a runtime following `old` into one following
+    /// `new` (a node installing a snapshot): removals first, then additions.
+    pub fn diff_events(old: &MetaState, new: &MetaState) -> Vec<MetaEvent> {
+        let mut ev = Vec::new();
+        for (id, b) in &old.bindings {
+            if new.bindings.get(id) != Some(b) {
+                ev.push(MetaEvent::BindingRemoved {
+                    id: *id,
+                    binding: b.clone(),
+                });
+            }
+        }
+        for (k, q) in &old.queues {
+            if new.queues.get(k) != Some(q) {
+                ev.push(MetaEvent::QueueDeleted {
+                    vhost: q.vhost.clone(),
+                    name: q.name.clone(),
+                    uid: q.uid,
+                });
+            }
+        }
+        for (k, x) in &old.exchanges {
+            if new.exchanges.get(k) != Some(x) {
+                ev.push(MetaEvent::ExchangeDeleted {
+                    vhost: x.vhost.clone(),
+                    name: x.name.clone(),
+                });
+            }
+        }
+        for (k, v) in &old.vhosts {
+            if new.vhosts.get(k) != Some(v) {
+                ev.push(MetaEvent::VhostDeleted(k.clone()));
+            }
+        }
+        for (k, v) in &new.vhosts {
+            if old.vhosts.get(k) != Some(v) {
+                ev.push(MetaEvent::VhostAdded(v.clone()));
+            }
+        }
+        if old.users != new.users || old.permissions != new.permissions {
+            ev.push(MetaEvent::UsersChanged);
+        }
+        for (k, x) in &new.exchanges {
+            if old.exchanges.get(k) != Some(x) {
+                ev.push(MetaEvent::ExchangeAdded(x.clone()));
+            }
+        }
+        for (k, q) in &new.queues {
+            if old.queues.get(k) != Some(q) {
+                ev.push(MetaEvent::QueueAdded(q.clone()));
+            }
+        }
+        for (id, b) in &new.bindings {
+            if old.bindings.get(id) != Some(b) {
+                ev.push(MetaEvent::BindingAdded {
+                    id: *id,
+                    binding: b.clone(),
+                });
+            }
+        }
+        ev
+    }
+
+    /// Every event that rebuilding this state from nothing would produce, in
+    /// dependency order: how a node's runtime follows an installed snapshot.
+    pub fn creation_events(&self) -> Vec<MetaEvent> {
+        let mut ev = Vec::new();
+        ev.extend(self.vhosts.values().cloned().map(MetaEvent::VhostAdded));
+        ev.push(MetaEvent::UsersChanged);
+        ev.extend(
+            self.exchanges
+                .values()
+                .cloned()
+                .map(MetaEvent::ExchangeAdded),
+        );
+        ev.extend(self.queues.values().cloned().map(MetaEvent::QueueAdded));
+        ev.extend(self.bindings.iter().map(|(id, b)| MetaEvent::BindingAdded {
+            id: *id,
+            binding: b.clone(),
+        }));
+        ev
+    }
 }
 
 /// The exchanges every vhost has, as RabbitMQ declares them.
@@ -251,6 +389,33 @@ impl MetaState {
                 if let Some(id) = self.binding_ids.get(&b.identity()).copied() {
                     self.remove_binding(id, ev);
                     self.auto_delete_exchange(&b.vhost, &b.source, ev);
+                }
+            }
+            MetaCommand::NodeRestarted {
+                node,
+                whole_cluster,
+            } => {
+                let gone: Vec<(String, String)> = self
+                    .queues
+                    .values()
+                    .filter(|q| &q.node == node && (!q.durable || q.exclusive_owner.is_some()))
+                    .map(|q| (q.vhost.clone(), q.name.clone()))
+                    .collect();
+                for (vhost, name) in gone {
+                    self.remove_queue(&vhost, &name, ev);
+                }
+                if *whole_cluster {
+                    let gone: Vec<(String, String)> = self
+                        .exchanges
+                        .values()
+                        .filter(|x| !x.durable)
+                        .map(|x| (x.vhost.clone(), x.name.clone()))
+                        .collect();
+                    for (vhost, name) in gone {
+                        if self.exchanges.contains_key(&key(&vhost, &name)) {
+                            self.remove_exchange(&vhost, &name, ev);
+                        }
+                    }
                 }
             }
         }

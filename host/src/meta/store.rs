@@ -1,280 +1,286 @@
-//! The one door every metadata change goes through. On a single node `submit` applies the
-//! command to the state machine, writes what became durable to redb and tells the node's
-//! runtime; clustering puts Raft in front of the same `apply`.
+//! The one door every metadata change goes through. Changes are Raft log
+//! entries (see `crate::cluster`): `submit` commits a command through the
+//! cluster's leader and returns once it is applied here and on every reachable
+//! node; `read` is this node's replica. A node that is not clustered is a
+//! cluster of one.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use parking_lot::{Mutex, RwLockReadGuard};
+use serde::{Deserialize, Serialize};
 
 use super::command::{MetaCommand, MetaEvent, MetaOutcome};
-use super::model::*;
 use super::state::{MetaError, MetaState};
-
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+use crate::cluster::network::Peers;
+use crate::cluster::store::{SharedMeta, open_db};
+use crate::cluster::{Cluster, ClusterNode, JoinRequest, NodeKind};
 
 /// The node's runtime (routers, queues) follows applied changes through this.
 pub trait MetaListener: Send + Sync {
     fn on_events(&self, state: &MetaState, events: &[MetaEvent]);
 }
 
+/// What a node remembers about its cluster outside Raft: its own kind, and
+/// peers to ask when a ram node (whose replica lives in memory) starts again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Membership {
+    kind: NodeKind,
+    peers: Vec<ClusterNode>,
+}
+
 pub struct MetaStore {
-    db: Database,
-    state: RwLock<MetaState>,
-    /// Serialises changes: apply, persist and notify happen in one order for everyone.
-    writer: Mutex<()>,
-    listener: OnceLock<Arc<dyn MetaListener>>,
-    boot: Mutex<Vec<MetaCommand>>,
+    shared: Arc<SharedMeta>,
+    cluster: Mutex<Option<Arc<Cluster>>>,
+    data_dir: PathBuf,
+    pub me: ClusterNode,
+    pub peers: Arc<Peers>,
 }
 
 fn storage(e: impl std::fmt::Display) -> MetaError {
     MetaError::Storage(format!("metadata store: {e}"))
 }
 
-fn record_key(kind: &str, key: &str) -> String {
-    format!("{kind}\u{0}{key}")
-}
-
 impl MetaStore {
-    /// Opens the metadata database and reads what it holds; `boot` applies it.
-    pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
-        let db = Database::create(path).map_err(storage)?;
-        let mut vhosts = Vec::new();
-        let mut users = Vec::new();
-        let mut perms = Vec::new();
-        let mut exchanges = Vec::new();
-        let mut queues = Vec::new();
-        let mut bindings = Vec::new();
-        {
-            let tx = db.begin_write().map_err(storage)?;
-            tx.open_table(RECORDS).map_err(storage)?;
-            tx.commit().map_err(storage)?;
+    /// A store for the node `me`; nothing runs until [`MetaStore::start`].
+    pub fn new(data_dir: PathBuf, me: ClusterNode, cookie: String) -> MetaStore {
+        let peers = Peers::new(me.name.clone(), cookie);
+        MetaStore {
+            shared: crate::cluster::store::SharedMeta::new(MetaState::default()),
+            cluster: Mutex::new(None),
+            data_dir,
+            me,
+            peers,
         }
-        let tx = db.begin_read().map_err(storage)?;
-        let table = tx.open_table(RECORDS).map_err(storage)?;
-        for row in table.iter().map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            let key = k.value();
-            let bytes = v.value();
-            let kind = key.split('\u{0}').next().unwrap_or_default();
-            let bad = |e: serde_json::Error| storage(format!("record {key:?}: {e}"));
-            match kind {
-                "vhost" => vhosts.push(serde_json::from_slice::<VhostRecord>(bytes).map_err(bad)?),
-                "user" => users.push(serde_json::from_slice::<UserRecord>(bytes).map_err(bad)?),
-                "perm" => {
-                    perms.push(serde_json::from_slice::<PermissionRecord>(bytes).map_err(bad)?)
-                }
-                "exchange" => {
-                    exchanges.push(serde_json::from_slice::<ExchangeRecord>(bytes).map_err(bad)?)
-                }
-                "queue" => queues.push(serde_json::from_slice::<QueueRecord>(bytes).map_err(bad)?),
-                "binding" => {
-                    bindings.push(serde_json::from_slice::<BindingRecord>(bytes).map_err(bad)?)
-                }
-                _ => tracing::warn!(key, "ignoring unknown metadata record"),
-            }
-        }
-        let mut boot: Vec<MetaCommand> = Vec::new();
-        boot.extend(vhosts.into_iter().map(MetaCommand::AddVhost));
-        boot.extend(users.into_iter().map(MetaCommand::AddUser));
-        boot.extend(perms.into_iter().map(MetaCommand::SetPermissions));
-        boot.extend(exchanges.into_iter().map(MetaCommand::DeclareExchange));
-        boot.extend(queues.into_iter().map(MetaCommand::DeclareQueue));
-        boot.extend(bindings.into_iter().map(MetaCommand::Bind));
-        drop(table);
-        drop(tx);
-        Ok(MetaStore {
-            db,
-            state: RwLock::new(MetaState::default()),
-            writer: Mutex::new(()),
-            listener: OnceLock::new(),
-            boot: Mutex::new(boot),
-        })
     }
 
-    /// True when the database held nothing (a fresh node): the caller seeds the defaults.
-    pub fn is_fresh(&self) -> bool {
-        self.boot.lock().is_empty() && self.state.read().vhosts.is_empty()
+    fn raft_path(&self) -> PathBuf {
+        self.data_dir.join("raft.redb")
     }
 
-    /// Attaches the runtime and replays the stored metadata into it.
-    pub fn boot(&self, listener: Arc<dyn MetaListener>) -> Result<(), MetaError> {
-        let _ = self.listener.set(listener);
-        let commands = std::mem::take(&mut *self.boot.lock());
-        let _w = self.writer.lock();
-        for cmd in commands {
-            let mut state = self.state.write();
-            match state.apply(&cmd) {
-                Ok((_, events)) => {
-                    if let Some(l) = self.listener.get() {
-                        l.on_events(&state, &events);
-                    }
-                }
-                Err(e) => tracing::warn!(?cmd, error = %e, "stored metadata record not applied"),
-            }
+    fn membership_path(&self) -> PathBuf {
+        self.data_dir.join("cluster.json")
+    }
+
+    fn membership(&self) -> Membership {
+        std::fs::read(self.membership_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Membership {
+                kind: NodeKind::Disc,
+                peers: Vec::new(),
+            })
+    }
+
+    fn save_membership(&self, m: &Membership) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec_pretty(m).map_err(storage)?;
+        std::fs::write(self.membership_path(), bytes).map_err(storage)
+    }
+
+    pub fn kind(&self) -> NodeKind {
+        self.membership().kind
+    }
+
+    /// Attaches the runtime, restores the replica and starts Raft. Returns
+    /// true when the node is brand new (its caller seeds the defaults).
+    pub async fn start(&self, listener: Arc<dyn MetaListener>) -> Result<bool, MetaError> {
+        self.shared.attach(listener);
+        let membership = self.membership();
+        let cluster = self.open_cluster(membership.kind).await?;
+        if cluster.is_initialized().await {
+            self.after_restart(&cluster).await;
+            return Ok(false);
         }
-        Ok(())
+        if membership.kind == NodeKind::Ram && !membership.peers.is_empty() {
+            // A ram node's replica died with it: ask the cluster to take it
+            // back, once this node's dist listener can take the replication.
+            tokio::spawn(rejoin(self.peers.clone(), self.me.clone(), membership));
+            return Ok(false);
+        }
+        cluster.initialize_alone().await?;
+        self.wait_leader(&cluster).await;
+        Ok(true)
+    }
+
+    async fn open_cluster(&self, kind: NodeKind) -> Result<Arc<Cluster>, MetaError> {
+        let db = match kind {
+            NodeKind::Disc => open_db(Some(&self.raft_path())),
+            NodeKind::Ram => open_db(None),
+        }
+        .map_err(storage)?;
+        let cluster =
+            Cluster::start(self.me.clone(), db, self.shared.clone(), self.peers.clone()).await?;
+        *self.cluster.lock() = Some(cluster.clone());
+        Ok(cluster)
+    }
+
+    async fn wait_leader(&self, cluster: &Cluster) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while cluster.leader().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A restarted node's transient queues (and, if it is the whole cluster,
+    /// transient exchanges) are gone, as in RabbitMQ.
+    async fn after_restart(&self, cluster: &Arc<Cluster>) {
+        let (disc, ram) = cluster.members();
+        let alone = disc.len() + ram.len() <= 1;
+        let cmd = MetaCommand::NodeRestarted {
+            node: self.me.name.clone(),
+            whole_cluster: alone,
+        };
+        if alone {
+            self.wait_leader(cluster).await;
+            if let Err(e) = cluster.submit(cmd).await {
+                tracing::warn!(error = %e, "could not drop transient metadata after restart");
+            }
+            return;
+        }
+        // In a cluster this waits for a quorum, which may take a while.
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                match cluster.submit(cmd.clone()).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "retrying restart cleanup"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.lock().clone()
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, MetaState> {
-        self.state.read()
+        self.shared.state.read()
     }
 
-    /// Applies one change; returns once it is applied and durable.
+    pub fn shared(&self) -> &Arc<SharedMeta> {
+        &self.shared
+    }
+
+    /// Applies one change through the cluster; returns once it is committed and
+    /// applied here and on every reachable node.
     pub async fn submit(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        self.submit_sync(cmd)
+        let Some(cluster) = self.cluster() else {
+            return Err(MetaError::Unavailable(
+                "metadata store unavailable: the node is resetting".into(),
+            ));
+        };
+        cluster.submit(cmd).await
     }
 
-    pub fn submit_sync(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        let _w = self.writer.lock();
-        let mut state = self.state.write();
-        let (outcome, events) = state.apply(&cmd)?;
-        if !events.is_empty() {
-            self.persist(&state, &events)?;
-            if let Some(l) = self.listener.get() {
-                l.on_events(&state, &events);
-            }
+    /// Wipes this node's metadata and starts a fresh Raft instance of `kind`.
+    /// With `alone`, the node becomes a cluster of its own again (its caller
+    /// seeds the defaults); otherwise it waits to be added to a cluster.
+    pub async fn wipe(&self, kind: NodeKind, alone: bool) -> Result<Arc<Cluster>, MetaError> {
+        let old = self.cluster.lock().take();
+        if let Some(c) = old {
+            c.shutdown().await;
         }
-        Ok(outcome)
+        let _ = std::fs::remove_file(self.raft_path());
+        self.save_membership(&Membership {
+            kind,
+            peers: Vec::new(),
+        })?;
+        let cluster = self.open_cluster(kind).await?;
+        if alone {
+            cluster.initialize_alone().await?;
+            self.wait_leader(&cluster).await;
+        }
+        Ok(cluster)
     }
 
-    fn persist(&self, state: &MetaState, events: &[MetaEvent]) -> Result<(), MetaError> {
-        let tx = self.db.begin_write().map_err(storage)?;
+    /// Joins the cluster `peer` belongs to, as a `kind` node. The node's own
+    /// metadata is wiped first: it takes the cluster's.
+    pub async fn join(&self, peer: ClusterNode, kind: NodeKind) -> Result<(), MetaError> {
+        // Ask first, so an unreachable peer leaves this node as it was.
+        let status: crate::cluster::Status = self
+            .peers
+            .call(&peer, "cluster_info", &(), Duration::from_secs(5))
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("cannot reach {}: {e}", peer.name)))?;
+        if status
+            .disc
+            .iter()
+            .chain(&status.ram)
+            .any(|n| n == &self.me.name)
         {
-            let mut table = tx.open_table(RECORDS).map_err(storage)?;
-            let mut put = |k: String, v: Vec<u8>| -> Result<(), MetaError> {
-                table.insert(k.as_str(), v.as_slice()).map_err(storage)?;
-                Ok(())
-            };
-            let mut deletes: Vec<String> = Vec::new();
-            let mut users_changed = false;
-            for e in events {
-                match e {
-                    MetaEvent::VhostAdded(v) => put(record_key("vhost", &v.name), to_json(v))?,
-                    MetaEvent::VhostDeleted(name) => deletes.push(record_key("vhost", name)),
-                    MetaEvent::UsersChanged => users_changed = true,
-                    MetaEvent::ExchangeAdded(x) if x.durable => put(
-                        record_key("exchange", &format!("{}\u{0}{}", x.vhost, x.name)),
-                        to_json(x),
-                    )?,
-                    MetaEvent::ExchangeAdded(_) => {}
-                    MetaEvent::ExchangeDeleted { vhost, name } => {
-                        deletes.push(record_key("exchange", &format!("{vhost}\u{0}{name}")))
-                    }
-                    MetaEvent::QueueAdded(q) if q.durable && q.exclusive_owner.is_none() => put(
-                        record_key("queue", &format!("{}\u{0}{}", q.vhost, q.name)),
-                        to_json(q),
-                    )?,
-                    MetaEvent::QueueAdded(_) => {}
-                    MetaEvent::QueueDeleted { vhost, name, .. } => {
-                        deletes.push(record_key("queue", &format!("{vhost}\u{0}{name}")))
-                    }
-                    MetaEvent::BindingAdded { binding, .. }
-                        if state.binding_is_durable(binding) =>
-                    {
-                        put(record_key("binding", &binding.identity()), to_json(binding))?
-                    }
-                    MetaEvent::BindingAdded { .. } => {}
-                    MetaEvent::BindingRemoved { binding, .. } => {
-                        deletes.push(record_key("binding", &binding.identity()))
-                    }
-                }
-            }
-            if users_changed {
-                let mut stale: Vec<String> = Vec::new();
-                for row in table.iter().map_err(storage)? {
-                    let (k, _) = row.map_err(storage)?;
-                    let k = k.value().to_string();
-                    if k.starts_with("user\u{0}") || k.starts_with("perm\u{0}") {
-                        stale.push(k);
-                    }
-                }
-                for k in stale {
-                    table.remove(k.as_str()).map_err(storage)?;
-                }
-                for u in state.users.values() {
-                    let v = to_json(u);
-                    table
-                        .insert(record_key("user", &u.name).as_str(), v.as_slice())
-                        .map_err(storage)?;
-                }
-                for p in state.permissions.values() {
-                    let v = to_json(p);
-                    let k = record_key("perm", &format!("{}\u{0}{}", p.vhost, p.user));
-                    table.insert(k.as_str(), v.as_slice()).map_err(storage)?;
-                }
-            }
-            for k in deletes {
-                table.remove(k.as_str()).map_err(storage)?;
+            return Err(MetaError::AlreadyExists(format!(
+                "{} is already a member of the cluster of {}",
+                self.me.name, peer.name
+            )));
+        }
+        self.wipe(kind, false).await?;
+        let req = JoinRequest {
+            name: self.me.name.clone(),
+            addr: self.me.addr.clone(),
+            kind,
+        };
+        let joined: Result<bool, _> = self
+            .peers
+            .call(&peer, "cluster_join", &req, Duration::from_secs(40))
+            .await;
+        if let Err(e) = joined {
+            // Leave the node usable on its own rather than half-joined.
+            self.wipe(NodeKind::Disc, true).await?;
+            return Err(MetaError::Unavailable(format!(
+                "cannot join the cluster of {}: {e}",
+                peer.name
+            )));
+        }
+        self.save_membership(&Membership {
+            kind,
+            peers: vec![peer],
+        })?;
+        // Wait until this node has the cluster's metadata before saying so.
+        if let Some(c) = self.cluster() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while c.leader().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        tx.commit().map_err(storage)?;
         Ok(())
     }
-}
 
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Records are plain data; serialising them cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use amq_protocol::types::FieldTable;
-
-    struct Nothing;
-    impl MetaListener for Nothing {
-        fn on_events(&self, _: &MetaState, _: &[MetaEvent]) {}
-    }
-
-    #[test]
-    fn durable_entities_survive_reopen_and_transient_ones_do_not() {
-        let dir = std::env::temp_dir().join(format!("warren-meta-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("meta.redb");
-        {
-            let store = MetaStore::open(&path).unwrap();
-            store.boot(Arc::new(Nothing)).unwrap();
-            store
-                .submit_sync(MetaCommand::AddVhost(VhostRecord {
-                    name: "/".into(),
-                    description: String::new(),
-                }))
-                .unwrap();
-            for (name, durable) in [("dq", true), ("tq", false)] {
-                store
-                    .submit_sync(MetaCommand::DeclareQueue(QueueRecord {
-                        vhost: "/".into(),
-                        name: name.into(),
-                        durable,
-                        auto_delete: false,
-                        exclusive_owner: None,
-                        arguments: FieldTable::default(),
-                        uid: 7,
-                        node: "n".into(),
-                    }))
-                    .unwrap();
-            }
-            store
-                .submit_sync(MetaCommand::Bind(BindingRecord {
-                    vhost: "/".into(),
-                    source: "amq.direct".into(),
-                    destination: "dq".into(),
-                    destination_kind: DestinationKind::Queue,
-                    routing_key: "k".into(),
-                    arguments: FieldTable::default(),
-                }))
-                .unwrap();
+    /// Remembers the current members, so a ram node can find them after a restart.
+    pub fn remember_peers(&self) {
+        let Some(c) = self.cluster() else { return };
+        let (disc, ram) = c.members();
+        let peers: Vec<ClusterNode> = disc
+            .into_iter()
+            .chain(ram)
+            .filter(|n| n.name != self.me.name)
+            .collect();
+        let mut m = self.membership();
+        if m.peers != peers {
+            m.peers = peers;
+            let _ = self.save_membership(&m);
         }
-        let store = MetaStore::open(&path).unwrap();
-        store.boot(Arc::new(Nothing)).unwrap();
-        let state = store.read();
-        assert!(state.queue("/", "dq").is_some());
-        assert!(state.queue("/", "tq").is_none());
-        assert_eq!(state.bindings.len(), 1);
-        drop(state);
-        let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+async fn rejoin(peers: Arc<Peers>, me: ClusterNode, m: Membership) {
+    let req = JoinRequest {
+        name: me.name.clone(),
+        addr: me.addr.clone(),
+        kind: NodeKind::Ram,
+    };
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for peer in &m.peers {
+            let joined: Result<bool, _> = peers
+                .call(peer, "cluster_join", &req, Duration::from_secs(30))
+                .await;
+            match joined {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(peer = %peer.name, error = %e, "ram node rejoin failed"),
+            }
+        }
+    }
+    tracing::warn!(node = %me.name, "ram node could not rejoin its cluster");
 }

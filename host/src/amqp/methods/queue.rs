@@ -70,6 +70,24 @@ impl Connection {
 
     /// declare-ok for a queue that exists (after a passive or an actual declare).
     fn answer_declared(&mut self, id: u16, nowait: bool, name: String) -> AmqpResult<()> {
+        let local = self.vhost.as_ref().and_then(|v| v.queue(&name));
+        if local.is_none() {
+            // A queue whose owner is another cluster node: known from the metadata.
+            let vhost = self.vhost_name();
+            let record = self.broker.meta.read().queue(&vhost, &name).cloned();
+            if let Some(record) = record {
+                if let Some(owner) = &record.exclusive_owner
+                    && owner != &self.owner
+                {
+                    return Err(AmqpError::resource_locked(format!(
+                        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+                    )));
+                }
+                self.channel(id)?.last_queue = Some(name.clone());
+                self.declare_ok(id, nowait, name, 0, 0);
+                return Ok(());
+            }
+        }
         let q = self.usable_queue(&name)?;
         // A declare counts as a use: it renews the x-expires lease, as in RabbitMQ.
         q.touch();

@@ -1,0 +1,252 @@
+//! Links between nodes: Raft's RPCs and the cluster's own requests travel
+//! over the peer's dist port, on the same cookie-authenticated protocol
+//! `warrenctl` speaks (the cookie never crosses the wire).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::AnyError;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::types::{ClusterNode, TypeConfig};
+use crate::ctl::protocol::{self as ctl, CtlClient, Request};
+
+type NodeId = u64;
+
+/// Why a peer request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The peer could not be reached (or the link broke).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The peer answered with an error.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// When each peer last answered: how `cluster_status` and quorum errors know
+/// who is reachable.
+#[derive(Default)]
+pub struct Reachability {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Reachability {
+    pub fn mark(&self, node: &str, ok: bool) {
+        let mut seen = self.seen.lock();
+        if ok {
+            seen.insert(node.to_string(), Instant::now());
+        } else {
+            seen.remove(node);
+        }
+    }
+
+    /// Answered within the last few heartbeats.
+    pub fn is_up(&self, node: &str) -> bool {
+        self.seen
+            .lock()
+            .get(node)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+    }
+}
+
+/// What a node needs to talk to its peers.
+pub struct Peers {
+    pub me: String,
+    cookie: String,
+    pub reachability: Reachability,
+    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<CtlClient>>>>>,
+}
+
+impl Peers {
+    pub fn new(me: String, cookie: String) -> Arc<Peers> {
+        Arc::new(Peers {
+            me,
+            cookie,
+            reachability: Reachability::default(),
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One connection per peer and lane: Raft's traffic never queues behind a
+    /// request that waits for Raft (e.g. "has this node applied index i yet?").
+    fn link(&self, addr: &str, command: &str) -> Arc<tokio::sync::Mutex<Option<CtlClient>>> {
+        let lane = if command.starts_with("raft_") {
+            "raft"
+        } else if command == "peer_ping" {
+            "ping"
+        } else if command == "meta_wait_applied" {
+            "wait"
+        } else {
+            "misc"
+        };
+        self.links
+            .lock()
+            .entry(format!("{lane} {addr}"))
+            .or_default()
+            .clone()
+    }
+
+    /// Sends one request to the peer at `addr` and decodes its answer. The
+    /// link is kept open for the next request and reopened after a failure.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        node: &ClusterNode,
+        command: &str,
+        payload: &Q,
+        timeout: Duration,
+    ) -> Result<A, PeerError> {
+        let body = serde_json::to_string(payload)
+            .map_err(|e| PeerError::Remote(format!("cannot encode {command}: {e}")))?;
+        let link = self.link(&node.addr, command);
+        let mut guard = link.lock().await;
+        let result = tokio::time::timeout(timeout, async {
+            if guard.is_none() {
+                let client = ctl::client_connect(
+                    &node.addr,
+                    &self.cookie,
+                    &format!("peer:{}", self.me),
+                    timeout.min(ctl::CONNECT_TIMEOUT),
+                )
+                .await
+                .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?;
+                *guard = Some(client);
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(PeerError::Unreachable(format!(
+                    "node {}: no link",
+                    node.name
+                )));
+            };
+            client.set_request_timeout(timeout);
+            let resp = client
+                .call(&Request::new(command).arg(body))
+                .await
+                .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?;
+            if !resp.ok {
+                return Err(PeerError::Remote(resp.error.unwrap_or_else(|| {
+                    format!("node {} refused {command}", node.name)
+                })));
+            }
+            let data = resp.data.unwrap_or(serde_json::Value::Null);
+            serde_json::from_value(data)
+                .map_err(|e| PeerError::Remote(format!("bad answer to {command}: {e}")))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(PeerError::Unreachable(format!(
+                "node {}: no answer within {} ms",
+                node.name,
+                timeout.as_millis()
+            )))
+        });
+        match &result {
+            Err(PeerError::Unreachable(_)) => {
+                *guard = None;
+                self.reachability.mark(&node.name, false);
+            }
+            _ => self.reachability.mark(&node.name, true),
+        }
+        result
+    }
+}
+
+/// Raft's view of the peers.
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Arc<Peers>,
+}
+
+pub struct PeerLink {
+    peers: Arc<Peers>,
+    target: NodeId,
+    node: ClusterNode,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> PeerLink {
+        PeerLink {
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+fn to_rpc_error<E: std::error::Error>(
+    target: NodeId,
+    e: PeerError,
+    remote: impl FnOnce(String) -> Option<E>,
+) -> RPCError<NodeId, ClusterNode, E> {
+    match e {
+        PeerError::Unreachable(text) => {
+            RPCError::Unreachable(Unreachable::new(&AnyError::error(text)))
+        }
+        PeerError::Remote(text) => match remote(text.clone()) {
+            Some(err) => RPCError::RemoteError(RemoteError::new(target, err)),
+            None => RPCError::Network(NetworkError::new(&AnyError::error(text))),
+        },
+    }
+}
+
+impl PeerLink {
+    async fn rpc<Q: Serialize, A: DeserializeOwned, E: DeserializeOwned + std::error::Error>(
+        &self,
+        command: &str,
+        req: &Q,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<NodeId, ClusterNode, E>> {
+        let answer: Result<Result<A, E>, PeerError> = self
+            .peers
+            .call(&self.node, command, req, option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e) => Err(to_rpc_error(self.target, e, |_| None)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>>
+    {
+        self.rpc("raft_append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc("raft_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
+        self.rpc("raft_vote", &rpc, &option).await
+    }
+}

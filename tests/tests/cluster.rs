@@ -1,0 +1,365 @@
+//! Clustering as RabbitMQ's clustering guide walks through it, with real
+//! processes on one machine: nodes join with stop_app / reset / join_cluster /
+//! start_app, metadata declared on one node is there on the others, a lost
+//! quorum refuses changes at once and recovers, a killed node rejoins by
+//! itself, ram nodes and node-type changes, a wrong cookie, forget_cluster_node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, ExchangeKind};
+use serde_json::Value;
+use warren_tests::{Node, TempDir};
+
+fn status(node: &Node) -> Value {
+    let out = node.ctl_ok(&["cluster_status", "--formatter", "json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster_status json: {e}: {out}"))
+}
+
+fn names(v: &Value, field: &str) -> Vec<String> {
+    let mut n: Vec<String> = v[field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+/// Waits until `node` reports `want` (sorted names) in `field`.
+fn wait_status(node: &Node, field: &str, want: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = names(&status(node), field);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {field} is {got:?}, want {want:?}",
+            node.full_name()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The walkthrough: stop_app, reset, join_cluster, start_app.
+fn join(node: &Node, seed: &Node, ram: bool) -> Duration {
+    node.ctl_ok(&["stop_app"]);
+    node.ctl_ok(&["reset"]);
+    let started = Instant::now();
+    let seed_name = seed.full_name();
+    let mut args = vec!["join_cluster", seed_name.as_str()];
+    if ram {
+        args.push("--ram");
+    }
+    node.ctl_ok(&args);
+    let took = started.elapsed();
+    node.ctl_ok(&["start_app"]);
+    took
+}
+
+fn cluster_of_three(dir: &TempDir) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&format!("test_rabbit_{i}"), &dir.0))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    for i in 1..3 {
+        let took = join(&nodes[i], &nodes[0], false);
+        println!("{} joined in {took:?}", nodes[i].full_name());
+    }
+    nodes
+}
+
+fn all_names(nodes: &[Node]) -> Vec<String> {
+    let mut v: Vec<String> = nodes.iter().map(|n| n.full_name()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_one_broker_and_a_killed_node_rejoins() {
+    let dir = TempDir::new("cluster-walkthrough");
+    let mut nodes = cluster_of_three(&dir);
+    let everyone = all_names(&nodes);
+    for n in &nodes {
+        wait_status(n, "disk_nodes", &everyone);
+        wait_status(n, "running_nodes", &everyone);
+    }
+    let s = status(&nodes[2]);
+    assert_eq!(s["cluster_name"], nodes[0].full_name().as_str());
+    assert!(names(&s, "ram_nodes").is_empty());
+
+    // Declared on node 1, there at once on node 3 (declare-ok waits for every reachable node).
+    let (c1, ch1) = open(&nodes[0].url()).await;
+    ch1.exchange_declare(
+        "orders".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare exchange on node 1");
+    declare(&ch1, "orders.eu", durable(), FieldTable::default()).await;
+    ch1.queue_bind(
+        "orders.eu".into(),
+        "orders".into(),
+        "eu.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let (c3, ch3) = open(&nodes[2].url()).await;
+    ch3.queue_declare(
+        "orders.eu".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("node 3 knows the queue declared on node 1");
+    ch3.exchange_declare(
+        "orders".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("node 3 knows the exchange declared on node 1");
+    let bindings = nodes[1].ctl_ok(&["list_bindings", "--formatter", "json"]);
+    assert!(
+        bindings.contains("eu.#"),
+        "node 2 lists the binding: {bindings}"
+    );
+    c3.close(200, "bye".into()).await.expect("close");
+
+    // Node 3 dies hard; the other two keep a quorum and keep changing metadata.
+    nodes[2].kill9();
+    let mut rest = vec![nodes[0].full_name(), nodes[1].full_name()];
+    rest.sort();
+    wait_status(&nodes[0], "running_nodes", &rest);
+    declare(
+        &ch1,
+        "declared-while-3-was-down",
+        durable(),
+        FieldTable::default(),
+    )
+    .await;
+    // Routing and delivery on node 1 are undisturbed.
+    publish(
+        &ch1,
+        "orders",
+        "eu.de",
+        b"hello",
+        BasicProperties::default(),
+    )
+    .await;
+    let got = get_wait(&ch1, "orders.eu", true).await;
+    assert_eq!(got.delivery.data, b"hello");
+
+    // Restarted, it rejoins by itself and catches up.
+    nodes[2].start();
+    wait_status(&nodes[2], "running_nodes", &everyone);
+    let (c3, ch3) = open(&nodes[2].url()).await;
+    ch3.queue_declare(
+        "declared-while-3-was-down".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("node 3 caught up on what it missed");
+    c3.close(200, "bye".into()).await.expect("close");
+    c1.close(200, "bye".into()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_changes_fail_fast_and_routing_goes_on() {
+    let dir = TempDir::new("cluster-quorum");
+    let mut nodes = cluster_of_three(&dir);
+    let everyone = all_names(&nodes);
+    wait_status(&nodes[0], "running_nodes", &everyone);
+    let (c1, ch1) = open(&nodes[0].url()).await;
+    declare(&ch1, "work", durable(), FieldTable::default()).await;
+
+    nodes[1].stop();
+    nodes[2].stop();
+    wait_status(&nodes[0], "running_nodes", &[nodes[0].full_name()]);
+
+    // Routing and delivery go on with the metadata the node has.
+    publish(&ch1, "", "work", b"still here", BasicProperties::default()).await;
+    assert_eq!(
+        get_wait(&ch1, "work", true).await.delivery.data,
+        b"still here"
+    );
+
+    // Every metadata change fails within seconds, with a clear error.
+    let started = Instant::now();
+    let err = ch1
+        .queue_declare("new-queue".into(), durable(), FieldTable::default())
+        .await
+        .expect_err("no quorum: declare refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code(&err), Some(541), "{err:?}");
+    assert!(
+        text(&err).contains("no quorum of disc nodes (1 of 3 reachable)"),
+        "{}",
+        text(&err)
+    );
+    let out = nodes[0].ctl(&["add_user", "late", "pw"]);
+    assert_eq!(out.status.code(), Some(75), "warrenctl exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no quorum"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // A disc node comes back: changes work again, nothing lost.
+    nodes[1].start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (c1b, ch1b) = loop {
+        let (c, ch) = open(&nodes[0].url()).await;
+        match ch
+            .queue_declare("new-queue".into(), durable(), FieldTable::default())
+            .await
+        {
+            Ok(_) => break (c, ch),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "changes never came back: {e:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    nodes[0].ctl_ok(&["add_user", "late", "pw"]);
+    let users = nodes[1].ctl_ok(&["list_users"]);
+    assert!(users.contains("late"), "{users}");
+    ch1b.queue_declare(
+        "work".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("the queue from before is still there");
+    let _ = c1.close(200, "bye".into()).await;
+    c1b.close(200, "bye".into()).await.expect("close");
+}
+
+#[test]
+fn ram_nodes_node_types_and_forgetting_a_node() {
+    let dir = TempDir::new("cluster-ram");
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&format!("ram_test_{i}"), &dir.0))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    join(&nodes[1], &nodes[0], true);
+    join(&nodes[2], &nodes[0], false);
+    let (n1, n2, n3) = (
+        nodes[0].full_name(),
+        nodes[1].full_name(),
+        nodes[2].full_name(),
+    );
+    let mut disc = vec![n1.clone(), n3.clone()];
+    disc.sort();
+    wait_status(&nodes[0], "disk_nodes", &disc);
+    wait_status(&nodes[0], "ram_nodes", std::slice::from_ref(&n2));
+
+    // The ram node holds the metadata too, and gets it back after a restart.
+    nodes[0].ctl_ok(&["add_vhost", "shared"]);
+    assert!(nodes[1].ctl_ok(&["list_vhosts"]).contains("shared"));
+    nodes[1].restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes[1].ctl_ok(&["list_vhosts"]).contains("shared") {
+        assert!(
+            Instant::now() < deadline,
+            "ram node did not catch up after restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // change_cluster_node_type needs the app stopped, then turns ram into disc.
+    let refused = nodes[1].ctl(&["change_cluster_node_type", "disc"]);
+    assert_ne!(refused.status.code(), Some(0));
+    nodes[1].ctl_ok(&["stop_app"]);
+    nodes[1].ctl_ok(&["change_cluster_node_type", "disc"]);
+    nodes[1].ctl_ok(&["start_app"]);
+    let mut all = vec![n1.clone(), n2.clone(), n3.clone()];
+    all.sort();
+    wait_status(&nodes[0], "disk_nodes", &all);
+    wait_status(&nodes[0], "ram_nodes", &[]);
+
+    // forget_cluster_node: refused while the node runs, done once it is stopped.
+    let refused = nodes[0].ctl(&["forget_cluster_node", &n3]);
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "a running node is not forgotten"
+    );
+    nodes[2].stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = nodes[0].ctl(&["forget_cluster_node", &n3]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forget failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut left = vec![n1, n2];
+    left.sort();
+    wait_status(&nodes[0], "disk_nodes", &left);
+}
+
+#[test]
+fn a_wrong_cookie_is_refused_in_one_line() {
+    let dir = TempDir::new("cluster-cookie");
+    let mut a = Node::new("cookie_a", &dir.0);
+    let mut b = Node::new("cookie_b", &dir.0);
+    b.env
+        .push(("WARREN_COOKIE".into(), "a-different-secret".into()));
+    a.start();
+    b.start();
+    b.ctl_ok(&["stop_app"]);
+    let out = b.ctl(&["join_cluster", &a.full_name()]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains("cookie") || stderr.contains("authentication"),
+        "{stderr}"
+    );
+    // Neither node is harmed: b is still its own cluster, a never saw b join.
+    assert_eq!(names(&status(&a), "disk_nodes"), vec![a.full_name()]);
+    b.ctl_ok(&["start_app"]);
+    assert_eq!(names(&status(&b), "disk_nodes"), vec![b.full_name()]);
+}
