@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use warren::broker::routing::VhostRt;
+use warren::broker::routing::{Destinations, VhostRt};
 use warren::config::Settings;
 use warren::meta::QueueRecord;
 use warren::plugins::PluginHost;
@@ -93,9 +93,9 @@ fn main() {
     };
     let q: Arc<Queue> = Queue::new(rec, QueueConfig::default(), None, Weak::new(), Vec::new());
     vhost.queues.write().insert("q".into(), q);
-    let mut out = Vec::new();
+    let mut out = Destinations::default();
     let default_ns = per_call(ROUNDS, || {
-        out.clear();
+        out.local.clear();
         vhost
             .route("", black_box("q"), None, None, &mut out)
             .expect("default exchange routes");

@@ -194,6 +194,106 @@ async fn three_nodes_form_one_broker_and_a_killed_node_rejoins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_reach_queues_on_other_nodes_and_an_owner_loss_is_named() {
+    let dir = TempDir::new("cluster-queues");
+    let mut nodes = cluster_of_three(&dir);
+    let everyone = all_names(&nodes);
+    wait_status(&nodes[0], "running_nodes", &everyone);
+
+    // A durable queue on node 2, bound to an exchange, fed through node 3 with confirms.
+    let (c2, ch2) = open(&nodes[1].url()).await;
+    declare(&ch2, "on-two", durable(), FieldTable::default()).await;
+    ch2.queue_bind(
+        "on-two".into(),
+        "amq.topic".into(),
+        "sensor.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let (c3, ch3) = open(&nodes[2].url()).await;
+    ch3.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for i in 0..50 {
+        let body = format!("reading {i}");
+        let topic = ch3
+            .basic_publish(
+                "amq.topic".into(),
+                "sensor.t1".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(topic.is_ack(), "message {i} confirmed by the owner");
+        let direct = ch3
+            .basic_publish(
+                "".into(),
+                "on-two".into(),
+                BasicPublishOptions::default(),
+                b"direct",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(direct.is_ack());
+    }
+    assert_eq!(ready_count(&ch2, "on-two").await, 100);
+    assert_eq!(
+        get_wait(&ch2, "on-two", true).await.delivery.data,
+        b"reading 0"
+    );
+    c3.close(200, "bye".into()).await.expect("close");
+    c2.close(200, "bye".into()).await.expect("close");
+
+    // The owner dies: other nodes name it; it comes back with its messages.
+    nodes[1].kill9();
+    let (c1, ch1) = open(&nodes[0].url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let ch = c1.create_channel().await.expect("channel");
+        match ch
+            .queue_declare(
+                "on-two".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Err(e) => break expect_code::<()>(Err(e), 404),
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "owner loss never noticed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(
+        text,
+        format!(
+            "NOT_FOUND - home node '{}' of durable queue 'on-two' in vhost '/' is down or inaccessible",
+            nodes[1].full_name()
+        )
+    );
+    nodes[1].start();
+    let (c2, ch2) = open(&nodes[1].url()).await;
+    // As in RabbitMQ, persistent messages survive the crash and transient ones do not.
+    assert_eq!(ready_count(&ch2, "on-two").await, 49);
+    let _ = ch1;
+    c1.close(200, "bye".into()).await.expect("close");
+    c2.close(200, "bye".into()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_changes_fail_fast_and_routing_goes_on() {
     let dir = TempDir::new("cluster-quorum");
     let mut nodes = cluster_of_three(&dir);

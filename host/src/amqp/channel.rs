@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, access, channel, confirm, tx};
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ContentHeader};
 use super::connection::Connection;
@@ -38,7 +38,9 @@ pub struct PendingPublish {
 }
 
 enum ConfirmItem {
-    Ack(u64, Option<u64>),
+    /// Sequence number, the store ticket to wait for, and the answers of the
+    /// other nodes whose queues the message was forwarded to.
+    Ack(u64, Option<u64>, Vec<oneshot::Receiver<bool>>),
     Nack(u64),
 }
 
@@ -335,7 +337,7 @@ impl Connection {
                 };
                 let mut last_ticket = None;
                 for (msg, mandatory) in buffer.publishes {
-                    let (ticket, _) = self.route_and_enqueue(id, msg, mandatory)?;
+                    let (ticket, _, _) = self.route_and_enqueue(id, msg, mandatory)?;
                     last_ticket = last_ticket.max(ticket);
                 }
                 for ack in buffer.acks {
@@ -517,7 +519,7 @@ impl Connection {
             buffer.publishes.push((msg, p.mandatory));
             return Ok(());
         }
-        let (ticket, rejected) = self.route_and_enqueue(id, msg, p.mandatory)?;
+        let (ticket, rejected, remote) = self.route_and_enqueue(id, msg, p.mandatory)?;
         let stats = self.broker.clone();
         let ch = self.channel(id)?;
         if let Some(c) = ch.confirm.as_mut() {
@@ -527,7 +529,7 @@ impl Connection {
                 ConfirmItem::Nack(seq)
             } else {
                 crate::broker::stats::Counters::add(&stats.stats.confirmed, 1);
-                ConfirmItem::Ack(seq, ticket)
+                ConfirmItem::Ack(seq, ticket, remote)
             };
             let _ = c.tx.send(item);
         }
@@ -544,15 +546,16 @@ impl Connection {
         });
     }
 
-    /// Routes a message and hands it to its queues: (highest store ticket, rejected by a queue).
+    /// Routes a message and hands it to its queues: (highest store ticket, rejected by a
+    /// queue, the answers of the nodes owning the remote queues it went to).
     fn route_and_enqueue(
         &mut self,
         id: u16,
         msg: Arc<Message>,
         mandatory: bool,
-    ) -> AmqpResult<(Option<u64>, bool)> {
+    ) -> AmqpResult<Routed> {
         let Some(vhost) = self.vhost.clone() else {
-            return Ok((None, false));
+            return Ok((None, false, Vec::new()));
         };
         if msg.exchange.is_empty() && DirectReplies::is_address(&msg.routing_key) {
             let routing_key = msg.routing_key.clone();
@@ -564,10 +567,10 @@ impl Connection {
             {
                 self.return_unroutable(id, msg);
             }
-            return Ok((None, false));
+            return Ok((None, false, Vec::new()));
         }
         crate::broker::stats::Counters::add(&self.broker.stats.published, 1);
-        let mut queues = Vec::new();
+        let mut queues = crate::broker::routing::Destinations::default();
         let original = msg.clone();
         let headers = original.headers();
         vhost
@@ -614,20 +617,46 @@ impl Connection {
             if mandatory {
                 self.return_unroutable(id, msg);
             }
-            return Ok((None, false));
+            return Ok((None, false, Vec::new()));
         }
         let msg_id = self.broker.next_message_id();
         let mut ticket = None;
         let mut rejected = false;
-        for q in &queues {
+        for q in &queues.local {
             match q.publish(msg.clone(), msg_id) {
                 PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
                 PublishOutcome::Rejected => rejected = true,
             }
         }
-        Ok((ticket, rejected))
+        let mut remote = Vec::new();
+        if !queues.remote.is_empty() {
+            let mut by_node: Vec<(String, Vec<String>)> = Vec::new();
+            for (node, queue) in queues.remote {
+                match by_node.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, qs)) => qs.push(queue),
+                    None => by_node.push((node, vec![queue])),
+                }
+            }
+            for (node, qs) in by_node {
+                let (tx, rx) = oneshot::channel();
+                self.broker.forward.send(
+                    &self.broker,
+                    &node,
+                    vhost.name.clone(),
+                    qs,
+                    msg.clone(),
+                    Some(tx),
+                );
+                remote.push(rx);
+            }
+        }
+        Ok((ticket, rejected, remote))
     }
 }
+
+/// What routing a message did: (highest store ticket, rejected by a local queue,
+/// answers of the nodes owning remote queues it was forwarded to).
+type Routed = (Option<u64>, bool, Vec<oneshot::Receiver<bool>>);
 
 /// Sends a confirm channel's acks in order, each once the store has what it confirms on disk;
 /// everything that is ready together goes out as one `multiple` ack.
@@ -647,7 +676,7 @@ async fn run_confirmer(
         let max_ticket = batch
             .iter()
             .filter_map(|i| match i {
-                ConfirmItem::Ack(_, t) => *t,
+                ConfirmItem::Ack(_, t, _) => *t,
                 ConfirmItem::Nack(_) => None,
             })
             .max();
@@ -665,9 +694,24 @@ async fn run_confirmer(
             }
         };
         for item in batch.drain(..) {
+            let item = match item {
+                ConfirmItem::Ack(seq, t, remote) => {
+                    // Confirmed only once every owning node accepted it too.
+                    let mut ok = !(failed && t.is_some());
+                    for answer in remote {
+                        ok &= answer.await.unwrap_or(false);
+                    }
+                    if ok {
+                        ConfirmItem::Ack(seq, t, Vec::new())
+                    } else {
+                        ConfirmItem::Nack(seq)
+                    }
+                }
+                nack => nack,
+            };
             match item {
-                ConfirmItem::Ack(seq, t) if !(failed && t.is_some()) => run_end = Some(seq),
-                ConfirmItem::Ack(seq, _) | ConfirmItem::Nack(seq) => {
+                ConfirmItem::Ack(seq, _, _) => run_end = Some(seq),
+                ConfirmItem::Nack(seq) => {
                     flush(&mut run_end);
                     handle.send(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
                         delivery_tag: seq,

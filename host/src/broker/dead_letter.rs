@@ -142,13 +142,23 @@ impl Broker {
                     .unwrap_or_else(|| entry.msg.routing_key.clone());
                 let props = with_death(&entry.msg, from.name(), reason);
                 let msg = Arc::new(entry.msg.with_properties(dlx.clone(), rk.clone(), props));
-                let mut targets = Vec::new();
-                if let Err(e) = vhost.route(dlx, &rk, msg.headers(), Some(&msg), &mut targets) {
+                let mut dest = super::routing::Destinations::default();
+                if let Err(e) = vhost.route(dlx, &rk, msg.headers(), Some(&msg), &mut dest) {
                     // Nobody to tell: the message is dropped as if unroutable.
                     tracing::warn!(queue = %from.name(), error = %e, "dead-lettering failed");
                 }
                 let id = self.next_message_id();
-                for q in targets {
+                for (node, queue) in std::mem::take(&mut dest.remote) {
+                    self.forward.send(
+                        self,
+                        &node,
+                        vhost.name.clone(),
+                        vec![queue],
+                        msg.clone(),
+                        None,
+                    );
+                }
+                for q in dest.local {
                     // A message expiring back into its own queue would cycle forever.
                     if Arc::ptr_eq(&q, from) && reason != DeathReason::Rejected {
                         continue;

@@ -3,6 +3,7 @@
 //! store; the AMQP layer calls in here for everything that is not wire protocol.
 
 pub mod dead_letter;
+pub mod forward;
 pub mod message;
 pub mod permissions;
 pub mod routing;
@@ -93,9 +94,11 @@ pub struct Broker {
     next_connection: AtomicU64,
     pub alarms: watch::Sender<Alarms>,
     permissions: permissions::PermissionCache,
+    /// Publishes on their way to queues owned by other nodes.
+    pub forward: forward::Forwarders,
     /// Direct reply-to consumers of this node's channels.
     pub direct_replies: crate::amqp::direct_reply::DirectReplies,
-    me: Weak<Broker>,
+    pub(crate) me: Weak<Broker>,
 }
 
 impl Broker {
@@ -122,6 +125,7 @@ impl Broker {
             alarms: watch::channel(Alarms::default()).0,
             permissions: permissions::PermissionCache::default(),
             direct_replies: Default::default(),
+            forward: Default::default(),
             me: me.clone(),
         });
         let services: std::sync::Weak<dyn crate::plugins::host_api::HostServices> =
@@ -300,9 +304,14 @@ impl MetaListener for Broker {
                 MetaEvent::QueueAdded(q) => {
                     if q.node == self.config.node {
                         self.create_queue(q);
+                    } else if let Some(v) = self.vhost(&q.vhost) {
+                        v.remote.write().insert(q.name.clone(), q.node.clone());
                     }
                 }
                 MetaEvent::QueueDeleted { vhost, name, .. } => {
+                    if let Some(v) = self.vhost(vhost) {
+                        v.remote.write().remove(name);
+                    }
                     let q = self
                         .vhost(vhost)
                         .and_then(|v| v.queues.write().remove(name));

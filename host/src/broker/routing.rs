@@ -18,6 +18,28 @@ pub struct VhostRt {
     pub name: String,
     pub exchanges: RwLock<HashMap<String, Arc<ExchangeRt>>>,
     pub queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Queues owned by other cluster nodes: name → owner node.
+    pub remote: RwLock<HashMap<String, String>>,
+}
+
+/// Where a routed message goes: local queues, and queues on other nodes.
+#[derive(Default)]
+pub struct Destinations {
+    pub local: Vec<Arc<Queue>>,
+    /// (owner node, queue name), each once.
+    pub remote: Vec<(String, String)>,
+}
+
+impl Destinations {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.remote.is_empty()
+    }
+
+    fn push_remote(&mut self, node: &str, queue: &str) {
+        if !self.remote.iter().any(|(n, q)| n == node && q == queue) {
+            self.remote.push((node.to_string(), queue.to_string()));
+        }
+    }
 }
 
 impl VhostRt {
@@ -26,6 +48,7 @@ impl VhostRt {
             name: name.to_string(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            remote: RwLock::new(HashMap::new()),
         }
     }
 
@@ -45,11 +68,15 @@ impl VhostRt {
         routing_key: &str,
         headers: Option<&FieldTable>,
         message: Option<&Message>,
-        out: &mut Vec<Arc<Queue>>,
+        dest: &mut Destinations,
     ) -> Result<(), String> {
         if exchange.is_empty() {
             if let Some(q) = self.queue(routing_key) {
-                out.push(q);
+                if !dest.local.iter().any(|o| Arc::ptr_eq(o, &q)) {
+                    dest.local.push(q);
+                }
+            } else if let Some(node) = self.remote.read().get(routing_key) {
+                dest.push_remote(node, routing_key);
             }
             return Ok(());
         }
@@ -69,7 +96,7 @@ impl VhostRt {
                 continue;
             };
             visited.push(name);
-            let before = out.len();
+            let before = dest.local.len() + dest.remote.len();
             let mut reached_exchange = false;
             {
                 let routing = x.routing.read();
@@ -85,11 +112,13 @@ impl VhostRt {
                 }
                 for id in &ids {
                     match routing.destinations.get(id) {
-                        Some((DestinationKind::Queue, q)) => {
-                            if let Some(q) = self.queue(q)
-                                && !out.iter().any(|o| Arc::ptr_eq(o, &q))
-                            {
-                                out.push(q);
+                        Some((DestinationKind::Queue, name)) => {
+                            if let Some(q) = self.queue(name) {
+                                if !dest.local.iter().any(|o| Arc::ptr_eq(o, &q)) {
+                                    dest.local.push(q);
+                                }
+                            } else if let Some(node) = self.remote.read().get(name) {
+                                dest.push_remote(node, name);
                             }
                         }
                         Some((DestinationKind::Exchange, e)) => {
@@ -100,7 +129,7 @@ impl VhostRt {
                     }
                 }
             }
-            if out.len() == before
+            if dest.local.len() + dest.remote.len() == before
                 && !reached_exchange
                 && let Some(ae) = &x.alternate
             {

@@ -163,7 +163,7 @@ impl Cluster {
         (disc, ram)
     }
 
-    fn node_by_name(&self, name: &str) -> Option<ClusterNode> {
+    pub fn node_by_name(&self, name: &str) -> Option<ClusterNode> {
         let (disc, ram) = self.members();
         disc.into_iter().chain(ram).find(|n| n.name == name)
     }

@@ -785,6 +785,10 @@ impl NodeHandler {
             }
             "cluster_info" => Response::data(json!(self.cluster()?.status())),
             "peer_ping" => Response::data(json!(true)),
+            "queue_publish" => {
+                let items: Vec<crate::broker::forward::PublishItem> = Self::payload(&req)?;
+                Response::data(json!(broker.accept_forwarded(items).await))
+            }
             "cluster_join" => {
                 let join: crate::cluster::JoinRequest = Self::payload(&req)?;
                 self.cluster()?

@@ -7,7 +7,7 @@ use base64::Engine;
 
 use super::exchange::meta_error;
 use crate::amqp::connection::Connection;
-use crate::amqp::error::{AmqpError, AmqpResult};
+use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::{BindingRecord, DestinationKind, MetaCommand, MetaError, QueueRecord};
 use crate::queue::{Queue, QueueConfig, QueueType};
@@ -36,13 +36,45 @@ impl Connection {
 
     pub(crate) fn usable_queue(&self, name: &str) -> AmqpResult<Arc<Queue>> {
         let vhost = self.vhost_name();
-        let q = self
-            .vhost
-            .as_ref()
-            .and_then(|v| v.queue(name))
-            .ok_or_else(|| AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'")))?;
+        let local = self.vhost.as_ref().and_then(|v| v.queue(name));
+        let Some(q) = local else {
+            return Err(self.remote_queue_error(&vhost, name));
+        };
         self.check_exclusive(&q)?;
         Ok(q)
+    }
+
+    /// Why a queue that is not on this node cannot be used here.
+    fn remote_queue_error(&self, vhost: &str, name: &str) -> AmqpError {
+        let record = self.broker.meta.read().queue(vhost, name).cloned();
+        let Some(record) = record else {
+            return AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'"));
+        };
+        let owner_up = self
+            .broker
+            .meta
+            .cluster()
+            .and_then(|c| c.node_by_name(&record.node).map(|n| c.is_up(&n)))
+            .unwrap_or(false);
+        if !owner_up {
+            // RabbitMQ's words for a queue whose home node is down.
+            let kind = if record.durable {
+                "durable"
+            } else {
+                "transient"
+            };
+            return AmqpError::not_found(format!(
+                "home node '{}' of {kind} queue '{name}' in vhost '{vhost}' is down or inaccessible",
+                record.node
+            ));
+        }
+        AmqpError::connection(
+            ReplyCode::NotImplemented,
+            format!(
+                "NOT_IMPLEMENTED - queue '{name}' in vhost '{vhost}' lives on node '{}': consume from it there (this version does not proxy consumers across nodes yet)",
+                record.node
+            ),
+        )
     }
 
     fn check_exclusive(&self, q: &Queue) -> AmqpResult<()> {
@@ -82,6 +114,15 @@ impl Connection {
                     return Err(AmqpError::resource_locked(format!(
                         "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
                     )));
+                }
+                let owner_up = self
+                    .broker
+                    .meta
+                    .cluster()
+                    .and_then(|c| c.node_by_name(&record.node).map(|n| c.is_up(&n)))
+                    .unwrap_or(false);
+                if !owner_up {
+                    return Err(self.remote_queue_error(&vhost, &name));
                 }
                 self.channel(id)?.last_queue = Some(name.clone());
                 self.declare_ok(id, nowait, name, 0, 0);
