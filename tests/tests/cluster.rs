@@ -286,7 +286,7 @@ async fn publishes_reach_queues_on_other_nodes_and_an_owner_loss_is_named() {
     );
     nodes[1].start();
     let (c2, ch2) = open(&nodes[1].url()).await;
-    // As in RabbitMQ, persistent messages survive the crash and transient ones do not.
+    // As in RabbitMQ, persistent messages survive the crash.
     assert_eq!(ready_count(&ch2, "on-two").await, 49);
     let _ = ch1;
     c1.close(200, "bye".into()).await.expect("close");

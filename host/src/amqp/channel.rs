@@ -72,6 +72,8 @@ pub struct Channel {
     pub handle: Arc<ChannelHandle>,
     /// consumer tag → (queue, consumer id in the queue)
     pub consumers: HashMap<String, (Arc<Queue>, u64)>,
+    /// Sessions on other nodes' queues: consumers by tag, basic.get by "get:<queue>".
+    pub remote: HashMap<String, Arc<super::remote_queue::RemoteSession>>,
     /// basic.qos global=false: the limit each new consumer gets.
     pub prefetch: u16,
     pub confirm: Option<Confirms>,
@@ -90,6 +92,7 @@ impl Channel {
         Channel {
             handle,
             consumers: HashMap::new(),
+            remote: HashMap::new(),
             prefetch: 0,
             confirm: None,
             tx: None,
@@ -110,12 +113,15 @@ impl Channel {
             queue.cancel(*id);
         }
         requeue_all(&self.handle);
+        for s in self.remote.values() {
+            s.close();
+        }
     }
 }
 
 /// Requeues everything a channel has unacked, queue by queue.
 pub fn requeue_all(handle: &ChannelHandle) {
-    for (q, ids) in super::delivery::group_by_queue(handle.take_all_unacked()) {
+    for (q, ids) in super::delivery::group_by_queue(handle.take_all_unacked(), Some(true)) {
         q.reject(&ids, true);
     }
 }

@@ -13,9 +13,31 @@ use super::outbound::{Outbound, OutboundTx};
 use crate::broker::message::Message;
 use crate::queue::{Entry, Queue};
 
+/// Settles deliveries that came from a queue on another node.
+pub trait RemoteSettle: Send + Sync {
+    /// `requeue`: None acks; Some(true) requeues; Some(false) drops (or dead-letters).
+    fn settle(&self, tags: Vec<u64>, requeue: Option<bool>);
+}
+
+/// A delivery from a queue on another node (see `deliver_remote`).
+pub struct RemoteDelivery {
+    pub owner: Arc<dyn RemoteSettle>,
+    /// Its delivery tag on the owner.
+    pub remote_tag: u64,
+    /// The client's consumer tag; None answers a basic.get.
+    pub consumer_tag: Option<Arc<str>>,
+    pub redelivered: bool,
+    pub message_count: u32,
+    pub msg: Arc<Message>,
+    pub no_ack: bool,
+}
+
 /// One unacknowledged delivery of this channel.
 pub struct Unacked {
-    pub queue: Arc<Queue>,
+    /// The local queue it came from (`None` for a delivery proxied from another node).
+    pub queue: Option<Arc<Queue>>,
+    /// For a proxied delivery: who settles it, and its delivery tag there.
+    pub remote: Option<(Arc<dyn RemoteSettle>, u64)>,
     pub msg_id: u64,
     /// Consumer id within the queue; None for basic.get.
     pub consumer: Option<u64>,
@@ -32,14 +54,28 @@ struct DeliveryState {
     global_unacked: u32,
 }
 
-/// Groups deliveries by queue so that each queue is locked once for a batch of acks.
-pub fn group_by_queue(items: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<u64>)> {
+/// Groups deliveries by queue so that each queue is locked once for a batch of
+/// acks; proxied deliveries are settled with their owner node (`requeue` as in
+/// [`RemoteSettle::settle`]).
+pub fn group_by_queue(items: Vec<Unacked>, requeue: Option<bool>) -> Vec<(Arc<Queue>, Vec<u64>)> {
     let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    let mut remote: Vec<(Arc<dyn RemoteSettle>, Vec<u64>)> = Vec::new();
     for u in items {
-        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ids)) => ids.push(u.msg_id),
-            None => out.push((u.queue, vec![u.msg_id])),
+        if let Some((owner, tag)) = u.remote {
+            match remote.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &owner)) {
+                Some((_, tags)) => tags.push(tag),
+                None => remote.push((owner, vec![tag])),
+            }
+            continue;
         }
+        let Some(queue) = u.queue else { continue };
+        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+            Some((_, ids)) => ids.push(u.msg_id),
+            None => out.push((queue, vec![u.msg_id])),
+        }
+    }
+    for (owner, tags) in remote {
+        owner.settle(tags, requeue);
     }
     out
 }
@@ -129,7 +165,8 @@ impl ChannelHandle {
             st.unacked.insert(
                 tag,
                 Unacked {
-                    queue: queue.clone(),
+                    queue: Some(queue.clone()),
+                    remote: None,
                     msg_id,
                     consumer: Some(consumer),
                     sent_at: crate::queue::now_ms(),
@@ -177,7 +214,8 @@ impl ChannelHandle {
             st.unacked.insert(
                 tag,
                 Unacked {
-                    queue: queue.clone(),
+                    queue: Some(queue.clone()),
+                    remote: None,
                     msg_id,
                     consumer: None,
                     sent_at: crate::queue::now_ms(),
@@ -191,6 +229,55 @@ impl ChannelHandle {
             message_count,
             msg,
         });
+    }
+
+    /// Sends a delivery proxied from another node's queue; its ack goes back there.
+    pub fn deliver_remote(&self, d: RemoteDelivery) {
+        let RemoteDelivery {
+            owner,
+            remote_tag,
+            consumer_tag,
+            redelivered,
+            message_count,
+            msg,
+            no_ack,
+        } = d;
+        let consumer_tag = consumer_tag.as_ref();
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: None,
+                    remote: Some((owner, remote_tag)),
+                    msg_id: 0,
+                    consumer: consumer_tag.map(|_| 0),
+                    sent_at: crate::queue::now_ms(),
+                },
+            );
+            if consumer_tag.is_some() {
+                st.global_unacked += 1;
+            }
+        }
+        let out = match consumer_tag {
+            Some(ct) => Outbound::Deliver {
+                channel: self.id,
+                consumer_tag: ct.clone(),
+                delivery_tag: tag,
+                redelivered,
+                msg,
+            },
+            None => Outbound::GetOk {
+                channel: self.id,
+                delivery_tag: tag,
+                redelivered,
+                message_count,
+                msg,
+            },
+        };
+        let _ = self.out.send(out);
     }
 
     /// Takes the deliveries an ack/nack/reject names. `tag == 0` with `multiple` means all.

@@ -9,5 +9,6 @@ pub mod direct_reply;
 pub mod error;
 pub mod methods;
 pub mod outbound;
+pub mod remote_queue;
 pub mod server_properties;
 pub mod writer;

@@ -6,6 +6,7 @@ pub mod dead_letter;
 pub mod forward;
 pub mod message;
 pub mod permissions;
+pub mod proxy;
 pub mod routing;
 pub mod stats;
 
@@ -96,6 +97,10 @@ pub struct Broker {
     permissions: permissions::PermissionCache,
     /// Publishes on their way to queues owned by other nodes.
     pub forward: forward::Forwarders,
+    /// Sessions other nodes opened on this node's queues.
+    pub proxies: proxy::ProxySessions,
+    /// Sessions this node's channels opened on other nodes' queues.
+    pub remote_sessions: crate::amqp::remote_queue::RemoteSessions,
     /// Direct reply-to consumers of this node's channels.
     pub direct_replies: crate::amqp::direct_reply::DirectReplies,
     pub(crate) me: Weak<Broker>,
@@ -126,6 +131,8 @@ impl Broker {
             permissions: permissions::PermissionCache::default(),
             direct_replies: Default::default(),
             forward: Default::default(),
+            proxies: Default::default(),
+            remote_sessions: Default::default(),
             me: me.clone(),
         });
         let services: std::sync::Weak<dyn crate::plugins::host_api::HostServices> =

@@ -785,6 +785,48 @@ impl NodeHandler {
             }
             "cluster_info" => Response::data(json!(self.cluster()?.status())),
             "peer_ping" => Response::data(json!(true)),
+            "proxy_open" => {
+                let open: crate::broker::proxy::OpenRequest = Self::payload(&req)?;
+                broker
+                    .proxy_open(open)
+                    .map_err(|e| Response::error(exit_code::DATA_ERR, e))?;
+                Response::data(json!(true))
+            }
+            "proxy_get" => {
+                let (session, no_ack): (String, bool) = Self::payload(&req)?;
+                let got = broker
+                    .proxy_get(&session, no_ack)
+                    .map_err(|e| Response::error(exit_code::DATA_ERR, e))?;
+                Response::data(json!(got))
+            }
+            "proxy_settle" => {
+                let settle: crate::broker::proxy::SettleRequest = Self::payload(&req)?;
+                broker.proxy_settle(settle);
+                Response::data(json!(true))
+            }
+            "proxy_cancel" => {
+                let session: String = Self::payload(&req)?;
+                broker.proxy_cancel(&session);
+                Response::data(json!(true))
+            }
+            "proxy_close" => {
+                let session: String = Self::payload(&req)?;
+                broker.proxy_close(&session);
+                Response::data(json!(true))
+            }
+            "proxy_deliver" => {
+                let batch: crate::broker::proxy::DeliverBatch = Self::payload(&req)?;
+                broker
+                    .accept_proxied(batch)
+                    .await
+                    .map_err(|e| Response::error(exit_code::DATA_ERR, e))?;
+                Response::data(json!(true))
+            }
+            "proxy_cancelled" => {
+                let session: String = Self::payload(&req)?;
+                broker.proxied_cancelled(&session);
+                Response::data(json!(true))
+            }
             "queue_publish" => {
                 let items: Vec<crate::broker::forward::PublishItem> = Self::payload(&req)?;
                 Response::data(json!(broker.accept_forwarded(items).await))

@@ -88,6 +88,9 @@ impl Connection {
             basic::AMQPMethod::Consume(c) => {
                 let name = self.resolve_queue_name(id, c.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
+                if let Some(owner) = self.remote_owner(&name) {
+                    return self.consume_remote(id, owner, name, c).await;
+                }
                 let q = self.usable_queue(&name)?;
                 let tag = match c.consumer_tag.as_str() {
                     "" => generated_name("amq.ctag-"),
@@ -133,6 +136,9 @@ impl Connection {
                 if let Some((q, consumer)) = ch.consumers.remove(c.consumer_tag.as_str()) {
                     q.cancel(consumer);
                 }
+                if let Some(remote) = ch.remote.get(c.consumer_tag.as_str()) {
+                    remote.cancel();
+                }
                 let cancels_reply = ch
                     .reply_consumer
                     .as_ref()
@@ -152,6 +158,9 @@ impl Connection {
             basic::AMQPMethod::Get(g) => {
                 let name = self.resolve_queue_name(id, g.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
+                if let Some(owner) = self.remote_owner(&name) {
+                    return self.get_remote(id, owner, name, g.no_ack).await;
+                }
                 let q = self.usable_queue(&name)?;
                 let handle = self.channel(id)?.handle.clone();
                 if !q.get(&handle, g.no_ack) {
@@ -200,6 +209,201 @@ impl Connection {
         }
     }
 
+    /// The owner of a queue that lives on another running node (None when the
+    /// queue is local, unknown, or its owner is down: those get the usual errors).
+    fn remote_owner(&self, name: &str) -> Option<crate::cluster::ClusterNode> {
+        if self.vhost.as_ref().and_then(|v| v.queue(name)).is_some() {
+            return None;
+        }
+        let vhost = self.vhost_name();
+        let record = self.broker.meta.read().queue(&vhost, name).cloned()?;
+        let cluster = self.broker.meta.cluster()?;
+        let node = cluster.node_by_name(&record.node)?;
+        cluster.is_up(&node).then_some(node)
+    }
+
+    fn session_id(&self, id: u16, what: &str) -> String {
+        format!("{}/{}/{id}/{what}", self.broker.config.node, self.id)
+    }
+
+    async fn consume_remote(
+        &mut self,
+        id: u16,
+        owner: crate::cluster::ClusterNode,
+        name: String,
+        c: basic::Consume,
+    ) -> AmqpResult<()> {
+        let tag = match c.consumer_tag.as_str() {
+            "" => generated_name("amq.ctag-"),
+            t => t.to_string(),
+        };
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => as_int(v)
+                .map(|p| p.clamp(i32::MIN as i128, i32::MAX as i128) as i32)
+                .ok_or_else(|| {
+                    AmqpError::precondition(format!("invalid arg 'x-priority' for consumer: {v:?}"))
+                })?,
+        };
+        let ch = self.channel(id)?;
+        if ch.consumers.contains_key(&tag) || ch.remote.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                ReplyCode::NotAllowed,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let handle = ch.handle.clone();
+        let prefetch = ch.prefetch as u32;
+        let session_id = self.session_id(id, &format!("consume/{tag}"));
+        let session = crate::amqp::remote_queue::RemoteSession::new(
+            &self.broker,
+            session_id.clone(),
+            owner.clone(),
+            handle,
+            Some(Arc::from(tag.as_str())),
+            c.no_ack,
+        );
+        let open = crate::broker::proxy::OpenRequest {
+            session: session_id,
+            from_node: self.broker.config.node.clone(),
+            vhost: self.vhost_name(),
+            queue: name,
+            consume: Some(crate::broker::proxy::ConsumeSpec {
+                no_ack: c.no_ack,
+                exclusive: c.exclusive,
+                priority,
+                prefetch,
+            }),
+        };
+        let cluster = self
+            .broker
+            .meta
+            .cluster()
+            .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
+        let opened: Result<bool, crate::cluster::network::PeerError> = cluster
+            .peers
+            .call(
+                &owner,
+                "proxy_open",
+                &open,
+                std::time::Duration::from_secs(10),
+            )
+            .await;
+        if let Err(e) = opened {
+            session.close();
+            let text = e.to_string();
+            return Err(
+                if text.contains("ACCESS_REFUSED") || text.contains("exclusive") {
+                    AmqpError::access_refused(text)
+                } else if text.contains("NOT_FOUND") {
+                    AmqpError::not_found(text.trim_start_matches("NOT_FOUND - ").to_string())
+                } else {
+                    AmqpError::internal(format!("consuming through node {}: {text}", owner.name))
+                },
+            );
+        }
+        if !c.nowait {
+            self.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_str().into(),
+                })),
+            );
+        }
+        session.set_ready();
+        self.channel(id)?.remote.insert(tag, session);
+        Ok(())
+    }
+
+    async fn get_remote(
+        &mut self,
+        id: u16,
+        owner: crate::cluster::ClusterNode,
+        name: String,
+        no_ack: bool,
+    ) -> AmqpResult<()> {
+        let key = format!("get:{name}");
+        let cluster = self
+            .broker
+            .meta
+            .cluster()
+            .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
+        let ch = self.channel(id)?;
+        let handle = ch.handle.clone();
+        let existing = ch.remote.get(&key).cloned();
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                let session_id = self.session_id(id, &format!("get/{name}"));
+                let session = crate::amqp::remote_queue::RemoteSession::new(
+                    &self.broker,
+                    session_id.clone(),
+                    owner.clone(),
+                    handle.clone(),
+                    None,
+                    false,
+                );
+                let open = crate::broker::proxy::OpenRequest {
+                    session: session_id,
+                    from_node: self.broker.config.node.clone(),
+                    vhost: self.vhost_name(),
+                    queue: name.clone(),
+                    consume: None,
+                };
+                let opened: Result<bool, crate::cluster::network::PeerError> = cluster
+                    .peers
+                    .call(
+                        &owner,
+                        "proxy_open",
+                        &open,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await;
+                if let Err(e) = opened {
+                    session.close();
+                    return Err(AmqpError::internal(format!(
+                        "basic.get through node {}: {e}",
+                        owner.name
+                    )));
+                }
+                session.set_ready();
+                self.channel(id)?.remote.insert(key, session.clone());
+                session
+            }
+        };
+        let got = session.get(no_ack).await;
+        match got {
+            Ok(Some(d)) => {
+                let Some(msg) = crate::broker::proxy::decode(&d.message) else {
+                    return Err(AmqpError::internal(
+                        "undecodable message from the owner node",
+                    ));
+                };
+                let settle: Arc<dyn crate::amqp::delivery::RemoteSettle> = session.clone();
+                handle.deliver_remote(crate::amqp::delivery::RemoteDelivery {
+                    owner: settle,
+                    remote_tag: d.tag,
+                    consumer_tag: None,
+                    redelivered: d.redelivered,
+                    message_count: d.message_count,
+                    msg: Arc::new(msg),
+                    no_ack,
+                });
+            }
+            Ok(None) => self.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            ),
+            Err(e) => {
+                return Err(AmqpError::internal(format!(
+                    "basic.get through node {}: {e}",
+                    owner.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn recover(&mut self, id: u16, requeue: bool, reply: bool) -> AmqpResult<()> {
         if !requeue {
             return Err(AmqpError::connection(
@@ -231,7 +435,7 @@ impl Connection {
             .take_unacked(tag, multiple)
             .ok_or_else(|| Self::unknown_tag(tag))?;
         let global = ch.handle.prefetch_global() > 0;
-        let touched = group_by_queue(items);
+        let touched = group_by_queue(items, None);
         for (q, ids) in &touched {
             q.ack(ids);
         }
@@ -259,7 +463,7 @@ impl Connection {
             .take_unacked(tag, multiple)
             .ok_or_else(|| Self::unknown_tag(tag))?;
         let global = ch.handle.prefetch_global() > 0;
-        for (q, ids) in group_by_queue(items) {
+        for (q, ids) in group_by_queue(items, Some(requeue)) {
             q.reject(&ids, requeue);
         }
         if global {

@@ -1,0 +1,314 @@
+//! Consuming a queue through a node that does not own it. The consuming node
+//! opens a session on the owner; the owner runs an ordinary consumer (or
+//! basic.get) on a channel handle of its own whose deliveries are relayed
+//! back over the link, and settles acks, nacks and rejects as the consuming
+//! node forwards them. Sessions of a node that stops answering are closed and
+//! their unacked messages requeued.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::Broker;
+use super::message::Message;
+use crate::amqp::channel::requeue_all;
+use crate::amqp::delivery::{ChannelHandle, group_by_queue};
+use crate::amqp::outbound::Outbound;
+use crate::cluster::network::PeerError;
+use crate::queue::{ConsumeRequest, Queue};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumeSpec {
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub priority: i32,
+    pub prefetch: u32,
+}
+
+/// Opens a session: for a consumer (`consume`) or for basic.get (`None`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenRequest {
+    pub session: String,
+    pub from_node: String,
+    pub vhost: String,
+    pub queue: String,
+    pub consume: Option<ConsumeSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivered {
+    pub tag: u64,
+    pub redelivered: bool,
+    pub message_count: u32,
+    /// The message in the store's encoding, base64.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverBatch {
+    pub session: String,
+    pub items: Vec<Delivered>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettleRequest {
+    pub session: String,
+    pub tags: Vec<u64>,
+    /// None acks; Some(true) requeues; Some(false) rejects without requeue.
+    pub requeue: Option<bool>,
+}
+
+pub fn encode(msg: &Message) -> String {
+    STANDARD.encode(msg.encoded())
+}
+
+pub fn decode(text: &str) -> Option<Message> {
+    let bytes = STANDARD.decode(text.as_bytes()).ok()?;
+    Message::decode(bytes.into())
+}
+
+/// The owner's side of one session.
+struct Session {
+    queue: Arc<Queue>,
+    handle: Arc<ChannelHandle>,
+    consumer: Option<u64>,
+    /// For basic.get sessions: the deliveries the handle produced.
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Outbound>>>,
+}
+
+#[derive(Default)]
+pub struct ProxySessions {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Broker {
+    /// Opens a session on a local queue for another node.
+    pub fn proxy_open(self: &Arc<Self>, req: OpenRequest) -> Result<(), String> {
+        if self.proxies.sessions.lock().contains_key(&req.session) {
+            return Ok(());
+        }
+        let queue = self
+            .vhost(&req.vhost)
+            .and_then(|v| v.queue(&req.queue))
+            .ok_or_else(|| {
+                format!(
+                    "NOT_FOUND - no queue '{}' in vhost '{}'",
+                    req.queue, req.vhost
+                )
+            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(ChannelHandle::new(0, 0, tx, true));
+        let mut session = Session {
+            queue: queue.clone(),
+            handle: handle.clone(),
+            consumer: None,
+            rx: Mutex::new(None),
+        };
+        match &req.consume {
+            Some(spec) => {
+                let consumer = queue
+                    .consume(ConsumeRequest {
+                        tag: Arc::from(req.session.as_str()),
+                        channel: handle,
+                        no_ack: spec.no_ack,
+                        exclusive: spec.exclusive,
+                        priority: spec.priority,
+                        prefetch: spec.prefetch,
+                        ok: None,
+                    })
+                    .map_err(|e| e.to_string())?;
+                session.consumer = Some(consumer);
+                tokio::spawn(relay(
+                    Arc::downgrade(self),
+                    req.session.clone(),
+                    req.from_node.clone(),
+                    rx,
+                ));
+            }
+            None => *session.rx.lock() = Some(rx),
+        }
+        self.proxies
+            .sessions
+            .lock()
+            .insert(req.session.clone(), Arc::new(session));
+        tokio::spawn(watch_session(
+            Arc::downgrade(self),
+            req.session,
+            req.from_node,
+        ));
+        Ok(())
+    }
+
+    /// basic.get for another node: the message, or None when the queue is empty.
+    pub fn proxy_get(&self, session: &str, no_ack: bool) -> Result<Option<Delivered>, String> {
+        let s = self
+            .proxies
+            .sessions
+            .lock()
+            .get(session)
+            .cloned()
+            .ok_or_else(|| format!("unknown session {session}"))?;
+        if !s.queue.get(&s.handle, no_ack) {
+            return Ok(None);
+        }
+        let mut rx = s.rx.lock();
+        let Some(rx) = rx.as_mut() else {
+            return Err("not a basic.get session".into());
+        };
+        match rx.try_recv() {
+            Ok(Outbound::GetOk {
+                delivery_tag,
+                redelivered,
+                message_count,
+                msg,
+                ..
+            }) => Ok(Some(Delivered {
+                tag: delivery_tag,
+                redelivered,
+                message_count,
+                message: encode(&msg),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn proxy_settle(&self, req: SettleRequest) {
+        let Some(s) = self.proxies.sessions.lock().get(&req.session).cloned() else {
+            return;
+        };
+        let mut items = Vec::new();
+        for tag in req.tags {
+            if let Some(mut u) = s.handle.take_unacked(tag, false) {
+                items.append(&mut u);
+            }
+        }
+        for (q, ids) in group_by_queue(items, req.requeue) {
+            match req.requeue {
+                None => q.ack(&ids),
+                Some(requeue) => q.reject(&ids, requeue),
+            }
+        }
+    }
+
+    /// Stops a session's consumer; its unacked messages stay settleable.
+    pub fn proxy_cancel(&self, session: &str) {
+        let Some(s) = self.proxies.sessions.lock().get(session).cloned() else {
+            return;
+        };
+        if let Some(c) = s.consumer {
+            s.queue.cancel(c);
+        }
+    }
+
+    /// Ends a session: its consumer goes, its unacked messages are requeued.
+    pub fn proxy_close(&self, session: &str) {
+        let Some(s) = self.proxies.sessions.lock().remove(session) else {
+            return;
+        };
+        s.handle.mark_closed();
+        if let Some(c) = s.consumer {
+            s.queue.cancel(c);
+        }
+        requeue_all(&s.handle);
+    }
+}
+
+/// Carries a consumer session's deliveries to the consuming node, in order,
+/// batching what queued up meanwhile.
+async fn relay(
+    broker: Weak<Broker>,
+    session: String,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+) {
+    let mut items = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut cancelled = false;
+        let mut push = |o: Outbound, items: &mut Vec<Delivered>| match o {
+            Outbound::Deliver {
+                delivery_tag,
+                redelivered,
+                msg,
+                ..
+            } => items.push(Delivered {
+                tag: delivery_tag,
+                redelivered,
+                message_count: 0,
+                message: encode(&msg),
+            }),
+            // The only method a consumer's handle gets is a server-side basic.cancel.
+            Outbound::Method { .. } => cancelled = true,
+            _ => {}
+        };
+        push(first, &mut items);
+        while items.len() < 256 {
+            match rx.try_recv() {
+                Ok(o) => push(o, &mut items),
+                Err(_) => break,
+            }
+        }
+        let Some(b) = broker.upgrade() else { return };
+        let Some(cluster) = b.meta.cluster() else {
+            return;
+        };
+        let Some(peer) = cluster.node_by_name(&node) else {
+            b.proxy_close(&session);
+            return;
+        };
+        if !items.is_empty() {
+            let batch = DeliverBatch {
+                session: session.clone(),
+                items: std::mem::take(&mut items),
+            };
+            let sent: Result<bool, PeerError> = cluster
+                .peers
+                .call(&peer, "proxy_deliver", &batch, Duration::from_secs(10))
+                .await;
+            if sent.is_err() {
+                // The consuming node is gone: give its messages back to the queue.
+                b.proxy_close(&session);
+                return;
+            }
+        }
+        if cancelled {
+            let _: Result<bool, PeerError> = cluster
+                .peers
+                .call(&peer, "proxy_cancelled", &session, Duration::from_secs(5))
+                .await;
+            b.proxy_close(&session);
+            return;
+        }
+    }
+}
+
+/// Closes a session whose consuming node stopped answering.
+async fn watch_session(broker: Weak<Broker>, session: String, node: String) {
+    let mut misses = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(b) = broker.upgrade() else { return };
+        if !b.proxies.sessions.lock().contains_key(&session) {
+            return;
+        }
+        let up = b
+            .meta
+            .cluster()
+            .is_some_and(|c| c.peers.reachability.is_up(&node));
+        misses = if up { 0 } else { misses + 1 };
+        if misses >= 3 {
+            tracing::info!(
+                session,
+                node,
+                "closing the session of a node that went away"
+            );
+            b.proxy_close(&session);
+            return;
+        }
+    }
+}
