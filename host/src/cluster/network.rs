@@ -109,7 +109,24 @@ impl Peers {
     ) -> Result<A, PeerError> {
         let body = serde_json::to_string(payload)
             .map_err(|e| PeerError::Remote(format!("cannot encode {command}: {e}")))?;
-        let link = self.link(&node.addr, command);
+        let resp = self
+            .request(node, Request::new(command).arg(body), timeout)
+            .await?;
+        let data = resp.data.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(data)
+            .map_err(|e| PeerError::Remote(format!("bad answer to {command}: {e}")))
+    }
+
+    /// Sends a control request as is and returns the peer's whole response
+    /// (listings travel as columns and rows).
+    pub async fn request(
+        &self,
+        node: &ClusterNode,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<ctl::Response, PeerError> {
+        let command = req.command.clone();
+        let link = self.link(&node.addr, &command);
         let mut guard = link.lock().await;
         let result = tokio::time::timeout(timeout, async {
             if guard.is_none() {
@@ -131,17 +148,15 @@ impl Peers {
             };
             client.set_request_timeout(timeout);
             let resp = client
-                .call(&Request::new(command).arg(body))
+                .call(&req)
                 .await
                 .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?;
             if !resp.ok {
-                return Err(PeerError::Remote(resp.error.unwrap_or_else(|| {
+                return Err(PeerError::Remote(resp.error.clone().unwrap_or_else(|| {
                     format!("node {} refused {command}", node.name)
                 })));
             }
-            let data = resp.data.unwrap_or(serde_json::Value::Null);
-            serde_json::from_value(data)
-                .map_err(|e| PeerError::Remote(format!("bad answer to {command}: {e}")))
+            Ok(resp)
         })
         .await
         .unwrap_or_else(|_| {

@@ -133,6 +133,84 @@ impl NodeHandler {
             .map_err(meta_failure)
     }
 
+    /// Every queue of the cluster: this node's, the other running nodes'
+    /// (asked for theirs), and those whose owner is down (state "down").
+    async fn list_queues_cluster(&self, req: &Request) -> Response {
+        let mut resp = self.list_queues(req);
+        if req.options.contains_key("local_only") || !resp.ok {
+            return resp;
+        }
+        let Some(cluster) = self.node.broker.meta.cluster() else {
+            return resp;
+        };
+        let me = &self.node.config.node_name;
+        let (disc, ram) = cluster.members();
+        let mut answered = vec![me.clone()];
+        let mut rows = resp.rows.take().unwrap_or_default();
+        for n in disc.into_iter().chain(ram) {
+            if &n.name == me || !cluster.is_up(&n) {
+                continue;
+            }
+            let mut ask = req.clone();
+            ask.options.insert("local_only".into(), "true".into());
+            if let Ok(r) = cluster
+                .peers
+                .request(&n, ask, std::time::Duration::from_secs(5))
+                .await
+            {
+                rows.extend(r.rows.unwrap_or_default());
+                answered.push(n.name.clone());
+            }
+        }
+        // Queues whose owner did not answer are listed from the metadata.
+        let vhost = Self::vhost_opt(req);
+        let columns = resp.columns.clone().unwrap_or_default();
+        let down: Vec<QueueRecord> = self
+            .node
+            .broker
+            .meta
+            .read()
+            .queues
+            .values()
+            .filter(|q| q.vhost == vhost && !answered.contains(&q.node))
+            .cloned()
+            .collect();
+        for r in down {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|f| match f.as_str() {
+                        "name" => json!(r.name),
+                        "vhost" => json!(r.vhost),
+                        "durable" => json!(r.durable),
+                        "auto_delete" => json!(r.auto_delete),
+                        "exclusive" => json!(r.exclusive_owner.is_some()),
+                        "arguments" => table_to_json(&r.arguments),
+                        "state" => json!("down"),
+                        "node" | "leader" => json!(r.node),
+                        "type" => json!(
+                            crate::queue::QueueConfig::parse(&r.arguments, &r.name, &r.vhost)
+                                .map(|c| c.queue_type.as_str())
+                                .unwrap_or("classic")
+                        ),
+                        "policy" | "exclusive_consumer_tag" => json!(""),
+                        _ => json!(0),
+                    })
+                    .collect(),
+            );
+        }
+        let name_col = columns.iter().position(|c| c == "name");
+        if let Some(i) = name_col {
+            rows.sort_by(|a, b| {
+                a.get(i)
+                    .and_then(|v| v.as_str())
+                    .cmp(&b.get(i).and_then(|v| v.as_str()))
+            });
+        }
+        resp.rows = Some(rows);
+        resp
+    }
+
     fn list_queues(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
         let broker = &self.node.broker;
@@ -856,7 +934,7 @@ impl NodeHandler {
                     .map_err(meta_failure)?;
                 Response::data(json!(true))
             }
-            "list_queues" => self.list_queues(&req),
+            "list_queues" => self.list_queues_cluster(&req).await,
             "list_exchanges" => self.list_exchanges(&req),
             "list_bindings" => self.list_bindings(&req),
             "list_connections" => self.list_connections(&req),

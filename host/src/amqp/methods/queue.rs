@@ -44,6 +44,47 @@ impl Connection {
         Ok(q)
     }
 
+    /// Which node a new queue lives on: this one (`client-local`, the
+    /// default), or with `x-queue-leader-locator = balanced` the running node
+    /// owning the fewest queues. Exclusive queues always stay with their connection.
+    fn owner_for(&self, record: &QueueRecord) -> AmqpResult<String> {
+        let me = self.broker.config.node.clone();
+        let locator = ["x-queue-leader-locator", "x-queue-master-locator"]
+            .iter()
+            .find_map(|k| crate::meta::state::string_arg(&record.arguments, k));
+        let Some(locator) = locator else {
+            return Ok(me);
+        };
+        match locator.as_str() {
+            "client-local" => Ok(me),
+            "balanced" | "min-masters" | "random" => {
+                if record.exclusive_owner.is_some() {
+                    return Ok(me);
+                }
+                let Some(cluster) = self.broker.meta.cluster() else {
+                    return Ok(me);
+                };
+                let (disc, ram) = cluster.members();
+                let running: Vec<String> = disc
+                    .into_iter()
+                    .chain(ram)
+                    .filter(|n| cluster.is_up(n))
+                    .map(|n| n.name)
+                    .collect();
+                let state = self.broker.meta.read();
+                let count = |node: &str| state.queues.values().filter(|q| q.node == node).count();
+                Ok(running
+                    .into_iter()
+                    .min_by_key(|n| (count(n), n != &me, n.clone()))
+                    .unwrap_or(me))
+            }
+            other => Err(AmqpError::precondition(format!(
+                "invalid arg 'x-queue-leader-locator' for queue '{}' in vhost '{}': {other:?} is not one of client-local, balanced",
+                record.name, record.vhost
+            ))),
+        }
+    }
+
     /// Why a queue that is not on this node cannot be used here.
     fn remote_queue_error(&self, vhost: &str, name: &str) -> AmqpError {
         let record = self.broker.meta.read().queue(vhost, name).cloned();
@@ -192,8 +233,10 @@ impl Connection {
                     exclusive_owner: d.exclusive.then(|| self.owner.clone()),
                     arguments: d.arguments,
                     uid: rand::random::<u64>() | 1,
-                    node: self.broker.config.node.clone(),
+                    node: String::new(),
                 };
+                let mut record = record;
+                record.node = self.owner_for(&record)?;
                 if let Some(existing) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
                     self.check_exclusive(&existing)?;
                 }
