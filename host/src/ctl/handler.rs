@@ -863,6 +863,27 @@ impl NodeHandler {
             }
             "cluster_info" => Response::data(json!(self.cluster()?.status())),
             "peer_ping" => Response::data(json!(true)),
+            "queue_purge" => {
+                let (vhost, name): (String, String) = Self::payload(&req)?;
+                let purged = broker
+                    .vhost(&vhost)
+                    .and_then(|v| v.queue(&name))
+                    .map(|q| q.purge())
+                    .unwrap_or(0);
+                Response::data(json!(purged))
+            }
+            "queue_counts" => {
+                let (vhost, name): (String, String) = Self::payload(&req)?;
+                let counts = broker
+                    .vhost(&vhost)
+                    .and_then(|v| v.queue(&name))
+                    .map(|q| {
+                        let s = q.stats();
+                        (s.messages_ready as u32, s.consumers as u32)
+                    })
+                    .unwrap_or((0, 0));
+                Response::data(json!(counts))
+            }
             "proxy_open" => {
                 let open: crate::broker::proxy::OpenRequest = Self::payload(&req)?;
                 broker

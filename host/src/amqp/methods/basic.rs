@@ -211,7 +211,7 @@ impl Connection {
 
     /// The owner of a queue that lives on another running node (None when the
     /// queue is local, unknown, or its owner is down: those get the usual errors).
-    fn remote_owner(&self, name: &str) -> Option<crate::cluster::ClusterNode> {
+    pub(crate) fn remote_owner(&self, name: &str) -> Option<crate::cluster::ClusterNode> {
         if self.vhost.as_ref().and_then(|v| v.queue(name)).is_some() {
             return None;
         }

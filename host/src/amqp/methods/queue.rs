@@ -142,7 +142,7 @@ impl Connection {
     }
 
     /// declare-ok for a queue that exists (after a passive or an actual declare).
-    fn answer_declared(&mut self, id: u16, nowait: bool, name: String) -> AmqpResult<()> {
+    async fn answer_declared(&mut self, id: u16, nowait: bool, name: String) -> AmqpResult<()> {
         let local = self.vhost.as_ref().and_then(|v| v.queue(&name));
         if local.is_none() {
             // A queue whose owner is another cluster node: known from the metadata.
@@ -156,17 +156,28 @@ impl Connection {
                         "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
                     )));
                 }
-                let owner_up = self
-                    .broker
-                    .meta
-                    .cluster()
-                    .and_then(|c| c.node_by_name(&record.node).map(|n| c.is_up(&n)))
-                    .unwrap_or(false);
-                if !owner_up {
+                let cluster = self.broker.meta.cluster();
+                let owner = cluster.as_ref().and_then(|c| {
+                    c.node_by_name(&record.node)
+                        .filter(|n| c.is_up(n))
+                        .map(|n| (c.clone(), n))
+                });
+                let Some((cluster, owner)) = owner else {
                     return Err(self.remote_queue_error(&vhost, &name));
-                }
+                };
+                // The owner knows the counts; a declare-ok without them would mislead.
+                let counts: (u32, u32) = cluster
+                    .peers
+                    .call(
+                        &owner,
+                        "queue_counts",
+                        &(vhost.clone(), name.clone()),
+                        std::time::Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap_or((0, 0));
                 self.channel(id)?.last_queue = Some(name.clone());
-                self.declare_ok(id, nowait, name, 0, 0);
+                self.declare_ok(id, nowait, name, counts.0, counts.1);
                 return Ok(());
             }
         }
@@ -197,7 +208,7 @@ impl Connection {
                 }
                 if d.passive {
                     let name = self.resolve_queue_name(id, &name)?;
-                    return self.answer_declared(id, d.nowait, name);
+                    return self.answer_declared(id, d.nowait, name).await;
                 }
                 if name.is_empty() {
                     name = generated_name("amq.gen-");
@@ -254,7 +265,7 @@ impl Connection {
                 if created && d.exclusive {
                     self.exclusive_queues.push(name.clone());
                 }
-                self.answer_declared(id, d.nowait, name)
+                self.answer_declared(id, d.nowait, name).await
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.resolve_queue_name(id, b.queue.as_str())?;
@@ -292,8 +303,31 @@ impl Connection {
             queue::AMQPMethod::Purge(p) => {
                 let name = self.resolve_queue_name(id, p.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
-                let q = self.usable_queue(&name)?;
-                let n = q.purge();
+                let n = match self.remote_owner(&name) {
+                    Some(owner) => {
+                        let cluster = self
+                            .broker
+                            .meta
+                            .cluster()
+                            .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
+                        cluster
+                            .peers
+                            .call::<_, u32>(
+                                &owner,
+                                "queue_purge",
+                                &(vhost.clone(), name.clone()),
+                                std::time::Duration::from_secs(10),
+                            )
+                            .await
+                            .map_err(|e| {
+                                AmqpError::internal(format!(
+                                    "purging through node {}: {e}",
+                                    owner.name
+                                ))
+                            })?
+                    }
+                    None => self.usable_queue(&name)?.purge(),
+                };
                 self.reply(
                     id,
                     p.nowait,
