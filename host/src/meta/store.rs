@@ -132,6 +132,8 @@ impl MetaStore {
             whole_cluster: alone,
         };
         if alone {
+            // A cluster of one need not wait out an election timeout.
+            let _ = cluster.raft.trigger().elect().await;
             self.wait_leader(cluster).await;
             if let Err(e) = cluster.submit(cmd).await {
                 tracing::warn!(error = %e, "could not drop transient metadata after restart");
