@@ -318,18 +318,32 @@ impl Cluster {
         futures_join_all(waits).await;
     }
 
-    /// Adds a node (leader side; others forward).
-    pub async fn add_member(&self, req: JoinRequest) -> Result<(), MetaError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            let Some(leader) = self.leader() else {
-                return Err(self.no_quorum());
-            };
-            return self
-                .peers
-                .call::<_, bool>(&leader, "cluster_join", &req, Duration::from_secs(30))
+    /// On a follower, sends a membership request to the leader and returns its
+    /// answer; on the leader, returns None so the caller does the work.
+    async fn on_leader<Q: Serialize>(
+        &self,
+        command: &str,
+        payload: &Q,
+    ) -> Option<Result<(), MetaError>> {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            return None;
+        }
+        let Some(leader) = self.leader() else {
+            return Some(Err(self.no_quorum()));
+        };
+        Some(
+            self.peers
+                .call::<_, bool>(&leader, command, payload, Duration::from_secs(30))
                 .await
                 .map(|_| ())
-                .map_err(|e| MetaError::Unavailable(e.to_string()));
+                .map_err(|e| MetaError::Unavailable(e.to_string())),
+        )
+    }
+
+    /// Adds a node (leader side; others forward).
+    pub async fn add_member(&self, req: JoinRequest) -> Result<(), MetaError> {
+        if let Some(forwarded) = self.on_leader("cluster_join", &req).await {
+            return forwarded;
         }
         let id = node_id(&req.name);
         let node = ClusterNode {
@@ -363,21 +377,8 @@ impl Cluster {
 
     /// Removes a node from the cluster (leader side; others forward).
     pub async fn remove_member(&self, name: &str) -> Result<(), MetaError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            let Some(leader) = self.leader() else {
-                return Err(self.no_quorum());
-            };
-            return self
-                .peers
-                .call::<_, bool>(
-                    &leader,
-                    "cluster_leave",
-                    &name.to_string(),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| MetaError::Unavailable(e.to_string()));
+        if let Some(forwarded) = self.on_leader("cluster_leave", &name.to_string()).await {
+            return forwarded;
         }
         let Some(node) = self.node_by_name(name) else {
             return Err(MetaError::NotFound(format!(
@@ -416,21 +417,11 @@ impl Cluster {
                 "Node {name} is not a member of this cluster"
             )));
         };
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            let Some(leader) = self.leader() else {
-                return Err(self.no_quorum());
-            };
-            return self
-                .peers
-                .call::<_, bool>(
-                    &leader,
-                    "cluster_set_kind",
-                    &(name.to_string(), kind),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| MetaError::Unavailable(e.to_string()));
+        if let Some(forwarded) = self
+            .on_leader("cluster_set_kind", &(name.to_string(), kind))
+            .await
+        {
+            return forwarded;
         }
         let (disc, _) = self.members();
         let is_voter = disc.iter().any(|n| n.name == name);

@@ -624,6 +624,20 @@ impl NodeHandler {
         r
     }
 
+    /// Cluster membership changes need the app stopped, as in RabbitMQ.
+    fn app_must_be_stopped(&self) -> Result<(), Response> {
+        if *self.node.app_running.borrow() {
+            return Err(Response::error(
+                exit_code::SOFTWARE,
+                format!(
+                    "Mnesia is still running on node {}. Please stop the node with warrenctl stop_app first.",
+                    self.node.config.node_name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn cluster(&self) -> Result<Arc<crate::cluster::Cluster>, Response> {
         self.node.broker.meta.cluster().ok_or_else(|| {
             Response::error(
@@ -719,14 +733,7 @@ impl NodeHandler {
             "join_cluster" => {
                 let target = Self::arg(&req, 0, "node")?;
                 let node_name = &self.node.config.node_name;
-                if *self.node.app_running.borrow() {
-                    return Err(Response::error(
-                        exit_code::SOFTWARE,
-                        format!(
-                            "Mnesia is still running on node {node_name}. Please stop the node with warrenctl stop_app first."
-                        ),
-                    ));
-                }
+                self.app_must_be_stopped()?;
                 let target =
                     crate::config::normalize_node_name(target, &crate::config::short_hostname())
                         .map_err(|e| usage(e.to_string()))?;
@@ -783,14 +790,7 @@ impl NodeHandler {
                     }
                 };
                 let node_name = &self.node.config.node_name;
-                if *self.node.app_running.borrow() {
-                    return Err(Response::error(
-                        exit_code::SOFTWARE,
-                        format!(
-                            "Mnesia is still running on node {node_name}. Please stop the node with warrenctl stop_app first."
-                        ),
-                    ));
-                }
+                self.app_must_be_stopped()?;
                 let cluster = self.cluster()?;
                 let (disc, ram) = cluster.members();
                 if disc.len() + ram.len() <= 1 {

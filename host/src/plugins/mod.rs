@@ -345,14 +345,7 @@ impl PluginHost {
     pub async fn enable(&self, names: &[String]) -> Result<Vec<String>, PluginError> {
         let _serial = self.changing.lock().await;
         let catalog = self.catalog();
-        let missing: Vec<String> = names
-            .iter()
-            .filter(|n| !catalog.contains_key(*n))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(unknown(&missing));
-        }
+        check_known(names, &catalog)?;
         let mut explicit = self.explicit.lock().clone();
         for n in names {
             if !explicit.contains(n) {
@@ -407,14 +400,7 @@ impl PluginHost {
     pub async fn disable(&self, names: &[String]) -> Result<Vec<String>, PluginError> {
         let _serial = self.changing.lock().await;
         let catalog = self.catalog();
-        let missing: Vec<String> = names
-            .iter()
-            .filter(|n| !catalog.contains_key(*n))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(unknown(&missing));
-        }
+        check_known(names, &catalog)?;
         let explicit: Vec<String> = self
             .explicit
             .lock()
@@ -510,6 +496,20 @@ impl PluginHost {
     }
 }
 
+/// Refuses names the catalog does not have, all named in one line.
+fn check_known(names: &[String], catalog: &BTreeMap<String, Available>) -> Result<(), PluginError> {
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !catalog.contains_key(*n))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(unknown(&missing))
+    }
+}
+
 fn unknown(names: &[String]) -> PluginError {
     PluginError::Unknown(format!(
         "The following plugins could not be found: {}",
@@ -594,14 +594,7 @@ pub fn edit_offline(
     names: &[String],
 ) -> Result<Vec<String>, PluginError> {
     let catalog = host.catalog();
-    let missing: Vec<String> = names
-        .iter()
-        .filter(|n| !catalog.contains_key(*n))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(unknown(&missing));
-    }
+    check_known(names, &catalog)?;
     let mut explicit = configured(&host.enabled_file, &catalog)?;
     if enable {
         host.validate(names)?;
