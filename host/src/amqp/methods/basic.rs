@@ -136,8 +136,10 @@ impl Connection {
                 if let Some((q, consumer)) = ch.consumers.remove(c.consumer_tag.as_str()) {
                     q.cancel(consumer);
                 }
-                if let Some(remote) = ch.remote.get(c.consumer_tag.as_str()) {
+                if let Some(remote) = ch.remote.remove(c.consumer_tag.as_str()) {
                     remote.cancel();
+                    // Kept (under its session id) for acks still to come; the tag is free again.
+                    ch.remote.insert(remote.id.clone(), remote);
                 }
                 let cancels_reply = ch
                     .reply_consumer
@@ -222,8 +224,12 @@ impl Connection {
         cluster.is_up(&node).then_some(node)
     }
 
+    /// Unique for the node's lifetime: a consumer tag reused after a cancel
+    /// must not find the old session (kept on the owner for late acks).
     fn session_id(&self, id: u16, what: &str) -> String {
-        format!("{}/{}/{id}/{what}", self.broker.config.node, self.id)
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}/{}/{id}/{what}/{n}", self.broker.config.node, self.id)
     }
 
     async fn consume_remote(
@@ -294,7 +300,9 @@ impl Connection {
             let text = e.to_string();
             return Err(
                 if text.contains("ACCESS_REFUSED") || text.contains("exclusive") {
-                    AmqpError::access_refused(text)
+                    AmqpError::access_refused(
+                        text.trim_start_matches("ACCESS_REFUSED - ").to_string(),
+                    )
                 } else if text.contains("NOT_FOUND") {
                     AmqpError::not_found(text.trim_start_matches("NOT_FOUND - ").to_string())
                 } else {
