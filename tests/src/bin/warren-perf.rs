@@ -1,4 +1,6 @@
-//! `warren-perf`: a load generator modelled on RabbitMQ's PerfTest, on lapin.
+//! `warren-perf`: a load generator modelled on RabbitMQ's PerfTest, on lapin, or with `--raw`
+//! on AMQP framing written by hand over a plain tokio socket (see `warren-perf/raw.rs`: batched
+//! pipelined publishes, deliveries parsed from big reads; much less client CPU per message).
 //!
 //! Producers publish bodies that start with a send timestamp; consumers measure latency from
 //! it. Each second it prints sent / confirmed / received rates and consumer latency
@@ -11,17 +13,28 @@
 //! -z SECS duration (10)       -e NAME exchange (direct) -t TYPE exchange type (direct)
 //! -k KEY routing key (queue name)                        --queues N (1)
 //! --uri URI (repeatable: producers and consumers spread over them)
+//! -C N messages per producer, then stop (0 = until -z; with -y 0 the run ends when they are
+//!      published, and the queue depth is checked and printed: "queued: N messages in Q")
+//! --bindings N   bind N keys, --binding-key with {i} replaced by 0..N, round-robin over the
+//!                queues; a -k containing {i} then cycles through the same N values
+//! --binding-key TEMPLATE (default: the routing key)
+//! --raw          the raw client instead of lapin
 //! ```
+//!
+//! Setup (exchange, queues, bindings) always goes through the raw client, pipelined.
+
+#[path = "warren-perf/raw.rs"]
+mod raw;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 struct Args {
     producers: usize,
@@ -39,9 +52,14 @@ struct Args {
     routing_key: Option<String>,
     queues: usize,
     uris: Vec<String>,
+    /// Messages per producer (0: until the time is up).
+    pmessages: u64,
+    bindings: usize,
+    binding_key: String,
+    raw: bool,
 }
 
-const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]...";
+const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]... [-C messages] [--bindings N] [--binding-key TEMPLATE] [--raw]";
 
 fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -60,6 +78,10 @@ fn parse() -> anyhow::Result<Args> {
         routing_key: None,
         queues: 1,
         uris: Vec::new(),
+        pmessages: 0,
+        bindings: 0,
+        binding_key: String::new(),
+        raw: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +109,10 @@ fn parse() -> anyhow::Result<Args> {
             "-k" | "--routing-key" => a.routing_key = Some(val()?),
             "--queues" => a.queues = val()?.parse::<usize>()?.max(1),
             "-h" | "--uri" => a.uris.push(val()?),
+            "-C" | "--pmessages" => a.pmessages = val()?.parse()?,
+            "--bindings" => a.bindings = val()?.parse()?,
+            "--binding-key" => a.binding_key = val()?,
+            "--raw" => a.raw = true,
             "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -98,6 +124,9 @@ fn parse() -> anyhow::Result<Args> {
         a.uris.push("amqp://guest:guest@127.0.0.1:5672/%2f".into());
     }
     a.size = a.size.max(8);
+    if a.binding_key.is_empty() {
+        a.binding_key = a.routing_key.clone().unwrap_or_else(|| a.queue.clone());
+    }
     Ok(a)
 }
 
@@ -136,54 +165,17 @@ fn queue_names(a: &Args) -> Vec<String> {
     }
 }
 
-async fn setup(a: &Args) -> anyhow::Result<()> {
-    let conn = Connection::connect(&a.uris[0], ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let predeclared = a.exchange.is_empty() || a.exchange.starts_with("amq.");
-    if !predeclared {
-        let kind = match a.exchange_type.as_str() {
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "topic" => ExchangeKind::Topic,
-            "headers" => ExchangeKind::Headers,
-            other => ExchangeKind::Custom(other.to_string()),
-        };
-        ch.exchange_declare(
-            a.exchange.as_str().into(),
-            kind,
-            // Durable as PerfTest declares it, so runs with and without -f persistent share it.
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+/// The routing keys producers cycle through: `-k` (default: the queue name), with `{i}` taking
+/// the values 0..`--bindings`.
+fn routing_keys(a: &Args) -> Vec<String> {
+    let key = a.routing_key.clone().unwrap_or_else(|| a.queue.clone());
+    if key.contains("{i}") && a.bindings > 0 {
+        (0..a.bindings)
+            .map(|i| key.replace("{i}", &i.to_string()))
+            .collect()
+    } else {
+        vec![key]
     }
-    for q in queue_names(a) {
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: a.persistent,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-        if !a.exchange.is_empty() {
-            let key = a.routing_key.clone().unwrap_or_else(|| a.queue.clone());
-            ch.queue_bind(
-                q.as_str().into(),
-                a.exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
-    }
-    conn.close(200, "setup done".into()).await?;
-    Ok(())
 }
 
 async fn produce(
@@ -198,7 +190,7 @@ async fn produce(
     if a.confirm > 0 {
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
     }
-    let key = a.routing_key.clone().unwrap_or_else(|| a.queue.clone());
+    let keys = routing_keys(&a);
     let mut props = BasicProperties::default();
     if a.persistent {
         props = props.with_delivery_mode(2);
@@ -207,7 +199,7 @@ async fn produce(
     let mut pending = VecDeque::new();
     let start = Instant::now();
     let mut published = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && (a.pmessages == 0 || published < a.pmessages) {
         if a.rate > 0 {
             let due = start + Duration::from_secs_f64(published as f64 / a.rate as f64);
             let now = Instant::now();
@@ -219,7 +211,7 @@ async fn produce(
         let confirm = ch
             .basic_publish(
                 a.exchange.as_str().into(),
-                key.as_str().into(),
+                keys[published as usize % keys.len()].as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 props.clone(),
@@ -309,12 +301,24 @@ fn latency_text(p: Option<[u32; 5]>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(parse()?);
-    setup(&args).await?;
-    let stats = Arc::new(Stats::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let setup_start = Instant::now();
+    raw::setup(&args).await?;
     let id = format!("test-{}", std::process::id());
     println!(
-        "id: {id}, starting consumer(s): {}, producer(s): {}, body {} B{}{}",
+        "id: {id}, setup: {} ms ({} bindings)",
+        setup_start.elapsed().as_millis(),
+        if args.exchange.is_empty() {
+            0
+        } else if args.bindings > 0 {
+            args.bindings
+        } else {
+            queue_names(&args).len()
+        }
+    );
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    println!(
+        "id: {id}, starting consumer(s): {}, producer(s): {}, body {} B{}{}{}",
         args.consumers,
         args.producers,
         args.size,
@@ -323,30 +327,43 @@ async fn main() -> anyhow::Result<()> {
             format!(", confirm window {}", args.confirm)
         } else {
             String::new()
-        }
+        },
+        if args.raw { ", raw client" } else { ", lapin" }
     );
     let mut tasks = Vec::new();
     for n in 0..args.consumers {
-        tasks.push(tokio::spawn(consume(
-            args.clone(),
-            n,
-            stats.clone(),
-            stop.clone(),
-        )));
+        let (a, s, st) = (args.clone(), stats.clone(), stop.clone());
+        tasks.push(if args.raw {
+            tokio::spawn(raw::consume(a, n, s, st))
+        } else {
+            tokio::spawn(consume(a, n, s, st))
+        });
     }
+    let producers_done = Arc::new(AtomicUsize::new(0));
     for n in 0..args.producers {
-        tasks.push(tokio::spawn(produce(
-            args.clone(),
-            n,
-            stats.clone(),
-            stop.clone(),
-        )));
+        let (a, s, st) = (args.clone(), stats.clone(), stop.clone());
+        let done = producers_done.clone();
+        let raw = args.raw;
+        tasks.push(tokio::spawn(async move {
+            let r = if raw {
+                raw::produce(a, n, s, st).await
+            } else {
+                produce(a, n, s, st).await
+            };
+            done.fetch_add(1, Ordering::Relaxed);
+            r
+        }));
     }
+    // With -C and no consumers the run ends once every producer is through.
+    let until_published = args.pmessages > 0 && args.consumers == 0;
     let start = Instant::now();
     let mut last = [0u64; 4];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while start.elapsed() < Duration::from_secs(args.seconds) {
+        if until_published && producers_done.load(Ordering::Relaxed) == args.producers {
+            break;
+        }
         tick.tick().await;
         let now = [
             stats.sent.load(Ordering::Relaxed),
@@ -384,5 +401,22 @@ async fn main() -> anyhow::Result<()> {
         stats.received.load(Ordering::Relaxed) as f64 / elapsed,
         latency_text(percentiles(&mut all))
     );
+    if until_published {
+        // Published is not yet queued: wait until the broker counts them all in the queue.
+        let queues = queue_names(&args);
+        let expected = stats.sent.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut depth = 0;
+            for q in &queues {
+                depth += raw::queue_depth(&args.uris[0], q).await?;
+            }
+            if depth >= expected || Instant::now() > deadline {
+                println!("id: {id}, queued: {depth} messages in {}", queues.join(","));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     Ok(())
 }
