@@ -64,8 +64,18 @@ fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StorageRe
 }
 
 fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
+    put_meta_with(db, key, value, redb::Durability::Immediate)
+}
+
+fn put_meta_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: redb::Durability,
+) -> StorageResult<()> {
     let bytes = serde_json::to_vec(value).map_err(write_err)?;
-    let tx = db.begin_write().map_err(write_err)?;
+    let mut tx = db.begin_write().map_err(write_err)?;
+    tx.set_durability(durability).map_err(write_err)?;
     {
         let mut table = tx.open_table(META).map_err(write_err)?;
         table.insert(key, bytes.as_slice()).map_err(write_err)?;
@@ -142,7 +152,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        put_meta(&self.db, "committed", &committed)
+        // Only a hint for a faster restart (Raft re-learns it): no fsync of
+        // its own, it reaches the disk with the next log append.
+        put_meta_with(&self.db, "committed", &committed, redb::Durability::None)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
