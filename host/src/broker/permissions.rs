@@ -69,6 +69,9 @@ pub struct AuthSession {
     user: AuthedUser,
     backend: Arc<WasmAuth>,
     cache: Mutex<(u64, HashMap<CacheKey, bool>)>,
+    /// The last answer again, compared without allocating: a publisher asks
+    /// the same question (write on one exchange) for every message.
+    last: Mutex<Option<(u64, CacheKey, bool)>>,
 }
 
 impl AuthSession {
@@ -129,6 +132,7 @@ impl Broker {
             user,
             backend,
             cache: Mutex::new((0, HashMap::new())),
+            last: Mutex::new(None),
         }))
     }
 
@@ -169,6 +173,39 @@ impl Broker {
         };
         let is_exchange = kind == "exchange";
         let generation = self.permissions.generation.load(Ordering::Relaxed);
+        let remembered = session
+            .last
+            .lock()
+            .as_ref()
+            .and_then(|(g, (x, name, a), allowed)| {
+                (*g == generation && *x == is_exchange && *a == access && name == checked)
+                    .then_some(*allowed)
+            });
+        let allowed = match remembered {
+            Some(a) => a,
+            None => self.ask_backend(session, vhost, is_exchange, checked, access, generation)?,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(AmqpError::access_refused(format!(
+                "{} access to {kind} '{checked}' in vhost '{vhost}' refused for user '{}'",
+                access.as_str(),
+                session.username
+            )))
+        }
+    }
+
+    /// The session's cached answer, else the auth backend's (then cached).
+    fn ask_backend(
+        &self,
+        session: &AuthSession,
+        vhost: &str,
+        is_exchange: bool,
+        checked: &str,
+        access: Access,
+        generation: u64,
+    ) -> Result<bool, AmqpError> {
         let key = (is_exchange, checked.to_string(), access);
         let cached = {
             let mut c = session.cache.lock();
@@ -194,18 +231,11 @@ impl Broker {
                 if c.1.len() > 1024 {
                     c.1.clear();
                 }
-                c.1.insert(key, a);
+                c.1.insert(key.clone(), a);
                 a
             }
         };
-        if allowed {
-            Ok(())
-        } else {
-            Err(AmqpError::access_refused(format!(
-                "{} access to {kind} '{checked}' in vhost '{vhost}' refused for user '{}'",
-                access.as_str(),
-                session.username
-            )))
-        }
+        *session.last.lock() = Some((generation, key, allowed));
+        Ok(allowed)
     }
 }
