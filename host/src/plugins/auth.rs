@@ -9,7 +9,7 @@ use super::PluginError;
 use super::bindings::auth::exports::warren::plugin::auth_backend as ab;
 use super::bindings::auth::{AuthPlugin, AuthPluginPre};
 use super::host_api::PluginCtx;
-use super::runtime::{Runtime, State, root_cause, run_now};
+use super::runtime::{Runtime, State, instantiation_failed, root_cause, run_now};
 
 pub use ab::{AuthedUser, Permission, ResourceKind};
 
@@ -33,17 +33,7 @@ impl WasmAuth {
         component: &wasmtime::component::Component,
     ) -> Result<WasmAuth, PluginError> {
         let name = ctx.name.clone();
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::WrongWorld(format!(
-                "{name}: not an auth-plugin component: {}",
-                root_cause(&e)
-            ))
-        };
-        let pre = runtime
-            .linker
-            .instantiate_pre(component)
-            .map_err(wrong_world)?;
-        let pre = AuthPluginPre::new(pre).map_err(wrong_world)?;
+        let pre = runtime.instance_pre(&name, "auth-plugin", component, AuthPluginPre::new)?;
         let auth = WasmAuth {
             backend: ctx.manifest.auth_backend.clone().unwrap_or_default(),
             plugin: name,
@@ -60,13 +50,8 @@ impl WasmAuth {
     fn instantiate(&self) -> Result<(Store<State>, AuthPlugin), PluginError> {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
-        let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!(
-                "{}: instantiation failed: {}",
-                self.plugin,
-                root_cause(&e)
-            ))
-        })?;
+        let bindings = run_now(self.pre.instantiate_async(&mut store))?
+            .map_err(|e| instantiation_failed(&self.plugin, &e))?;
         Ok((store, bindings))
     }
 

@@ -23,7 +23,7 @@ use super::bindings::exchange::{ExchangePlugin, ExchangePluginPre};
 use super::bindings::xt;
 use super::fields::{self, WitTable};
 use super::host_api::PluginCtx;
-use super::runtime::{Runtime, State, root_cause, run_now};
+use super::runtime::{Runtime, State, instantiation_failed, root_cause, run_now};
 use crate::routing::exchange_type::{
     BindingId, ExchangeRouter, ExchangeType, RouteInput, RouterError,
 };
@@ -69,17 +69,8 @@ impl WasmExchangeType {
         shards: usize,
     ) -> Result<WasmExchangeType, PluginError> {
         let name = ctx.name.clone();
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::WrongWorld(format!(
-                "{name}: not an exchange-plugin component: {}",
-                root_cause(&e)
-            ))
-        };
-        let pre = runtime
-            .linker
-            .instantiate_pre(component)
-            .map_err(wrong_world)?;
-        let pre = ExchangePluginPre::new(pre).map_err(wrong_world)?;
+        let pre =
+            runtime.instance_pre(&name, "exchange-plugin", component, ExchangePluginPre::new)?;
         let type_name = ctx.manifest.exchange_type.clone().unwrap_or_default();
         let mut built = Vec::new();
         let mut info = None;
@@ -135,13 +126,8 @@ impl Shard {
     fn instantiate(&self) -> Result<Live, PluginError> {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
-        let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!(
-                "{}: instantiation failed: {}",
-                self.ctx.name,
-                root_cause(&e)
-            ))
-        })?;
+        let bindings = run_now(self.pre.instantiate_async(&mut store))?
+            .map_err(|e| instantiation_failed(&self.ctx.name, &e))?;
         Ok(Live { store, bindings })
     }
 
@@ -161,24 +147,26 @@ impl Shard {
         let keys: Vec<u64> = inner.routers.keys().copied().collect();
         for key in keys {
             if let Err(e) = self.ensure_handle(inner, key) {
-                tracing::error!(plugin = %self.ctx.name, error = %e, "cannot rebuild an exchange after a plugin failure");
+                tracing::error!(plugin = %self.ctx.name, error = %reason(e), "cannot rebuild an exchange after a plugin failure");
             }
         }
         tracing::warn!(plugin = %self.ctx.name, exchanges = inner.routers.len(), "plugin instance rebuilt");
     }
 
     /// Makes sure the exchange `key` exists in the live instance, creating it
-    /// and replaying its bindings if needed.
-    fn ensure_handle(&self, inner: &mut ShardInner, key: u64) -> Result<ResourceAny, String> {
+    /// and replaying its bindings if needed. The plugin's own `err` from
+    /// `create` is a refusal; anything else is a failure.
+    fn ensure_handle(&self, inner: &mut ShardInner, key: u64) -> Result<ResourceAny, RouterError> {
+        let failed = RouterError::Failed;
         if inner.live.is_none() {
-            self.rebuild_live_only(inner)?;
+            inner.live = Some(self.instantiate().map_err(|e| failed(e.to_string()))?);
         }
         let ShardInner { live, routers } = inner;
         let Some(live) = live.as_mut() else {
-            return Err("plugin instance unavailable".into());
+            return Err(failed("plugin instance unavailable".into()));
         };
         let Some(rec) = routers.get_mut(&key) else {
-            return Err("exchange not known to its plugin shard".into());
+            return Err(failed("exchange not known to its plugin shard".into()));
         };
         if let Some(h) = rec.handle {
             return Ok(h);
@@ -187,26 +175,27 @@ impl Shard {
         self.runtime.arm(&mut live.store);
         let handle = match run_now(guest.call_create(&mut live.store, &rec.arguments)) {
             Ok(Ok(Ok(h))) => h,
-            Ok(Ok(Err(refused))) => return Err(refused),
-            Ok(Err(e)) => return Err(root_cause(&e)),
-            Err(e) => return Err(e.to_string()),
+            Ok(Ok(Err(refused))) => return Err(RouterError::Refused(refused)),
+            Ok(Err(e)) => return Err(failed(root_cause(&e))),
+            Err(e) => return Err(failed(e.to_string())),
         };
         for (id, (k, args)) in &rec.bindings {
             self.runtime.arm(&mut live.store);
             match run_now(guest.call_bind(&mut live.store, handle, *id, k, args)) {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(root_cause(&e)),
-                Err(e) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(failed(root_cause(&e))),
+                Err(e) => return Err(failed(e.to_string())),
             }
         }
         rec.handle = Some(handle);
         Ok(handle)
     }
+}
 
-    fn rebuild_live_only(&self, inner: &mut ShardInner) -> Result<(), String> {
-        let live = self.instantiate().map_err(|e| e.to_string())?;
-        inner.live = Some(live);
-        Ok(())
+/// The text of either kind of error, for messages that wrap it.
+fn reason(e: RouterError) -> String {
+    match e {
+        RouterError::Refused(r) | RouterError::Failed(r) => r,
     }
 }
 
@@ -231,19 +220,21 @@ impl ExchangeType for WasmExchangeType {
                 handle: None,
             },
         );
-        let created = shard.ensure_handle(&mut inner, key);
-        if let Err(reason) = created {
-            // A refusal leaves the instance healthy; anything else may not have.
-            let refused = inner.live.is_some() && !is_failure(&reason);
-            inner.routers.remove(&key);
-            if !refused {
+        match shard.ensure_handle(&mut inner, key) {
+            Ok(_) => {}
+            Err(RouterError::Refused(r)) => {
+                inner.routers.remove(&key);
+                return Err(RouterError::Refused(r));
+            }
+            Err(RouterError::Failed(r)) => {
+                // The instance may be broken: rebuild it without this exchange.
+                inner.routers.remove(&key);
                 shard.rebuild(&mut inner);
                 return Err(RouterError::Failed(format!(
-                    "plugin '{}' failed creating an exchange: {reason}",
+                    "plugin '{}' failed creating an exchange: {r}",
                     self.plugin
                 )));
             }
-            return Err(RouterError::Refused(reason));
         }
         drop(inner);
         Ok(Box::new(WasmRouter {
@@ -253,15 +244,6 @@ impl ExchangeType for WasmExchangeType {
             info: self.info,
         }))
     }
-}
-
-/// Failures come from `root_cause` or the runtime; refusals are the plugin's own words.
-fn is_failure(reason: &str) -> bool {
-    reason.starts_with("trapped")
-        || reason.starts_with("deadline exceeded")
-        || reason.starts_with("memory limit exceeded")
-        || reason.contains("waited on I/O")
-        || reason == "plugin instance unavailable"
 }
 
 /// One exchange's routing state, living in a plugin shard.
@@ -289,9 +271,9 @@ impl ExchangeRouter for WasmRouter {
         let mut inner = shard.inner.lock();
         let handle = match shard.ensure_handle(&mut inner, self.key) {
             Ok(h) => h,
-            Err(reason) => {
+            Err(e) => {
                 shard.rebuild(&mut inner);
-                return Err(RouterError::Failed(self.failed("binding", &reason)));
+                return Err(RouterError::Failed(self.failed("binding", &reason(e))));
             }
         };
         let args = fields::table(arguments);
@@ -370,9 +352,9 @@ impl ExchangeRouter for WasmRouter {
         let mut inner = shard.inner.lock();
         let handle = match shard.ensure_handle(&mut inner, self.key) {
             Ok(h) => h,
-            Err(reason) => {
+            Err(e) => {
                 shard.rebuild(&mut inner);
-                return Err(self.failed("routing", &reason));
+                return Err(self.failed("routing", &reason(e)));
             }
         };
         let result = {
@@ -389,17 +371,23 @@ impl ExchangeRouter for WasmRouter {
         };
         match result {
             Ok(Ok(ids)) => {
-                for id in ids {
-                    if !out.contains(&id) {
-                        out.push(id);
+                // Plugins return each id once; only ids already in `out` need
+                // checking (a linear scan per id would be quadratic for fanouts).
+                if out.is_empty() {
+                    out.extend(ids);
+                } else {
+                    for id in ids {
+                        if !out.contains(&id) {
+                            out.push(id);
+                        }
                     }
                 }
                 Ok(())
             }
             Ok(Err(e)) => {
-                let reason = root_cause(&e);
+                let cause = root_cause(&e);
                 shard.rebuild(&mut inner);
-                Err(self.failed("routing", &reason))
+                Err(self.failed("routing", &cause))
             }
             Err(e) => {
                 shard.rebuild(&mut inner);

@@ -13,7 +13,7 @@ use super::PluginError;
 use super::bindings::http::exports::warren::plugin::http_handler as hh;
 use super::bindings::http::{HttpPlugin, HttpPluginPre};
 use super::host_api::PluginCtx;
-use super::runtime::{Runtime, State, root_cause, run_now};
+use super::runtime::{Runtime, State, instantiation_failed, root_cause, run_now};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1 << 20;
@@ -35,17 +35,7 @@ impl WasmHttp {
         component: &wasmtime::component::Component,
     ) -> Result<Arc<WasmHttp>, PluginError> {
         let name = ctx.name.clone();
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::WrongWorld(format!(
-                "{name}: not an http-plugin component: {}",
-                root_cause(&e)
-            ))
-        };
-        let pre = runtime
-            .linker
-            .instantiate_pre(component)
-            .map_err(wrong_world)?;
-        let pre = HttpPluginPre::new(pre).map_err(wrong_world)?;
+        let pre = runtime.instance_pre(&name, "http-plugin", component, HttpPluginPre::new)?;
         let port = match &ctx.manifest.listens {
             Some(l) => match ctx.settings.raw.get(&l.port_key) {
                 Some(v) => v.trim().parse::<u16>().map_err(|_| {
@@ -76,13 +66,8 @@ impl WasmHttp {
     fn instantiate(&self) -> Result<(Store<State>, HttpPlugin), PluginError> {
         let mut store = self.runtime.store(self.ctx.clone());
         self.runtime.arm(&mut store);
-        let bindings = run_now(self.pre.instantiate_async(&mut store))?.map_err(|e| {
-            PluginError::Call(format!(
-                "{}: instantiation failed: {}",
-                self.plugin,
-                root_cause(&e)
-            ))
-        })?;
+        let bindings = run_now(self.pre.instantiate_async(&mut store))?
+            .map_err(|e| instantiation_failed(&self.plugin, &e))?;
         Ok((store, bindings))
     }
 

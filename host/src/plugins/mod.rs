@@ -472,27 +472,10 @@ impl PluginHost {
         Ok(stopping)
     }
 
-    /// Stops listeners (node stop / stop_app).
-    pub fn stop_listeners(&self) {
-        for l in self.loaded.read().values() {
-            if let Loaded::Http(h) = l {
-                h.stop();
-            }
-        }
-    }
-
     /// Reads the node's configured list without loading anything (offline listings).
     pub fn read_configuration(&self) -> Result<(), PluginError> {
         *self.explicit.lock() = self.configured()?;
         Ok(())
-    }
-
-    pub fn enabled_file(&self) -> &std::path::Path {
-        &self.enabled_file
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.runtime.limits
     }
 }
 

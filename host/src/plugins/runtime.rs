@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
@@ -166,6 +166,28 @@ impl Runtime {
             .map_err(|e| PluginError::Runtime(format!("{name}: {e}")))
     }
 
+    /// Links a component against the host's imports, once per plugin; a
+    /// component that is not of `world` (wrong exports or imports) is refused.
+    pub fn instance_pre<P>(
+        &self,
+        name: &str,
+        world: &str,
+        component: &Component,
+        typed: impl FnOnce(InstancePre<State>) -> wasmtime::Result<P>,
+    ) -> Result<P, PluginError> {
+        let wrong_world = |e: wasmtime::Error| {
+            PluginError::WrongWorld(format!(
+                "{name}: not an {world} component: {}",
+                root_cause(&e)
+            ))
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(wrong_world)?;
+        typed(pre).map_err(wrong_world)
+    }
+
     pub fn store(&self, ctx: Arc<PluginCtx>) -> Store<State> {
         let stderr = super::host_api::LogStream::new(ctx.name.clone());
         let wasi = WasiCtx::builder()
@@ -231,6 +253,12 @@ pub fn run_now<F: Future>(f: F) -> Result<F::Output, PluginError> {
             "the plugin waited on I/O inside a call".into(),
         )),
     }
+}
+
+/// The error of an instantiation that failed (a start function trapped, the
+/// memory cap was too small for its initial memory, ...).
+pub fn instantiation_failed(plugin: &str, e: &wasmtime::Error) -> PluginError {
+    PluginError::Call(format!("{plugin}: instantiation failed: {}", root_cause(e)))
 }
 
 /// The innermost message of a wasmtime error: traps say what happened there.
