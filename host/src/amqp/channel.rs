@@ -526,18 +526,21 @@ impl Connection {
             return Ok(());
         }
         let (ticket, rejected, remote) = self.route_and_enqueue(id, msg, p.mandatory)?;
-        let stats = self.broker.clone();
         let ch = self.channel(id)?;
+        let mut confirmed = false;
         if let Some(c) = ch.confirm.as_mut() {
             let seq = c.next_seq;
             c.next_seq += 1;
             let item = if rejected {
                 ConfirmItem::Nack(seq)
             } else {
-                crate::broker::stats::Counters::add(&stats.stats.confirmed, 1);
+                confirmed = true;
                 ConfirmItem::Ack(seq, ticket, remote)
             };
             let _ = c.tx.send(item);
+        }
+        if confirmed {
+            crate::broker::stats::Counters::add(&self.broker.stats.confirmed, 1);
         }
         Ok(())
     }

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::delivery::{ChannelHandle, RemoteDelivery, RemoteSettle};
 use crate::broker::Broker;
-use crate::broker::proxy::{DeliverBatch, Delivered, SettleRequest, decode};
+use crate::broker::message::Message;
+use crate::broker::proxy::{DeliverBatch, Delivered, SettleRequest};
 use crate::cluster::ClusterNode;
 use crate::cluster::network::PeerError;
 
@@ -211,7 +212,7 @@ impl Broker {
         }
         let owner: Arc<dyn RemoteSettle> = session.clone();
         for item in batch.items {
-            let Some(msg) = decode(&item.message) else {
+            let Some(msg) = Message::from_wire_text(&item.message) else {
                 continue;
             };
             session.channel.deliver_remote(RemoteDelivery {

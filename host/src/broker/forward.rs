@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -111,7 +109,7 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
         .map(|i| PublishItem {
             vhost: i.vhost.clone(),
             queues: i.queues.clone(),
-            message: STANDARD.encode(i.msg.encoded()),
+            message: i.msg.to_wire_text(),
         })
         .collect();
     let answer: Result<Vec<bool>, PeerError> = cluster
@@ -134,11 +132,7 @@ impl Broker {
         let mut answers = Vec::with_capacity(items.len());
         let mut ticket = None;
         for item in items {
-            let Ok(bytes) = STANDARD.decode(item.message.as_bytes()) else {
-                answers.push(false);
-                continue;
-            };
-            let Some(msg) = Message::decode(bytes.into()) else {
+            let Some(msg) = Message::from_wire_text(&item.message) else {
                 answers.push(false);
                 continue;
             };

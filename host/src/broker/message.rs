@@ -121,6 +121,21 @@ impl Message {
     }
 
     /// Reads a message back from the store's encoding.
+    /// The store encoding as base64 text: how a message crosses to another
+    /// node inside the (JSON) control protocol.
+    pub fn to_wire_text(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(self.encoded())
+    }
+
+    pub fn from_wire_text(text: &str) -> Option<Message> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .ok()?;
+        Message::decode(bytes.into())
+    }
+
     pub fn decode(mut data: Bytes) -> Option<Message> {
         let original = data.clone();
         let short = |data: &mut Bytes| -> Option<String> {

@@ -9,14 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::Broker;
-use super::message::Message;
 use crate::amqp::channel::requeue_all;
 use crate::amqp::delivery::{ChannelHandle, group_by_queue};
 use crate::amqp::outbound::Outbound;
@@ -62,15 +59,6 @@ pub struct SettleRequest {
     pub tags: Vec<u64>,
     /// None acks; Some(true) requeues; Some(false) rejects without requeue.
     pub requeue: Option<bool>,
-}
-
-pub fn encode(msg: &Message) -> String {
-    STANDARD.encode(msg.encoded())
-}
-
-pub fn decode(text: &str) -> Option<Message> {
-    let bytes = STANDARD.decode(text.as_bytes()).ok()?;
-    Message::decode(bytes.into())
 }
 
 /// The owner's side of one session.
@@ -172,7 +160,7 @@ impl Broker {
                 tag: delivery_tag,
                 redelivered,
                 message_count,
-                message: encode(&msg),
+                message: msg.to_wire_text(),
             })),
             _ => Ok(None),
         }
@@ -240,7 +228,7 @@ async fn relay(
                 tag: delivery_tag,
                 redelivered,
                 message_count: 0,
-                message: encode(&msg),
+                message: msg.to_wire_text(),
             }),
             // The only method a consumer's handle gets is a server-side basic.cancel.
             Outbound::Method { .. } => cancelled = true,

@@ -187,7 +187,11 @@ impl ExchangeRt {
     }
 
     pub fn bind(&self, id: BindingId, b: &BindingRecord) {
-        let mut r = self.routing.write();
+        self.apply_binding(&mut self.routing.write(), id, b);
+    }
+
+    /// Tells the router (if the type is enabled) and records the destination.
+    fn apply_binding(&self, r: &mut Routing, id: BindingId, b: &BindingRecord) {
         let accepted = match r.router.as_mut() {
             Some(router) => router.bind(id, &b.routing_key, &b.arguments),
             None => Ok(()),
@@ -211,10 +215,6 @@ impl ExchangeRt {
         r.destinations.remove(&id);
     }
 
-    pub fn has_router(&self) -> bool {
-        self.routing.read().router.is_some()
-    }
-
     /// Gives the exchange a router (its type plugin was enabled), replaying its
     /// bindings; or takes it away (the plugin was disabled).
     pub fn set_router(
@@ -224,13 +224,9 @@ impl ExchangeRt {
     ) {
         let mut r = self.routing.write();
         r.router = router;
-        if let Some(router) = r.router.as_mut() {
+        if r.router.is_some() {
             for (id, b) in bindings {
-                if let Err(RouterError::Refused(e) | RouterError::Failed(e)) =
-                    router.bind(*id, &b.routing_key, &b.arguments)
-                {
-                    tracing::warn!(exchange = %self.record.name, error = %e, "binding not applied by exchange type");
-                }
+                self.apply_binding(&mut r, *id, b);
             }
         }
     }

@@ -168,6 +168,11 @@ impl Cluster {
         disc.into_iter().chain(ram).find(|n| n.name == name)
     }
 
+    /// The member named `name`, if it is up (a queue's owner, say).
+    pub fn running_node(&self, name: &str) -> Option<ClusterNode> {
+        self.node_by_name(name).filter(|n| self.is_up(n))
+    }
+
     pub fn leader(&self) -> Option<ClusterNode> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;

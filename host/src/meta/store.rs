@@ -78,10 +78,6 @@ impl MetaStore {
         std::fs::write(self.membership_path(), bytes).map_err(storage)
     }
 
-    pub fn kind(&self) -> NodeKind {
-        self.membership().kind
-    }
-
     /// Attaches the runtime, restores the replica and starts Raft. Returns
     /// true when the node is brand new (its caller seeds the defaults).
     pub async fn start(&self, listener: Arc<dyn MetaListener>) -> Result<bool, MetaError> {
@@ -99,7 +95,7 @@ impl MetaStore {
             return Ok(false);
         }
         cluster.initialize_alone().await?;
-        self.wait_leader(&cluster).await;
+        wait_leader(&cluster, Duration::from_secs(5)).await;
         Ok(true)
     }
 
@@ -115,13 +111,6 @@ impl MetaStore {
         Ok(cluster)
     }
 
-    async fn wait_leader(&self, cluster: &Cluster) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cluster.leader().is_none() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// A restarted node's transient queues (and, if it is the whole cluster,
     /// transient exchanges) are gone, as in RabbitMQ.
     async fn after_restart(&self, cluster: &Arc<Cluster>) {
@@ -134,7 +123,7 @@ impl MetaStore {
         if alone {
             // A cluster of one need not wait out an election timeout.
             let _ = cluster.raft.trigger().elect().await;
-            self.wait_leader(cluster).await;
+            wait_leader(cluster, Duration::from_secs(5)).await;
             if let Err(e) = cluster.submit(cmd).await {
                 tracing::warn!(error = %e, "could not drop transient metadata after restart");
             }
@@ -159,10 +148,6 @@ impl MetaStore {
 
     pub fn read(&self) -> RwLockReadGuard<'_, MetaState> {
         self.shared.state.read()
-    }
-
-    pub fn shared(&self) -> &Arc<SharedMeta> {
-        &self.shared
     }
 
     /// Applies one change through the cluster; returns once it is committed and
@@ -192,7 +177,7 @@ impl MetaStore {
         let cluster = self.open_cluster(kind).await?;
         if alone {
             cluster.initialize_alone().await?;
-            self.wait_leader(&cluster).await;
+            wait_leader(&cluster, Duration::from_secs(5)).await;
         }
         Ok(cluster)
     }
@@ -241,10 +226,7 @@ impl MetaStore {
         })?;
         // Wait until this node has the cluster's metadata before saying so.
         if let Some(c) = self.cluster() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while c.leader().is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_leader(&c, Duration::from_secs(10)).await;
         }
         Ok(())
     }
@@ -285,4 +267,12 @@ async fn rejoin(peers: Arc<Peers>, me: ClusterNode, m: Membership) {
         }
     }
     tracing::warn!(node = %me.name, "ram node could not rejoin its cluster");
+}
+
+/// Waits (up to `limit`) until the node knows its cluster's leader.
+async fn wait_leader(cluster: &Cluster, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while cluster.leader().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

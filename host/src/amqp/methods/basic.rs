@@ -219,9 +219,7 @@ impl Connection {
         }
         let vhost = self.vhost_name();
         let record = self.broker.meta.read().queue(&vhost, name).cloned()?;
-        let cluster = self.broker.meta.cluster()?;
-        let node = cluster.node_by_name(&record.node)?;
-        cluster.is_up(&node).then_some(node)
+        self.broker.meta.cluster()?.running_node(&record.node)
     }
 
     /// Unique for the node's lifetime: a consumer tag reused after a cancel
@@ -382,7 +380,7 @@ impl Connection {
         let got = session.get(no_ack).await;
         match got {
             Ok(Some(d)) => {
-                let Some(msg) = crate::broker::proxy::decode(&d.message) else {
+                let Some(msg) = crate::broker::message::Message::from_wire_text(&d.message) else {
                     return Err(AmqpError::internal(
                         "undecodable message from the owner node",
                     ));

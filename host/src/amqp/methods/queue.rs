@@ -95,8 +95,8 @@ impl Connection {
             .broker
             .meta
             .cluster()
-            .and_then(|c| c.node_by_name(&record.node).map(|n| c.is_up(&n)))
-            .unwrap_or(false);
+            .and_then(|c| c.running_node(&record.node))
+            .is_some();
         if !owner_up {
             // RabbitMQ's words for a queue whose home node is down.
             let kind = if record.durable {
@@ -157,11 +157,9 @@ impl Connection {
                     )));
                 }
                 let cluster = self.broker.meta.cluster();
-                let owner = cluster.as_ref().and_then(|c| {
-                    c.node_by_name(&record.node)
-                        .filter(|n| c.is_up(n))
-                        .map(|n| (c.clone(), n))
-                });
+                let owner = cluster
+                    .as_ref()
+                    .and_then(|c| c.running_node(&record.node).map(|n| (c.clone(), n)));
                 let Some((cluster, owner)) = owner else {
                     return Err(self.remote_queue_error(&vhost, &name));
                 };
