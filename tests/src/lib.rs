@@ -36,16 +36,18 @@ pub fn wasm_plugin_dir() -> PathBuf {
 }
 
 /// A free TCP port whose +20000 neighbour (the dist port) is free too.
+///
+/// Both stay below the kernel's ephemeral range (32768 and up by default):
+/// nodes of a cluster open many outgoing connections, and one of them taking
+/// a dist port between this check and the node's bind made start-up fail.
 pub fn free_port() -> u16 {
+    const LOW: u16 = 10000;
+    const HIGH: u16 = 32767 - 20000;
+    // Tests in one process pick concurrently: a counter keeps their picks apart.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
-        if port < 40000 && port > 1024 && TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
-            return port;
-        }
-        // Try a port in the lower range explicitly.
-        let candidate = 10000 + (rand_u16() % 30000);
+        let step = NEXT.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+        let candidate = LOW + rand_u16().wrapping_add(step) % (HIGH - LOW);
         if TcpListener::bind(("0.0.0.0", candidate)).is_ok()
             && TcpListener::bind(("0.0.0.0", candidate + 20000)).is_ok()
         {
