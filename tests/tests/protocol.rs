@@ -2110,3 +2110,72 @@ async fn declaring_a_queue_renews_its_x_expires_lease() {
     })
     .await;
 }
+
+/// Binds sent back to back (Warren commits those it reads together as one change) answer
+/// as binding one at a time would: ok up to the first failure, that failure's 404, and
+/// nothing after it bound.
+#[tokio::test]
+async fn pipelined_binds_stop_at_the_first_failure() {
+    let broker = TestBroker::start();
+    let (conn, ch) = open(&broker.url()).await;
+    exchange(&ch, "pipe-x", ExchangeKind::Direct, FieldTable::default()).await;
+    queues(&ch, &["pipe-q"]).await;
+    let bind_to = |exchange: &'static str, key: String| {
+        let ch = ch.clone();
+        async move {
+            ch.queue_bind(
+                "pipe-q".into(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let exchange = if i == 150 { "pipe-missing" } else { "pipe-x" };
+        pending.push(Box::pin(bind_to(exchange, format!("k{i}"))));
+    }
+    // Poll all of them, in order, so the binds go out back to back without waiting
+    // for each other's answers.
+    let mut results: Vec<Option<Result<(), lapin::Error>>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (f, r) in pending.iter_mut().zip(results.iter_mut()) {
+            if r.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *r = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    let mut results = results.into_iter().flatten();
+    for i in 0..150 {
+        let r = results.next();
+        assert!(matches!(r, Some(Ok(()))), "bind {i} should succeed: {r:?}");
+    }
+    let text = expect_code(results.next().expect("bind 150 answered"), 404);
+    assert_eq!(text, "NOT_FOUND - no exchange 'pipe-missing' in vhost '/'");
+    assert!(results.all(|r| r.is_err()));
+
+    // Bound: k0..k149; not bound: k151.. (the channel closed before them).
+    let ch = conn.create_channel().await.unwrap();
+    publish(&ch, "pipe-x", "k149", b"in", Default::default()).await;
+    publish(&ch, "pipe-x", "k151", b"out", Default::default()).await;
+    publish(&ch, "pipe-x", "k199", b"out", Default::default()).await;
+    eventually("the routed message is queued", || async {
+        ready_count(&ch, "pipe-q").await >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready_count(&ch, "pipe-q").await, 1);
+}

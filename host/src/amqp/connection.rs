@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::protocol::{AMQPClass, connection, queue};
 use amq_protocol::types::{FieldTable, LongString};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -393,7 +393,7 @@ impl Connection {
                 }
                 Err(ReadEnd::Error(e)) => return self.close_with(rd, buf, e).await,
             };
-            match self.handle_frame(frame).await {
+            match self.handle_frame(frame, buf).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) if e.closes_connection() => return self.close_with(rd, buf, e).await,
@@ -467,7 +467,7 @@ impl Connection {
     }
 
     /// Ok(false) = the connection is done.
-    async fn handle_frame(&mut self, frame: RawFrame) -> AmqpResult<bool> {
+    async fn handle_frame(&mut self, frame: RawFrame, buf: &mut BytesMut) -> AmqpResult<bool> {
         match frame {
             RawFrame::Heartbeat { channel: 0 } => Ok(true),
             RawFrame::Heartbeat { .. } => Err(AmqpError::connection(
@@ -484,9 +484,14 @@ impl Connection {
             RawFrame::Method { channel, payload } => {
                 let method = codec::decode_method(&payload)?;
                 let (class_id, method_id) = method_ids(&method);
-                self.channel_method(channel, method)
-                    .await
-                    .map_err(|e| e.with_method(class_id, method_id).on_channel(channel))?;
+                let done = match method {
+                    AMQPClass::Queue(queue::AMQPMethod::Bind(first)) if self.batchable(channel) => {
+                        let (binds, trailing) = self.buffered_binds(channel, first, buf);
+                        self.queue_bind_batch(channel, binds, trailing).await
+                    }
+                    method => self.channel_method(channel, method).await,
+                };
+                done.map_err(|e| e.with_method(class_id, method_id).on_channel(channel))?;
                 Ok(true)
             }
             RawFrame::Header { channel, payload } => {
@@ -498,6 +503,47 @@ impl Connection {
                 Ok(true)
             }
         }
+    }
+
+    /// Whether a queue.bind on this channel may be committed together with the
+    /// binds after it: the channel is open and not in the middle of a publish.
+    fn batchable(&self, channel: u16) -> bool {
+        self.channels
+            .get(&channel)
+            .is_some_and(|c| !c.closing && c.pending.is_none())
+    }
+
+    /// `first` and the queue.binds for the same channel that follow it in the read
+    /// buffer, up to the first other frame (left in the buffer). A bind that does
+    /// not decode ends the run and is returned as its error.
+    fn buffered_binds(
+        &mut self,
+        channel: u16,
+        first: queue::Bind,
+        buf: &mut BytesMut,
+    ) -> (Vec<queue::Bind>, Option<AmqpError>) {
+        const MAX_BATCH: usize = 1000;
+        // queue.bind is class 50, method 20.
+        const QUEUE_BIND: [u8; 4] = [0, 50, 0, 20];
+        let mut binds = vec![first];
+        while binds.len() < MAX_BATCH
+            && buf.len() >= 11
+            && buf[0] == amq_protocol::protocol::constants::FRAME_METHOD
+            && u16::from_be_bytes([buf[1], buf[2]]) == channel
+            && buf[7..11] == QUEUE_BIND
+        {
+            let payload = match codec::take_frame(buf, self.frame_max) {
+                Ok(Some(RawFrame::Method { payload, .. })) => payload,
+                // Incomplete or broken: the normal read path deals with it.
+                _ => break,
+            };
+            match codec::decode_method(&payload) {
+                Ok(AMQPClass::Queue(queue::AMQPMethod::Bind(b))) => binds.push(b),
+                Ok(_) => break,
+                Err(e) => return (binds, Some(e)),
+            }
+        }
+        (binds, None)
     }
 
     fn connection_method(&mut self, method: AMQPClass) -> AmqpResult<bool> {

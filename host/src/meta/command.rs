@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::*;
+use super::state::MetaError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -43,6 +44,9 @@ pub enum MetaCommand {
     },
     Bind(BindingRecord),
     Unbind(BindingRecord),
+    /// Changes applied in order until the first that fails: a channel's pipelined
+    /// binds become one Raft entry (one disk write) instead of one each.
+    Batch(Vec<MetaCommand>),
     /// A node started again: what lived only in its memory is gone. Its
     /// transient and exclusive queues go; when it is the whole cluster,
     /// transient exchanges go too (RabbitMQ's rule for a full restart).
@@ -85,4 +89,6 @@ pub enum MetaOutcome {
     Done,
     /// A declare found an equivalent entity already there.
     AlreadyExists,
+    /// A batch's answers, one per command up to and including the first failure.
+    Batch(Vec<Result<MetaOutcome, MetaError>>),
 }

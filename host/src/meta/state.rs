@@ -391,6 +391,18 @@ impl MetaState {
                     self.auto_delete_exchange(&b.vhost, &b.source, ev);
                 }
             }
+            MetaCommand::Batch(cmds) => {
+                let mut answers = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    let answer = self.apply_inner(cmd, ev);
+                    let failed = answer.is_err();
+                    answers.push(answer);
+                    if failed {
+                        break;
+                    }
+                }
+                return Ok(MetaOutcome::Batch(answers));
+            }
             MetaCommand::NodeRestarted {
                 node,
                 whole_cluster,
@@ -682,5 +694,49 @@ mod tests {
             err,
             MetaError::NotFound("no queue 'nope' in vhost '/'".into())
         );
+    }
+
+    #[test]
+    fn batch_applies_in_order_and_stops_at_the_first_failure() {
+        let mut s = state_with_vhost();
+        s.apply(&MetaCommand::DeclareQueue(queue("q", false)))
+            .unwrap();
+        let bind = |source: &str, key: &str| {
+            MetaCommand::Bind(BindingRecord {
+                vhost: "/".into(),
+                source: source.into(),
+                destination: "q".into(),
+                destination_kind: DestinationKind::Queue,
+                routing_key: key.into(),
+                arguments: FieldTable::default(),
+            })
+        };
+        let (outcome, events) = s
+            .apply(&MetaCommand::Batch(vec![
+                bind("amq.direct", "a"),
+                bind("amq.direct", "b"),
+                bind("missing", "c"),
+                bind("amq.direct", "d"),
+            ]))
+            .unwrap();
+        let MetaOutcome::Batch(answers) = outcome else {
+            panic!("a batch answers with a batch: {outcome:?}");
+        };
+        assert_eq!(answers.len(), 3);
+        assert!(answers[0].is_ok() && answers[1].is_ok());
+        assert_eq!(
+            answers[2],
+            Err(MetaError::NotFound(
+                "no exchange 'missing' in vhost '/'".into()
+            ))
+        );
+        let keys: Vec<&str> = s
+            .bindings
+            .values()
+            .map(|b| b.routing_key.as_str())
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"a") && keys.contains(&"b"));
+        assert_eq!(events.len(), 2);
     }
 }

@@ -228,6 +228,21 @@ impl Connection {
         record: BindingRecord,
     ) -> AmqpResult<()> {
         if bind {
+            self.probe_binding(&record)?;
+        }
+        let cmd = if bind {
+            MetaCommand::Bind(record)
+        } else {
+            MetaCommand::Unbind(record)
+        };
+        self.broker.meta.submit(cmd).await.map_err(meta_error)?;
+        Ok(())
+    }
+
+    /// Asks the exchange's type whether it accepts a binding, before anything is
+    /// committed, so that a refusal reaches the client.
+    pub(crate) fn probe_binding(&self, record: &BindingRecord) -> AmqpResult<()> {
+        {
             let kind = self
                 .vhost
                 .as_ref()
@@ -241,19 +256,12 @@ impl Connection {
                         format!("INTERNAL_ERROR - {e}"),
                     ),
                 };
-                // Ask the type before committing, so a refusal reaches the client.
                 let mut probe = t.create(&FieldTable::default()).map_err(to_amqp)?;
                 probe
                     .bind(0, &record.routing_key, &record.arguments)
                     .map_err(to_amqp)?;
             }
         }
-        let cmd = if bind {
-            MetaCommand::Bind(record)
-        } else {
-            MetaCommand::Unbind(record)
-        };
-        self.broker.meta.submit(cmd).await.map_err(meta_error)?;
         Ok(())
     }
 }

@@ -9,7 +9,9 @@ use super::exchange::meta_error;
 use crate::amqp::connection::Connection;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
-use crate::meta::{BindingRecord, DestinationKind, MetaCommand, MetaError, QueueRecord};
+use crate::meta::{
+    BindingRecord, DestinationKind, MetaCommand, MetaError, MetaOutcome, QueueRecord,
+};
 use crate::queue::{Queue, QueueConfig, QueueType};
 
 /// RabbitMQ's generated names: a prefix and 16 random bytes, base64url without padding.
@@ -389,6 +391,74 @@ impl Connection {
         routing_key: &str,
         arguments: amq_protocol::types::FieldTable,
     ) -> AmqpResult<()> {
+        let record = self.queue_binding_record(queue, exchange, routing_key, arguments)?;
+        self.submit_binding(bind, record).await
+    }
+
+    /// Pipelined queue.binds of one channel, already read from the socket, committed as
+    /// one metadata change (one Raft entry, one disk write) instead of one each. What
+    /// the client sees is what binding one by one gives: a bind-ok for each bind up to
+    /// the first that fails, then that failure's channel error; nothing after it is done.
+    pub(crate) async fn queue_bind_batch(
+        &mut self,
+        id: u16,
+        binds: Vec<queue::Bind>,
+        trailing: Option<AmqpError>,
+    ) -> AmqpResult<()> {
+        let mut records = Vec::with_capacity(binds.len());
+        let mut nowaits = Vec::with_capacity(binds.len());
+        let mut refused = None;
+        for b in binds {
+            let checked = self
+                .resolve_queue_name(id, b.queue.as_str())
+                .and_then(|name| {
+                    let record = self.queue_binding_record(
+                        &name,
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                    self.probe_binding(&record)?;
+                    Ok(record)
+                });
+            match checked {
+                Ok(record) => {
+                    records.push(MetaCommand::Bind(record));
+                    nowaits.push(b.nowait);
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let answers = match records.len() {
+            0 => Vec::new(),
+            1 => vec![self.broker.meta.submit(records.remove(0)).await],
+            _ => match self.broker.meta.submit(MetaCommand::Batch(records)).await {
+                Ok(MetaOutcome::Batch(answers)) => answers,
+                other => vec![other],
+            },
+        };
+        for (answer, nowait) in answers.into_iter().zip(nowaits) {
+            answer.map_err(meta_error)?;
+            self.reply(
+                id,
+                nowait,
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+            );
+        }
+        refused.or(trailing).map_or(Ok(()), Err)
+    }
+
+    /// The binding a queue.bind or queue.unbind names, after the access checks.
+    fn queue_binding_record(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: amq_protocol::types::FieldTable,
+    ) -> AmqpResult<BindingRecord> {
         if exchange.is_empty() {
             return Err(AmqpError::access_refused(
                 "operation not permitted on the default exchange",
@@ -407,6 +477,6 @@ impl Connection {
             routing_key: routing_key.to_string(),
             arguments,
         };
-        self.submit_binding(bind, record).await
+        Ok(record)
     }
 }
