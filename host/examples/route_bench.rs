@@ -90,6 +90,7 @@ fn main() {
         arguments: FieldTable::default(),
         uid: 1,
         node: "bench".into(),
+        members: Vec::new(),
     };
     let q: Arc<Queue> = Queue::new(rec, QueueConfig::default(), None, Weak::new(), Vec::new());
     vhost.queues.write().insert("q".into(), q);

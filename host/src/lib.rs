@@ -4,7 +4,8 @@
 //! per-class handlers in `amqp::methods`, which change metadata only through `meta::MetaStore`
 //! (one command type, one apply function) and publish through `broker` routing (exchange types
 //! in `routing`) into `queue`s, whose persistent messages go to `store::message_store`.
-//! `ctl` answers `warrenctl`; `node` wires it all together.
+//! Metadata is replicated by Raft (`cluster`); each quorum queue is a Raft group of its own
+//! (`quorum`). `ctl` answers `warrenctl`; `node` wires it all together.
 
 pub mod amqp;
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod meta;
 pub mod node;
 pub mod plugins;
 pub mod queue;
+pub mod quorum;
 pub mod resources;
 pub mod routing;
 pub mod store;

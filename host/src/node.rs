@@ -247,10 +247,11 @@ impl Node {
         let ctl = crate::ctl::bind(dist, &self)
             .await
             .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
+        tokio::spawn(crate::ctl::serve(ctl, self.clone()));
+        self.broker.meta.catch_up().await;
         for l in listeners {
             tokio::spawn(accept_loop(l, self.clone()));
         }
-        tokio::spawn(crate::ctl::serve(ctl, self.clone()));
         let total = resources::total_memory();
         tokio::spawn(resources::monitor(
             self.broker.clone(),

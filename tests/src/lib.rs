@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod chaos;
+
 /// The directory holding the workspace's built binaries (target/debug next to the test exe).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> → target/debug
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target directory")
-        .to_path_buf()
+    // target/debug/deps/<test> → target/debug; a binary of this crate
+    // (target/release/warren-chaos) already sits next to the broker's binaries.
+    let dir = exe.parent().expect("target directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -631,13 +631,15 @@ impl Connection {
         let msg_id = self.broker.next_message_id();
         let mut ticket = None;
         let mut rejected = false;
+        let mut remote = Vec::new();
         for q in &queues.local {
             match q.publish(msg.clone(), msg_id) {
                 PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
                 PublishOutcome::Rejected => rejected = true,
+                // A quorum queue's answer comes when its group committed it.
+                PublishOutcome::Replicating(answer) => remote.push(answer),
             }
         }
-        let mut remote = Vec::new();
         if !queues.remote.is_empty() {
             let mut by_node: Vec<(String, Vec<String>)> = Vec::new();
             for (node, queue) in queues.remote {
@@ -647,6 +649,12 @@ impl Connection {
                 }
             }
             for (node, qs) in by_node {
+                if node == self.broker.config.node {
+                    // A quorum queue this node served until a moment ago, its
+                    // new leader not known yet: refused, not dropped.
+                    rejected = true;
+                    continue;
+                }
                 let (tx, rx) = oneshot::channel();
                 self.broker.forward.send(
                     &self.broker,

@@ -5,6 +5,7 @@
 //! tags; acks, nacks and rejects go back to the owner.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -14,13 +15,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::delivery::{ChannelHandle, RemoteDelivery, RemoteSettle};
 use crate::broker::Broker;
 use crate::broker::message::Message;
-use crate::broker::proxy::{DeliverBatch, Delivered, SettleRequest};
+use crate::broker::proxy::{DeliverBatch, Delivered, OpenRequest, SettleRequest};
 use crate::cluster::ClusterNode;
 use crate::cluster::network::PeerError;
 
 pub struct RemoteSession {
     pub id: String,
-    pub owner: ClusterNode,
+    /// The node serving the queue; a quorum queue's session follows its leader.
+    owner: Arc<Mutex<ClusterNode>>,
+    /// What opened the session on the owner, to open it again on a new leader.
+    open: Mutex<Option<OpenRequest>>,
+    /// Bumped when the session moves to another node: settles of deliveries
+    /// made before the move are dropped (the new leader redelivers those).
+    epoch: AtomicU64,
     pub channel: Arc<ChannelHandle>,
     /// The client's consumer tag; None for a basic.get session.
     pub consumer_tag: Option<Arc<str>>,
@@ -35,6 +42,8 @@ pub struct RemoteSession {
 
 enum Op {
     Settle(SettleRequest),
+    /// Open the session again on its (new) owner.
+    Reopen(OpenRequest),
     Get(bool, oneshot::Sender<Result<Option<Delivered>, String>>),
     Cancel,
     Close,
@@ -53,6 +62,54 @@ impl RemoteSessions {
     fn remove(&self, id: &str) -> Option<Arc<RemoteSession>> {
         self.map.lock().remove(id)
     }
+
+    /// A quorum queue's leader is now `node`: this node's sessions on that
+    /// queue move there (consumers keep their tags; what they held unacked is
+    /// redelivered by the new leader).
+    pub fn follow(&self, _broker: &Broker, vhost: &str, queue: &str, node: ClusterNode) {
+        let sessions: Vec<Arc<RemoteSession>> = self
+            .map
+            .lock()
+            .values()
+            .filter(|s| {
+                s.open
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|o| o.vhost == vhost && o.queue == queue)
+            })
+            .cloned()
+            .collect();
+        for s in sessions {
+            {
+                let mut owner = s.owner.lock();
+                if owner.name == node.name {
+                    continue;
+                }
+                *owner = node.clone();
+            }
+            s.epoch.fetch_add(1, Ordering::SeqCst);
+            let reopen = s.open.lock().clone();
+            if let Some(req) = reopen {
+                tracing::info!(session = %s.id, queue, leader = %node.name, "consumer follows the quorum queue's leader");
+                let _ = s.ops.send(Op::Reopen(req));
+            }
+        }
+    }
+}
+
+/// A delivery's way back to its session: settles made for a delivery from
+/// before the session moved to a new leader are dropped.
+struct EpochSettle {
+    session: Arc<RemoteSession>,
+    epoch: u64,
+}
+
+impl RemoteSettle for EpochSettle {
+    fn settle(&self, tags: Vec<u64>, requeue: Option<bool>) {
+        if self.session.epoch.load(Ordering::SeqCst) == self.epoch {
+            self.session.settle(tags, requeue);
+        }
+    }
 }
 
 impl RemoteSession {
@@ -65,9 +122,12 @@ impl RemoteSession {
         no_ack: bool,
     ) -> Arc<RemoteSession> {
         let (ops, rx) = mpsc::unbounded_channel();
+        let owner = Arc::new(Mutex::new(owner));
         let s = Arc::new(RemoteSession {
             id: id.clone(),
             owner: owner.clone(),
+            open: Mutex::new(None),
+            epoch: AtomicU64::new(0),
             channel,
             consumer_tag,
             no_ack,
@@ -93,8 +153,23 @@ impl RemoteSession {
         rx.await.map_err(|_| "session closed".to_string())?
     }
 
-    pub fn set_ready(&self) {
+    /// The session is open on its owner: deliveries may flow. `open` is kept
+    /// to open it again on a quorum queue's next leader.
+    pub fn set_ready(&self, open: OpenRequest) {
+        *self.open.lock() = Some(open);
         self.ready.send_replace(true);
+    }
+
+    /// Where settles of a delivery made now go.
+    pub fn settler(self: &Arc<Self>) -> Arc<dyn RemoteSettle> {
+        Arc::new(EpochSettle {
+            session: self.clone(),
+            epoch: self.epoch.load(Ordering::SeqCst),
+        })
+    }
+
+    pub fn owner(&self) -> ClusterNode {
+        self.owner.lock().clone()
     }
 
     /// Stops the consumer on the owner; unacked deliveries stay settleable.
@@ -124,7 +199,7 @@ impl RemoteSettle for RemoteSession {
 async fn run_ops(
     broker: Weak<Broker>,
     session: String,
-    owner: ClusterNode,
+    owner_now: Arc<Mutex<ClusterNode>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut next: Option<Op> = None;
@@ -140,6 +215,7 @@ async fn run_ops(
         let Some(cluster) = b.meta.cluster() else {
             return;
         };
+        let owner = owner_now.lock().clone();
         let wait = Duration::from_secs(10);
         let peers = &cluster.peers;
         let failed = |command: &str, e: PeerError| {
@@ -178,6 +254,31 @@ async fn run_ops(
                     .map_err(|e| e.to_string());
                 let _ = reply.send(got);
             }
+            Op::Reopen(req) => {
+                // The new leader may need a moment to serve the queue.
+                let mut opened = false;
+                for _ in 0..20 {
+                    if owner_now.lock().name != owner.name {
+                        break;
+                    }
+                    match peers
+                        .call::<_, bool>(&owner, "proxy_open", &req, wait)
+                        .await
+                    {
+                        Ok(_) => {
+                            opened = true;
+                            break;
+                        }
+                        Err(e) => {
+                            failed("proxy_open", e);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                if !opened && owner_now.lock().name == owner.name {
+                    b.proxied_cancelled(&session);
+                }
+            }
             Op::Cancel => {
                 if let Err(e) = peers
                     .call::<_, bool>(&owner, "proxy_cancel", &session, wait)
@@ -210,7 +311,7 @@ impl Broker {
         if session.channel.is_closed() {
             return Err("channel closed".into());
         }
-        let owner: Arc<dyn RemoteSettle> = session.clone();
+        let owner = session.settler();
         for item in batch.items {
             let Some(msg) = Message::from_wire_text(&item.message) else {
                 continue;

@@ -131,6 +131,8 @@ impl Broker {
     pub async fn accept_forwarded(&self, items: Vec<PublishItem>) -> Vec<bool> {
         let mut answers = Vec::with_capacity(items.len());
         let mut ticket = None;
+        // Quorum queues' answers: (item index, committed?).
+        let mut replicating = Vec::new();
         for item in items {
             let Some(msg) = Message::from_wire_text(&item.message) else {
                 answers.push(false);
@@ -148,6 +150,9 @@ impl Broker {
                     Some(q) => match q.publish(msg.clone(), id) {
                         PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
                         PublishOutcome::Rejected => ok = false,
+                        PublishOutcome::Replicating(answer) => {
+                            replicating.push((answers.len(), answer))
+                        }
                     },
                     None => ok = false,
                 }
@@ -158,6 +163,11 @@ impl Broker {
             && store.wait_synced(t).await.is_err()
         {
             return answers.iter().map(|_| false).collect();
+        }
+        for (i, answer) in replicating {
+            if !answer.await.unwrap_or(false) {
+                answers[i] = false;
+            }
         }
         answers
     }

@@ -103,6 +103,8 @@ pub struct Broker {
     pub remote_sessions: crate::amqp::remote_queue::RemoteSessions,
     /// Direct reply-to consumers of this node's channels.
     pub direct_replies: crate::amqp::direct_reply::DirectReplies,
+    /// This node's members of quorum queue groups.
+    pub quorum: crate::quorum::QuorumQueues,
     pub(crate) me: Weak<Broker>,
 }
 
@@ -133,6 +135,7 @@ impl Broker {
             forward: Default::default(),
             proxies: Default::default(),
             remote_sessions: Default::default(),
+            quorum: Default::default(),
             me: me.clone(),
         });
         let services: std::sync::Weak<dyn crate::plugins::host_api::HostServices> =
@@ -309,13 +312,16 @@ impl MetaListener for Broker {
                     }
                 }
                 MetaEvent::QueueAdded(q) => {
-                    if q.node == self.config.node {
+                    if crate::quorum::is_quorum(q) {
+                        self.quorum_queue_added(q);
+                    } else if q.node == self.config.node {
                         self.create_queue(q);
                     } else if let Some(v) = self.vhost(&q.vhost) {
                         v.remote.write().insert(q.name.clone(), q.node.clone());
                     }
                 }
-                MetaEvent::QueueDeleted { vhost, name, .. } => {
+                MetaEvent::QueueDeleted { vhost, name, uid } => {
+                    self.quorum_queue_deleted(*uid);
                     if let Some(v) = self.vhost(vhost) {
                         v.remote.write().remove(name);
                     }

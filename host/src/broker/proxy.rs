@@ -78,8 +78,14 @@ pub struct ProxySessions {
 impl Broker {
     /// Opens a session on a local queue for another node.
     pub fn proxy_open(self: &Arc<Self>, req: OpenRequest) -> Result<(), String> {
-        if self.proxies.sessions.lock().contains_key(&req.session) {
-            return Ok(());
+        let existing = self.proxies.sessions.lock().get(&req.session).cloned();
+        if let Some(s) = existing {
+            if !s.queue.is_deleted() {
+                return Ok(());
+            }
+            // Opened again after a quorum queue's leadership came back here:
+            // the old session served the queue's previous live copy.
+            self.proxy_close(&req.session);
         }
         let queue = self
             .vhost(&req.vhost)

@@ -81,8 +81,8 @@ impl Peers {
 
     /// One connection per peer and lane: Raft's traffic never queues behind a
     /// request that waits for Raft (e.g. "has this node applied index i yet?").
-    fn link(&self, addr: &str, command: &str) -> Arc<tokio::sync::Mutex<Option<CtlClient>>> {
-        let lane = if command.starts_with("raft_") {
+    fn lane(command: &str) -> &'static str {
+        if command.starts_with("raft_") {
             "raft"
         } else if command == "peer_ping" {
             "ping"
@@ -90,12 +90,35 @@ impl Peers {
             "wait"
         } else {
             "misc"
-        };
+        }
+    }
+
+    fn link(&self, addr: &str, lane: &str) -> Arc<tokio::sync::Mutex<Option<CtlClient>>> {
         self.links
             .lock()
             .entry(format!("{lane} {addr}"))
             .or_default()
             .clone()
+    }
+
+    /// `call` on a lane of the caller's choosing: each quorum queue's Raft
+    /// traffic has its own, so one queue's appends never wait behind another's.
+    pub async fn call_on<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        lane: &str,
+        node: &ClusterNode,
+        command: &str,
+        payload: &Q,
+        timeout: Duration,
+    ) -> Result<A, PeerError> {
+        let body = serde_json::to_string(payload)
+            .map_err(|e| PeerError::Remote(format!("cannot encode {command}: {e}")))?;
+        let resp = self
+            .request_on(lane, node, Request::new(command).arg(body), timeout)
+            .await?;
+        let data = resp.data.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(data)
+            .map_err(|e| PeerError::Remote(format!("bad answer to {command}: {e}")))
     }
 
     /// Sends one request to the peer at `addr` and decodes its answer. The
@@ -125,8 +148,19 @@ impl Peers {
         req: Request,
         timeout: Duration,
     ) -> Result<ctl::Response, PeerError> {
+        let lane = Self::lane(&req.command);
+        self.request_on(lane, node, req, timeout).await
+    }
+
+    async fn request_on(
+        &self,
+        lane: &str,
+        node: &ClusterNode,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<ctl::Response, PeerError> {
         let command = req.command.clone();
-        let link = self.link(&node.addr, &command);
+        let link = self.link(&node.addr, lane);
         let mut guard = link.lock().await;
         let result = tokio::time::timeout(timeout, async {
             if guard.is_none() {
@@ -201,7 +235,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-fn to_rpc_error<E: std::error::Error>(
+pub(crate) fn to_rpc_error<E: std::error::Error>(
     target: NodeId,
     e: PeerError,
     remote: impl FnOnce(String) -> Option<E>,

@@ -8,14 +8,15 @@
 
 use std::fmt::Debug;
 use std::io::Cursor;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    Vote,
+    RaftSnapshotBuilder, RaftTypeConfig, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
 };
 use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -28,14 +29,14 @@ use crate::meta::{MetaEvent, MetaListener, MetaOutcome, MetaState};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-type NodeId = u64;
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+pub(crate) type NodeId = u64;
+pub(crate) type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-fn read_err(e: impl ToString) -> StorageError<NodeId> {
+pub(crate) fn read_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::read(AnyError::error(e.to_string())).into()
 }
 
-fn write_err(e: impl ToString) -> StorageError<NodeId> {
+pub(crate) fn write_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write(AnyError::error(e.to_string())).into()
 }
 
@@ -52,7 +53,10 @@ pub fn open_db(path: Option<&std::path::Path>) -> Result<Arc<Database>, redb::Er
     Ok(Arc::new(db))
 }
 
-fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StorageResult<Option<T>> {
+pub(crate) fn get_meta<T: for<'de> Deserialize<'de>>(
+    db: &Database,
+    key: &str,
+) -> StorageResult<Option<T>> {
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(META).map_err(read_err)?;
     match table.get(key).map_err(read_err)? {
@@ -63,7 +67,7 @@ fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StorageRe
     }
 }
 
-fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
+pub(crate) fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
     put_meta_with(db, key, value, redb::Durability::Immediate)
 }
 
@@ -84,22 +88,39 @@ fn put_meta_with<T: Serialize>(
 }
 
 /// The Raft log and vote.
-#[derive(Clone)]
-pub struct LogStore {
+/// Generic over the type configuration: the metadata cluster and every quorum
+/// queue's group keep their logs the same way.
+pub struct LogStore<C = TypeConfig> {
     db: Arc<Database>,
+    _config: PhantomData<C>,
 }
 
-impl LogStore {
-    pub fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            _config: PhantomData,
+        }
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C> LogStore<C> {
+    pub fn new(db: Arc<Database>) -> LogStore<C> {
+        LogStore {
+            db,
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+    ) -> StorageResult<Vec<Entry<C>>> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOG).map_err(read_err)?;
         let start = match range.start_bound() {
@@ -119,16 +140,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+{
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
         let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, "last_purged")?;
         let tx = self.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
             Some((_, v)) => {
-                let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
+                let e: Entry<C> = serde_json::from_slice(v.value()).map_err(read_err)?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -161,9 +185,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, "committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let tx = self.db.begin_write().map_err(write_err)?;
@@ -260,6 +284,10 @@ pub struct MetaMachine {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, ClusterNode>,
     snapshot_seq: u64,
+    /// A snapshot builder's copy of the state, taken when Raft asked for the
+    /// builder: Raft builds in another task while applying goes on, and the
+    /// snapshot must hold exactly what `last_applied` says.
+    frozen: Option<MetaSnapshot>,
 }
 
 impl MetaMachine {
@@ -294,12 +322,16 @@ impl MetaMachine {
             last_applied,
             last_membership,
             snapshot_seq: 0,
+            frozen: None,
         })
     }
 
     fn snapshot_now(&mut self) -> StorageResult<(StoredSnapshot, Vec<u8>)> {
         self.snapshot_seq += 1;
-        let data = self.shared.state.read().to_snapshot();
+        let data = match self.frozen.take() {
+            Some(d) => d,
+            None => self.shared.state.read().to_snapshot(),
+        };
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
@@ -376,6 +408,7 @@ impl RaftStateMachine<TypeConfig> for MetaMachine {
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshot_seq: self.snapshot_seq + 1,
+            frozen: Some(self.shared.state.read().to_snapshot()),
         }
     }
 

@@ -109,6 +109,8 @@ const QUEUE_FIELDS: &[&str] = &[
     "policy",
     "node",
     "leader",
+    "members",
+    "online",
     "exclusive_consumer_tag",
     "messages_persistent",
 ];
@@ -172,9 +174,14 @@ impl NodeHandler {
             .read()
             .queues
             .values()
-            .filter(|q| q.vhost == vhost && !answered.contains(&q.node))
+            .filter(|q| {
+                // A quorum queue is listed by its leader, wherever that is now.
+                let home = self.node.broker.queue_home(q);
+                q.vhost == vhost && !answered.contains(&home)
+            })
             .cloned()
             .collect();
+        let broker = self.node.broker.clone();
         for r in down {
             rows.push(
                 columns
@@ -186,8 +193,19 @@ impl NodeHandler {
                         "auto_delete" => json!(r.auto_delete),
                         "exclusive" => json!(r.exclusive_owner.is_some()),
                         "arguments" => table_to_json(&r.arguments),
-                        "state" => json!("down"),
-                        "node" | "leader" => json!(r.node),
+                        "state" => json!(if crate::quorum::is_quorum(&r) {
+                            "minority"
+                        } else {
+                            "down"
+                        }),
+                        "node" => json!(r.node),
+                        "leader" => json!(if crate::quorum::is_quorum(&r) {
+                            String::new()
+                        } else {
+                            r.node.clone()
+                        }),
+                        "members" => json!(r.members),
+                        "online" => json!(broker.quorum_online(&r)),
                         "type" => json!(
                             crate::queue::QueueConfig::parse(&r.arguments, &r.name, &r.vhost)
                                 .map(|c| c.queue_type.as_str())
@@ -227,6 +245,9 @@ impl NodeHandler {
             let r = q.record.clone();
             let qtype = q.config.queue_type.as_str();
             let consumers = q.consumers();
+            let quorum = crate::quorum::is_quorum(&r);
+            let me = broker.config.node.clone();
+            let online = broker.quorum_online(&r);
             Box::new(move |f: &str| match f {
                 "name" => json!(r.name),
                 "vhost" => json!(r.vhost),
@@ -245,7 +266,10 @@ impl NodeHandler {
                 "state" => json!("running"),
                 "type" => json!(qtype),
                 "policy" => json!(""),
+                "node" | "leader" if quorum => json!(me),
                 "node" | "leader" => json!(r.node),
+                "members" => json!(r.members),
+                "online" => json!(online),
                 "exclusive_consumer_tag" => json!(
                     consumers
                         .iter()
@@ -647,6 +671,16 @@ impl NodeHandler {
         })
     }
 
+    /// This node's member of a quorum queue's group.
+    fn quorum_group(&self, uid: u64) -> Result<Arc<crate::quorum::QuorumGroup>, Response> {
+        self.node.broker.quorum.get(uid).ok_or_else(|| {
+            Response::error(
+                exit_code::TEMP_FAIL,
+                format!("no member of quorum queue group {uid:016x} on this node"),
+            )
+        })
+    }
+
     /// The JSON payload of a node-to-node request (its first argument).
     fn payload<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
         let raw = Self::arg(req, 0, "payload")?;
@@ -841,6 +875,27 @@ impl NodeHandler {
                 let rpc = Self::payload(&req)?;
                 let r = self.cluster()?.raft.install_snapshot(rpc).await;
                 Response::data(json!(r))
+            }
+            "qq_append" => {
+                let (uid, rpc): (u64, _) = Self::payload(&req)?;
+                let r = self.quorum_group(uid)?.raft.append_entries(rpc).await;
+                Response::data(json!(r))
+            }
+            "qq_vote" => {
+                let (uid, rpc): (u64, _) = Self::payload(&req)?;
+                let r = self.quorum_group(uid)?.raft.vote(rpc).await;
+                Response::data(json!(r))
+            }
+            "qq_snapshot" => {
+                let (uid, rpc): (u64, _) = Self::payload(&req)?;
+                let r = self.quorum_group(uid)?.raft.install_snapshot(rpc).await;
+                Response::data(json!(r))
+            }
+            "qq_leader" => {
+                let (vhost, name, uid, leader): (String, String, u64, String) =
+                    Self::payload(&req)?;
+                broker.quorum_leader_announced(&vhost, &name, uid, &leader);
+                Response::data(json!(true))
             }
             "meta_submit" => {
                 let cmd: MetaCommand = Self::payload(&req)?;

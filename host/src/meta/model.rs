@@ -54,8 +54,12 @@ pub struct QueueRecord {
     /// Fresh for every declare, so messages of a deleted queue never leak into a new one of
     /// the same name.
     pub uid: u64,
-    /// The node whose disk and memory hold the queue's messages.
+    /// The node whose disk and memory hold the queue's messages. For a
+    /// quorum queue: the member that started its group (its first leader).
     pub node: String,
+    /// A quorum queue's group members (node names); empty for other queues.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

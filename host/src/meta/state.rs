@@ -613,6 +613,7 @@ mod tests {
             arguments: FieldTable::default(),
             uid: 1,
             node: "n".into(),
+            members: Vec::new(),
         }
     }
 

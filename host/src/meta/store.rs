@@ -142,6 +142,33 @@ impl MetaStore {
         });
     }
 
+    /// Waits (up to 5 s) until a restarted member of a cluster has applied
+    /// what it already holds in its log: the committed index on disk is only
+    /// a hint, so those entries wait for the leader. Clients that connect
+    /// right after a restart then find what the cluster has. Needs the node's
+    /// dist listener up (the leader reaches it there).
+    pub async fn catch_up(&self) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let (disc, ram) = cluster.members();
+        if disc.len() + ram.len() <= 1 {
+            return;
+        }
+        let target = cluster.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut metrics = cluster.raft.metrics();
+        let caught_up = tokio::time::timeout(
+            Duration::from_secs(5),
+            metrics.wait_for(|m| {
+                m.current_leader.is_some() && m.last_applied.map_or(0, |l| l.index) >= target
+            }),
+        )
+        .await;
+        if caught_up.is_err() {
+            tracing::warn!("metadata not caught up with the cluster within 5 s of starting");
+        }
+    }
+
     pub fn cluster(&self) -> Option<Arc<Cluster>> {
         self.cluster.lock().clone()
     }

@@ -18,6 +18,7 @@ use crate::amqp::error::AmqpError;
 use crate::broker::Broker;
 use crate::broker::message::Message;
 use crate::meta::QueueRecord;
+use crate::quorum::Proposer;
 use crate::store::message_store::MessageStore;
 pub use config::{Overflow, QueueConfig, QueueType};
 
@@ -84,12 +85,15 @@ pub struct ConsumeRequest {
     pub ok: Option<amq_protocol::protocol::AMQPClass>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PublishOutcome {
     /// Enqueued; the store ticket to wait for when it was written to disk.
     Enqueued(Option<u64>),
     /// Refused by x-overflow=reject-publish(-dlx): a negative confirm.
     Rejected,
+    /// Handed to a quorum queue's group: true once a majority has it on disk
+    /// and the queue took it.
+    Replicating(tokio::sync::oneshot::Receiver<bool>),
 }
 
 #[derive(Default)]
@@ -137,6 +141,9 @@ pub struct Queue {
     pub record: QueueRecord,
     pub config: QueueConfig,
     store: Option<MessageStore>,
+    /// A quorum queue's live copy on its group's leader: every change to the
+    /// messages goes through the group's log.
+    replica: Option<Proposer>,
     broker: Weak<Broker>,
     state: Mutex<QueueState>,
     timer: Notify,
@@ -149,6 +156,28 @@ impl Queue {
         record: QueueRecord,
         config: QueueConfig,
         store: Option<MessageStore>,
+        broker: Weak<Broker>,
+        recovered: Vec<Entry>,
+    ) -> Arc<Queue> {
+        Queue::build(record, config, store, None, broker, recovered)
+    }
+
+    /// The live queue of a quorum queue on its leader, holding what the group holds.
+    pub fn new_replicated(
+        record: QueueRecord,
+        config: QueueConfig,
+        proposer: Proposer,
+        broker: Weak<Broker>,
+        recovered: Vec<Entry>,
+    ) -> Arc<Queue> {
+        Queue::build(record, config, None, Some(proposer), broker, recovered)
+    }
+
+    fn build(
+        record: QueueRecord,
+        config: QueueConfig,
+        store: Option<MessageStore>,
+        replica: Option<Proposer>,
         broker: Weak<Broker>,
         recovered: Vec<Entry>,
     ) -> Arc<Queue> {
@@ -168,6 +197,7 @@ impl Queue {
             record,
             config,
             store,
+            replica,
             broker,
             state: Mutex::new(state),
             timer: Notify::new(),
@@ -189,6 +219,9 @@ impl Queue {
 
     /// Durable queues keep persistent messages on disk; quorum queues keep every message.
     fn stores(&self, msg: &Message) -> bool {
+        if self.replica.is_some() {
+            return true;
+        }
         self.store.is_some()
             && self.record.durable
             && (msg.persistent() || self.config.queue_type == QueueType::Quorum)
@@ -220,6 +253,36 @@ impl Queue {
     }
 
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>, id: u64) -> PublishOutcome {
+        if let Some(r) = &self.replica {
+            // Enqueued when the group has committed it (`enqueue_committed`).
+            return PublishOutcome::Replicating(r.enqueue(msg));
+        }
+        self.enqueue(msg, id, 0)
+    }
+
+    /// A quorum queue's message, committed by its group under `id`.
+    pub fn enqueue_committed(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        id: u64,
+        delivery_count: u32,
+    ) -> PublishOutcome {
+        let outcome = self.enqueue(msg, id, delivery_count);
+        if matches!(outcome, PublishOutcome::Rejected)
+            && self.config.overflow == Overflow::RejectPublish
+            && let Some(r) = &self.replica
+        {
+            r.settle(vec![id]);
+        }
+        outcome
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        id: u64,
+        delivery_count: u32,
+    ) -> PublishOutcome {
         let now = now_ms();
         let expires_at = expiry(&self.config, &msg);
         let stored = self.stores(&msg);
@@ -227,7 +290,7 @@ impl Queue {
             id,
             msg,
             redelivered: false,
-            delivery_count: 0,
+            delivery_count,
             expires_at,
             stored,
         };
@@ -351,7 +414,10 @@ impl Queue {
             };
             let c = &mut st.consumers[ci];
             e.delivery_count += 1;
-            c.channel.deliver(self, &c.tag, c.id, c.no_ack, &e);
+            match self.with_delivery_count(&e) {
+                Some(counted) => c.channel.deliver(self, &c.tag, c.id, c.no_ack, &counted),
+                None => c.channel.deliver(self, &c.tag, c.id, c.no_ack, &e),
+            }
             st.delivered += 1;
             if c.no_ack {
                 self.forget_stored(&e);
@@ -402,11 +468,42 @@ impl Queue {
     }
 
     fn forget_stored(&self, e: &Entry) {
-        if e.stored
-            && let Some(s) = &self.store
-        {
-            s.remove(self.record.uid, e.id);
+        if e.stored {
+            self.forget_many(vec![e.id]);
         }
+    }
+
+    /// Messages gone from the queue: off the disk, or settled in the group's log.
+    fn forget_many(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            r.settle(ids);
+        } else if let Some(s) = &self.store {
+            s.remove_many(self.record.uid, &ids);
+        }
+    }
+
+    /// A quorum queue redelivers with `x-delivery-count`: how many deliveries
+    /// came before this one, as RabbitMQ does.
+    fn with_delivery_count(&self, e: &Entry) -> Option<Entry> {
+        if self.replica.is_none() || e.delivery_count <= 1 {
+            return None;
+        }
+        let mut headers = e.msg.headers().cloned().unwrap_or_default();
+        headers.insert(
+            "x-delivery-count".into(),
+            amq_protocol::types::AMQPValue::LongLongInt(i64::from(e.delivery_count - 1)),
+        );
+        let props = e.msg.properties().with_headers(headers);
+        let msg = e
+            .msg
+            .with_properties(e.msg.exchange.clone(), e.msg.routing_key.clone(), props);
+        Some(Entry {
+            msg: Arc::new(msg),
+            ..e.clone()
+        })
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> Result<u64, AmqpError> {
@@ -471,13 +568,17 @@ impl Queue {
                 return false;
             };
             e.delivery_count += 1;
+            let msg = match self.with_delivery_count(&e) {
+                Some(counted) => counted.msg,
+                None => e.msg.clone(),
+            };
             channel.deliver_get(
                 self,
                 e.id,
                 e.redelivered,
                 no_ack,
                 st.ready_count as u32,
-                e.msg.clone(),
+                msg,
             );
             st.delivered += 1;
             if no_ack {
@@ -513,11 +614,7 @@ impl Queue {
                     }
                 }
             }
-            if !stored.is_empty()
-                && let Some(s) = &self.store
-            {
-                s.remove_many(self.record.uid, &stored);
-            }
+            self.forget_many(stored);
             self.dispatch(st);
         });
     }
@@ -535,6 +632,9 @@ impl Queue {
                     .is_some_and(|limit| e.delivery_count as u64 > limit);
                 if requeue && !over_limit {
                     e.redelivered = true;
+                    if let Some(r) = &self.replica {
+                        r.returned(e.id);
+                    }
                     self.push_front_sorted(st, e);
                 } else {
                     let reason = if over_limit {
@@ -573,11 +673,7 @@ impl Queue {
             }
             st.ready_count = 0;
             st.ready_bytes = 0;
-            if !ids.is_empty()
-                && let Some(s) = &self.store
-            {
-                s.remove_many(self.record.uid, &ids);
-            }
+            self.forget_many(ids);
             n
         })
     }
@@ -598,6 +694,12 @@ impl Queue {
             s.delete_queue(self.record.uid);
         }
         n
+    }
+
+    /// The queue stops being served here (a quorum queue's leadership moved):
+    /// consumers are told, as for a deletion; the group keeps the messages.
+    pub fn retire(&self) {
+        self.on_deleted();
     }
 
     pub fn is_deleted(&self) -> bool {

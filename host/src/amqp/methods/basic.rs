@@ -15,6 +15,9 @@ use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
 use crate::queue::ConsumeRequest;
 
+/// How long a consumer waits for a quorum queue between leaders.
+const QUORUM_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Connection {
     pub(crate) async fn basic_method(&mut self, id: u16, m: basic::AMQPMethod) -> AmqpResult<()> {
         match m {
@@ -88,48 +91,13 @@ impl Connection {
             basic::AMQPMethod::Consume(c) => {
                 let name = self.resolve_queue_name(id, c.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
+                if self.is_quorum_queue(&name) {
+                    return self.consume_quorum(id, name, c).await;
+                }
                 if let Some(owner) = self.remote_owner(&name) {
                     return self.consume_remote(id, owner, name, c).await;
                 }
-                let q = self.usable_queue(&name)?;
-                let tag = match c.consumer_tag.as_str() {
-                    "" => generated_name("amq.ctag-"),
-                    t => t.to_string(),
-                };
-                let priority = match c.arguments.inner().get("x-priority") {
-                    None => 0,
-                    Some(v) => match as_int(v) {
-                        Some(p) => p.clamp(i32::MIN as i128, i32::MAX as i128) as i32,
-                        None => {
-                            return Err(AmqpError::precondition(format!(
-                                "invalid arg 'x-priority' for consumer: {v:?}"
-                            )));
-                        }
-                    },
-                };
-                let ch = self.channel(id)?;
-                if ch.consumers.contains_key(&tag) {
-                    return Err(AmqpError::connection(
-                        ReplyCode::NotAllowed,
-                        format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
-                    ));
-                }
-                let req = ConsumeRequest {
-                    tag: Arc::from(tag.as_str()),
-                    channel: ch.handle.clone(),
-                    no_ack: c.no_ack,
-                    exclusive: c.exclusive,
-                    priority,
-                    prefetch: ch.prefetch as u32,
-                    ok: (!c.nowait).then(|| {
-                        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                            consumer_tag: tag.as_str().into(),
-                        }))
-                    }),
-                };
-                let consumer = q.consume(req)?;
-                self.channel(id)?.consumers.insert(tag, (q, consumer));
-                Ok(())
+                self.consume_local(id, name, c)
             }
             basic::AMQPMethod::Cancel(c) => {
                 let ch = self.channel(id)?;
@@ -160,6 +128,7 @@ impl Connection {
             basic::AMQPMethod::Get(g) => {
                 let name = self.resolve_queue_name(id, g.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
+                self.await_quorum_leader(&name).await;
                 if let Some(owner) = self.remote_owner(&name) {
                     return self.get_remote(id, owner, name, g.no_ack).await;
                 }
@@ -219,7 +188,103 @@ impl Connection {
         }
         let vhost = self.vhost_name();
         let record = self.broker.meta.read().queue(&vhost, name).cloned()?;
-        self.broker.meta.cluster()?.running_node(&record.node)
+        let home = self.broker.queue_home(&record);
+        self.broker.meta.cluster()?.running_node(&home)
+    }
+
+    /// basic.consume on a queue served by this node.
+    fn consume_local(&mut self, id: u16, name: String, c: basic::Consume) -> AmqpResult<()> {
+        let q = self.usable_queue(&name)?;
+        let tag = match c.consumer_tag.as_str() {
+            "" => generated_name("amq.ctag-"),
+            t => t.to_string(),
+        };
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => match as_int(v) {
+                Some(p) => p.clamp(i32::MIN as i128, i32::MAX as i128) as i32,
+                None => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-priority' for consumer: {v:?}"
+                    )));
+                }
+            },
+        };
+        let ch = self.channel(id)?;
+        if ch.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                ReplyCode::NotAllowed,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let req = ConsumeRequest {
+            tag: Arc::from(tag.as_str()),
+            channel: ch.handle.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            priority,
+            prefetch: ch.prefetch as u32,
+            ok: (!c.nowait).then(|| {
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_str().into(),
+                }))
+            }),
+        };
+        let consumer = q.consume(req)?;
+        self.channel(id)?.consumers.insert(tag, (q, consumer));
+        Ok(())
+    }
+
+    pub(crate) fn is_quorum_queue(&self, name: &str) -> bool {
+        let vhost = self.vhost_name();
+        self.broker
+            .meta
+            .read()
+            .queue(&vhost, name)
+            .is_some_and(crate::quorum::is_quorum)
+    }
+
+    /// A quorum queue between leaders (the old one just died) is served again
+    /// within seconds: wait for that rather than fail the client.
+    pub(crate) async fn await_quorum_leader(&self, name: &str) {
+        if !self.is_quorum_queue(name) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + QUORUM_LEADER_WAIT;
+        while std::time::Instant::now() < deadline {
+            if self.vhost.as_ref().and_then(|v| v.queue(name)).is_some()
+                || self.remote_owner(name).is_some()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// basic.consume on a quorum queue: on its leader, here or through the
+    /// leader's node; a leader that just died is waited out, not reported.
+    async fn consume_quorum(&mut self, id: u16, name: String, c: basic::Consume) -> AmqpResult<()> {
+        let deadline = std::time::Instant::now() + QUORUM_LEADER_WAIT;
+        loop {
+            self.await_quorum_leader(&name).await;
+            let Some(owner) = self.remote_owner(&name) else {
+                // Served here (or nowhere yet: the usual errors).
+                return self.consume_local(id, name, c);
+            };
+            match self
+                .consume_remote(id, owner, name.clone(), c.clone())
+                .await
+            {
+                Err(e)
+                    if e.code == ReplyCode::InternalError
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(queue = %name, error = %e.text, "quorum queue leader not reachable yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Unique for the node's lifetime: a consumer tag reused after a cancel
@@ -316,7 +381,7 @@ impl Connection {
                 })),
             );
         }
-        session.set_ready();
+        session.set_ready(open);
         self.channel(id)?.remote.insert(tag, session);
         Ok(())
     }
@@ -372,7 +437,7 @@ impl Connection {
                         owner.name
                     )));
                 }
-                session.set_ready();
+                session.set_ready(open);
                 self.channel(id)?.remote.insert(key, session.clone());
                 session
             }
@@ -385,7 +450,7 @@ impl Connection {
                         "undecodable message from the owner node",
                     ));
                 };
-                let settle: Arc<dyn crate::amqp::delivery::RemoteSettle> = session.clone();
+                let settle = session.settler();
                 handle.deliver_remote(crate::amqp::delivery::RemoteDelivery {
                     owner: settle,
                     remote_tag: d.tag,

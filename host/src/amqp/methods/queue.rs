@@ -87,17 +87,52 @@ impl Connection {
         }
     }
 
+    /// A new quorum queue's members: up to `x-quorum-initial-group-size`
+    /// (default 3) running disc nodes, the chosen owner first.
+    fn quorum_members(&self, record: &QueueRecord) -> AmqpResult<Vec<String>> {
+        let size = match record.arguments.inner().get("x-quorum-initial-group-size") {
+            None => crate::quorum::DEFAULT_GROUP_SIZE,
+            Some(v) => match crate::meta::equivalence::as_int(v) {
+                Some(n) if n > 0 => n.min(1000) as usize,
+                _ => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-quorum-initial-group-size' for queue '{}' in vhost '{}': {{value_zero_or_less,{v:?}}}",
+                        record.name, record.vhost
+                    )));
+                }
+            },
+        };
+        let Some(cluster) = self.broker.meta.cluster() else {
+            return Ok(vec![record.node.clone()]);
+        };
+        let (disc, _) = cluster.members();
+        let mut running: Vec<String> = disc
+            .into_iter()
+            .filter(|n| n.name == self.broker.config.node || cluster.is_up(n))
+            .map(|n| n.name)
+            .collect();
+        running.sort_by_key(|n| (n != &record.node, n.clone()));
+        running.truncate(size);
+        if running.is_empty() {
+            return Err(AmqpError::internal(
+                "no running disc node can hold a quorum queue",
+            ));
+        }
+        Ok(running)
+    }
+
     /// Why a queue that is not on this node cannot be used here.
     fn remote_queue_error(&self, vhost: &str, name: &str) -> AmqpError {
         let record = self.broker.meta.read().queue(vhost, name).cloned();
         let Some(record) = record else {
             return AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'"));
         };
+        let home = self.broker.queue_home(&record);
         let owner_up = self
             .broker
             .meta
             .cluster()
-            .and_then(|c| c.running_node(&record.node))
+            .and_then(|c| c.running_node(&home))
             .is_some();
         if !owner_up {
             // RabbitMQ's words for a queue whose home node is down.
@@ -107,8 +142,7 @@ impl Connection {
                 "transient"
             };
             return AmqpError::not_found(format!(
-                "home node '{}' of {kind} queue '{name}' in vhost '{vhost}' is down or inaccessible",
-                record.node
+                "home node '{home}' of {kind} queue '{name}' in vhost '{vhost}' is down or inaccessible"
             ));
         }
         AmqpError::connection(
@@ -159,10 +193,24 @@ impl Connection {
                     )));
                 }
                 let cluster = self.broker.meta.cluster();
+                let home = self.broker.queue_home(&record);
                 let owner = cluster
                     .as_ref()
-                    .and_then(|c| c.running_node(&record.node).map(|n| (c.clone(), n)));
+                    .and_then(|c| c.running_node(&home).map(|n| (c.clone(), n)));
                 let Some((cluster, owner)) = owner else {
+                    if crate::quorum::is_quorum(&record) {
+                        // Between leaders: the queue exists; count what this
+                        // member holds (a non-member knows no count).
+                        let held = self
+                            .broker
+                            .quorum
+                            .get(record.uid)
+                            .map(|g| g.contents.lock().messages.len() as u32)
+                            .unwrap_or(0);
+                        self.channel(id)?.last_queue = Some(name.clone());
+                        self.declare_ok(id, nowait, name, held, 0);
+                        return Ok(());
+                    }
                     return Err(self.remote_queue_error(&vhost, &name));
                 };
                 // The owner knows the counts; a declare-ok without them would mislead.
@@ -245,9 +293,15 @@ impl Connection {
                     arguments: d.arguments,
                     uid: rand::random::<u64>() | 1,
                     node: String::new(),
+                    members: Vec::new(),
                 };
                 let mut record = record;
                 record.node = self.owner_for(&record)?;
+                if config.queue_type == QueueType::Quorum {
+                    record.members = self.quorum_members(&record)?;
+                    record.node = record.members[0].clone();
+                }
+                let quorum_uid = (config.queue_type == QueueType::Quorum).then_some(record.uid);
                 if let Some(existing) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
                     self.check_exclusive(&existing)?;
                 }
@@ -264,6 +318,17 @@ impl Connection {
                 };
                 if created && d.exclusive {
                     self.exclusive_queues.push(name.clone());
+                }
+                if created && let Some(uid) = quorum_uid {
+                    // Publishes right after declare-ok must find a leader.
+                    let waited = self
+                        .broker
+                        .quorum
+                        .wait_leader(uid, std::time::Duration::from_secs(10))
+                        .await;
+                    if waited.is_none() {
+                        tracing::warn!(queue = %name, "quorum queue has no leader yet");
+                    }
                 }
                 self.answer_declared(id, d.nowait, name).await
             }

@@ -1,0 +1,396 @@
+//! One quorum queue's member on this node: its Raft instance, the task that
+//! turns the live queue's changes into log entries in order, and the task
+//! that follows leadership (the leader serves the queue; the others route to it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use openraft::{Config, Raft, ServerState};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::machine::{Contents, QueueMachine};
+use super::network::GroupNetwork;
+use super::types::{QueueCommand, QueueRaft, QueueReply};
+use crate::broker::Broker;
+use crate::broker::message::Message;
+use crate::cluster::store::{LogStore, open_db};
+use crate::cluster::{ClusterNode, node_id};
+use crate::meta::QueueRecord;
+use crate::queue::Entry;
+
+/// Most messages one log entry carries.
+const MAX_BATCH: usize = 512;
+/// How long a publisher waits for its message to be committed before it is refused.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// A leader that has not heard from a majority for this long refuses publishes at once.
+const QUORUM_SILENCE_MS: u64 = 3000;
+
+fn raft_config() -> Config {
+    Config {
+        cluster_name: "warren-quorum-queue".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+}
+
+/// What the live queue asks its group to agree on.
+pub enum Proposal {
+    Enqueue(Arc<Message>, oneshot::Sender<bool>),
+    Settle(Vec<u64>),
+    Return(u64),
+}
+
+/// The live queue's handle on its group (it holds no reference back to the
+/// group, so a queue and its group never keep each other alive).
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Proposer {
+    /// Appends a message; the answer is true once a majority has it on disk.
+    pub fn enqueue(&self, msg: Arc<Message>) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        // A closed group drops the sender: the publisher gets a refusal.
+        let _ = self.tx.send(Proposal::Enqueue(msg, tx));
+        rx
+    }
+
+    pub fn settle(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(Proposal::Settle(ids));
+        }
+    }
+
+    pub fn returned(&self, id: u64) {
+        let _ = self.tx.send(Proposal::Return(id));
+    }
+}
+
+pub struct QuorumGroup {
+    pub record: QueueRecord,
+    pub raft: Raft<QueueRaft>,
+    pub contents: Arc<Mutex<Contents>>,
+    pub proposer: Proposer,
+    pub path: PathBuf,
+    broker: Weak<Broker>,
+    pub(crate) me: String,
+}
+
+type CommitReceiver =
+    <<QueueRaft as openraft::RaftTypeConfig>::Responder as openraft::raft::responder::Responder<
+        QueueRaft,
+    >>::Receiver;
+type Waiting = (CommitReceiver, Vec<oneshot::Sender<bool>>);
+
+impl QuorumGroup {
+    /// Opens (or creates) this node's member of the queue's group. The node
+    /// that declared the queue initializes a fresh group with every member.
+    pub async fn open(
+        broker: &Arc<Broker>,
+        record: QueueRecord,
+        members: Vec<ClusterNode>,
+    ) -> Result<Arc<QuorumGroup>, String> {
+        let cluster = broker
+            .meta
+            .cluster()
+            .ok_or_else(|| "metadata store restarting".to_string())?;
+        let me = broker.config.node.clone();
+        let dir = broker.config.data_dir.join("quorum");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(format!("{:016x}.redb", record.uid));
+        let fresh = !path.exists();
+        let db = open_db(Some(&path)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let contents = Arc::new(Mutex::new(Contents::default()));
+        let machine =
+            QueueMachine::open(db.clone(), contents.clone()).map_err(|e| e.to_string())?;
+        let config = raft_config().validate().map_err(|e| e.to_string())?;
+        let raft = Raft::new(
+            node_id(&me),
+            Arc::new(config),
+            GroupNetwork {
+                peers: cluster.peers.clone(),
+                group: record.uid,
+            },
+            LogStore::<QueueRaft>::new(db),
+            machine,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if fresh && record.node == me {
+            let voters: BTreeMap<u64, ClusterNode> =
+                members.into_iter().map(|n| (node_id(&n.name), n)).collect();
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::warn!(queue = %record.name, error = %e, "quorum queue group not initialized");
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let group = Arc::new(QuorumGroup {
+            record,
+            raft: raft.clone(),
+            contents,
+            proposer: Proposer { tx },
+            path,
+            broker: Arc::downgrade(broker),
+            me,
+        });
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        tokio::spawn(run_proposer(raft, rx, wtx));
+        tokio::spawn(run_waiter(wrx));
+        tokio::spawn(follow_leader(Arc::downgrade(&group)));
+        Ok(group)
+    }
+
+    /// The current leader's node name, as this member knows it.
+    pub fn leader(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.name.clone())
+    }
+
+    /// The members' node names, as the group's membership has them.
+    pub fn members(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let names: BTreeSet<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.name.clone())
+            .collect();
+        names.into_iter().collect()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Becomes the node serving the queue: builds the live queue from what
+    /// the group holds, once everything committed before is applied here.
+    async fn take_over(self: &Arc<Self>) {
+        if self.contents.lock().live.is_some() {
+            return;
+        }
+        let applied =
+            tokio::time::timeout(Duration::from_secs(5), self.raft.ensure_linearizable()).await;
+        match applied {
+            Ok(Ok(_)) if self.is_leader() => {}
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(queue = %self.record.name, error = %e, "quorum queue leader cannot read its log yet");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(queue = %self.record.name, "quorum queue leader: no majority within 5 s");
+                return;
+            }
+        }
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let queue = {
+            let mut c = self.contents.lock();
+            if c.live.is_some() {
+                return;
+            }
+            let entries: Vec<Entry> = c
+                .messages
+                .iter()
+                .map(|(id, h)| Entry {
+                    id: *id,
+                    msg: h.msg.clone(),
+                    // It may have been delivered under the previous leader.
+                    redelivered: true,
+                    delivery_count: h.returns,
+                    expires_at: None,
+                    stored: true,
+                })
+                .collect();
+            let q = broker.quorum_live_queue(&self.record, entries, self.proposer.clone());
+            c.live = Some(q.clone());
+            q
+        };
+        tracing::info!(queue = %self.record.name, vhost = %self.record.vhost, "quorum queue leader here");
+        broker.quorum_leader_changed(&self.record, &self.me, Some(queue));
+    }
+
+    /// Stops serving the queue here: its consumers on this node are cancelled
+    /// (they consume again through the new leader).
+    fn step_down(&self) {
+        let live = self.contents.lock().live.take();
+        if let Some(q) = live {
+            tracing::info!(queue = %self.record.name, vhost = %self.record.vhost, "quorum queue leader moved away");
+            if let Some(b) = self.broker.upgrade() {
+                b.quorum_live_gone(&self.record, &q);
+            }
+            q.retire();
+        }
+    }
+
+    /// Stops the group's Raft (the queue was deleted or the node stops).
+    pub async fn close(&self) {
+        self.step_down();
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Follows the group's leadership: takes over or steps down, tells the node
+/// where the queue is served, and (as leader) tells every node every 2 s.
+async fn follow_leader(group: Weak<QuorumGroup>) {
+    let mut metrics = match group.upgrade() {
+        Some(g) => g.raft.metrics(),
+        None => return,
+    };
+    let mut last_leader: Option<String> = None;
+    loop {
+        {
+            let Some(g) = group.upgrade() else { return };
+            let leading = g.is_leader();
+            if leading {
+                g.take_over().await;
+            } else {
+                g.step_down();
+            }
+            let leader = g.leader();
+            if leader != last_leader {
+                let m = g.raft.metrics().borrow().clone();
+                tracing::info!(queue = %g.record.name, leader = ?leader, term = m.current_term, state = ?m.state, "quorum queue leader changed");
+            }
+            if let (Some(b), Some(l)) = (g.broker.upgrade(), &leader) {
+                if leading {
+                    b.announce_quorum_leader(&g.record);
+                } else if last_leader.as_ref() != Some(l) {
+                    b.quorum_leader_changed(&g.record, l, None);
+                }
+            }
+            last_leader = leader;
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Whether this member may take a publish now: it leads and has heard from a
+/// majority lately (a leader cut off from its followers refuses at once).
+fn can_accept(raft: &Raft<QueueRaft>) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.state == ServerState::Leader
+        && m.millis_since_quorum_ack
+            .is_none_or(|ms| ms <= QUORUM_SILENCE_MS)
+}
+
+/// Turns proposals into log entries, in order: consecutive publishes travel
+/// in one entry, consecutive settles in another.
+async fn run_proposer(
+    raft: Raft<QueueRaft>,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    waiting: mpsc::UnboundedSender<Waiting>,
+) {
+    let mut next: Option<Proposal> = None;
+    loop {
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let (cmd, senders) = match first {
+            Proposal::Enqueue(msg, s) => {
+                let mut texts = vec![msg.to_wire_text()];
+                let mut senders = vec![s];
+                while texts.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Proposal::Enqueue(m, s)) => {
+                            texts.push(m.to_wire_text());
+                            senders.push(s);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !can_accept(&raft) {
+                    for s in senders {
+                        let _ = s.send(false);
+                    }
+                    continue;
+                }
+                (QueueCommand::Enqueue(texts), senders)
+            }
+            Proposal::Settle(mut ids) => {
+                while ids.len() < 4 * MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Proposal::Settle(more)) => ids.extend(more),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                (QueueCommand::Settle(ids), Vec::new())
+            }
+            Proposal::Return(id) => {
+                let mut ids = vec![id];
+                while ids.len() < 4 * MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Proposal::Return(more)) => ids.push(more),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                (QueueCommand::Return(ids), Vec::new())
+            }
+        };
+        match raft.client_write_ff(cmd).await {
+            Ok(responder) => {
+                if !senders.is_empty() {
+                    let _ = waiting.send((responder, senders));
+                }
+            }
+            Err(_) => {
+                for s in senders {
+                    let _ = s.send(false);
+                }
+            }
+        }
+    }
+}
+
+/// Answers publishers, in order, once their entry is committed and applied.
+async fn run_waiter(mut rx: mpsc::UnboundedReceiver<Waiting>) {
+    while let Some((responder, senders)) = rx.recv().await {
+        let accepted: Vec<bool> = match tokio::time::timeout(COMMIT_WAIT, responder).await {
+            Ok(Ok(Ok(written))) => {
+                let reply: QueueReply = written.data;
+                reply.accepted
+            }
+            // Not the leader any more, or the group stopped: refused.
+            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => Vec::new(),
+        };
+        for (i, s) in senders.into_iter().enumerate() {
+            let _ = s.send(accepted.get(i).copied().unwrap_or(false));
+        }
+    }
+}

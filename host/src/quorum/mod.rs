@@ -1,0 +1,274 @@
+//! Replicated (quorum) queues. Each is its own Raft group (openraft) over
+//! `x-quorum-initial-group-size` disc nodes, with its log on each member's
+//! disk. The group's leader serves the queue: a live `Queue` built from what
+//! the group holds, whose every change (publish, settle, return) goes
+//! through the log; publishes are confirmed once a majority has them. The
+//! other nodes route publishes and consumers to the leader, and follow it
+//! when it moves.
+
+pub mod group;
+pub mod machine;
+pub mod network;
+pub mod types;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use group::{Proposer, QuorumGroup};
+
+use crate::broker::Broker;
+use crate::cluster::ClusterNode;
+use crate::meta::QueueRecord;
+use crate::queue::{Entry, Queue, QueueConfig, QueueType};
+
+/// RabbitMQ's default group size for a new quorum queue.
+pub const DEFAULT_GROUP_SIZE: usize = 3;
+
+/// Whether a queue record is a quorum queue's.
+pub fn is_quorum(record: &QueueRecord) -> bool {
+    crate::meta::state::string_arg(&record.arguments, "x-queue-type").as_deref() == Some("quorum")
+}
+
+/// This node's members of quorum queue groups, by queue uid.
+#[derive(Default)]
+pub struct QuorumQueues {
+    groups: Mutex<HashMap<u64, Arc<QuorumGroup>>>,
+}
+
+impl QuorumQueues {
+    pub fn get(&self, uid: u64) -> Option<Arc<QuorumGroup>> {
+        self.groups.lock().get(&uid).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<QuorumGroup>> {
+        self.groups.lock().values().cloned().collect()
+    }
+
+    /// Waits until the group of `uid` on this node knows a leader that can
+    /// take publishes (when it is this node: once its live queue is up).
+    pub async fn wait_leader(&self, uid: u64, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(g) = self.get(uid)
+                && let Some(leader) = g.leader()
+                && (leader != g.me || g.contents.lock().live.is_some())
+            {
+                return Some(leader);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Broker {
+    /// A quorum queue was declared (or is known again after a restart): this
+    /// node opens its member of the group if it is one, and routes to the
+    /// declaring node until it learns who leads.
+    pub(crate) fn quorum_queue_added(&self, record: &QueueRecord) {
+        if let Some(v) = self.vhost(&record.vhost)
+            && !v.queues.read().contains_key(&record.name)
+        {
+            v.remote
+                .write()
+                .insert(record.name.clone(), record.node.clone());
+        }
+        if !record.members.contains(&self.config.node) {
+            return;
+        }
+        let Some(broker) = self.me.upgrade() else {
+            return;
+        };
+        if broker.quorum.get(record.uid).is_some() {
+            return;
+        }
+        let record = record.clone();
+        tokio::spawn(async move {
+            // At start-up the metadata replays before the node's cluster
+            // handle is in place.
+            let mut cluster = broker.meta.cluster();
+            for _ in 0..600 {
+                if cluster.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                cluster = broker.meta.cluster();
+            }
+            let Some(cluster) = cluster else {
+                tracing::error!(queue = %record.name, vhost = %record.vhost, "cannot open quorum queue member: the metadata store did not start");
+                return;
+            };
+            let members: Vec<ClusterNode> = record
+                .members
+                .iter()
+                .filter_map(|n| cluster.node_by_name(n))
+                .collect();
+            match QuorumGroup::open(&broker, record.clone(), members).await {
+                Ok(group) => {
+                    let previous = broker.quorum.groups.lock().insert(record.uid, group);
+                    if let Some(old) = previous {
+                        old.close().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(queue = %record.name, vhost = %record.vhost, error = %e, "cannot open quorum queue member");
+                }
+            }
+        });
+    }
+
+    /// A quorum queue was deleted: its member here stops and its log goes.
+    pub(crate) fn quorum_queue_deleted(&self, uid: u64) {
+        let Some(group) = self.quorum.groups.lock().remove(&uid) else {
+            return;
+        };
+        tokio::spawn(async move {
+            group.close().await;
+            let _ = std::fs::remove_file(&group.path);
+        });
+    }
+
+    /// The live queue for a quorum queue this node now leads.
+    pub(crate) fn quorum_live_queue(
+        &self,
+        record: &QueueRecord,
+        entries: Vec<Entry>,
+        proposer: Proposer,
+    ) -> Arc<Queue> {
+        let mut config =
+            QueueConfig::parse(&record.arguments, &record.name, &record.vhost).unwrap_or_default();
+        config.queue_type = QueueType::Quorum;
+        Queue::new_replicated(record.clone(), config, proposer, self.me.clone(), entries)
+    }
+
+    /// Who serves a quorum queue changed: route there, and move this node's
+    /// consumers of it that go through another node.
+    pub(crate) fn quorum_leader_changed(
+        &self,
+        record: &QueueRecord,
+        leader: &str,
+        live: Option<Arc<Queue>>,
+    ) {
+        let Some(v) = self.vhost(&record.vhost) else {
+            return;
+        };
+        let current = self.meta.read().queue(&record.vhost, &record.name).cloned();
+        if current.is_none_or(|c| c.uid != record.uid) {
+            return;
+        }
+        match live {
+            Some(q) => {
+                v.queues.write().insert(record.name.clone(), q);
+                v.remote.write().remove(&record.name);
+            }
+            None => {
+                v.remote
+                    .write()
+                    .insert(record.name.clone(), leader.to_string());
+            }
+        }
+        if let Some(node) = self.meta.cluster().and_then(|c| c.node_by_name(leader)) {
+            self.remote_sessions
+                .follow(self, &record.vhost, &record.name, node);
+        }
+    }
+
+    /// The live queue stopped being served here. Until a new leader is known
+    /// the queue stays routable to this node, which refuses its publishes
+    /// (a negative confirm): a queue that merely routes nowhere would have
+    /// them confirmed and dropped.
+    pub(crate) fn quorum_live_gone(&self, record: &QueueRecord, q: &Arc<Queue>) {
+        if let Some(v) = self.vhost(&record.vhost) {
+            let mut queues = v.queues.write();
+            if queues.get(&record.name).is_some_and(|x| Arc::ptr_eq(x, q)) {
+                queues.remove(&record.name);
+            }
+            v.remote
+                .write()
+                .entry(record.name.clone())
+                .or_insert_with(|| self.config.node.clone());
+        }
+    }
+
+    /// Tells every other running node that this node leads the queue.
+    pub(crate) fn announce_quorum_leader(&self, record: &QueueRecord) {
+        let Some(cluster) = self.meta.cluster() else {
+            return;
+        };
+        let (disc, ram) = cluster.members();
+        for node in disc.into_iter().chain(ram) {
+            if node.name == self.config.node || !cluster.is_up(&node) {
+                continue;
+            }
+            let peers = cluster.peers.clone();
+            let payload = (
+                record.vhost.clone(),
+                record.name.clone(),
+                record.uid,
+                self.config.node.clone(),
+            );
+            tokio::spawn(async move {
+                let _: Result<bool, _> = peers
+                    .call(&node, "qq_leader", &payload, Duration::from_secs(2))
+                    .await;
+            });
+        }
+    }
+
+    /// Another node says it leads a quorum queue.
+    pub(crate) fn quorum_leader_announced(&self, vhost: &str, name: &str, uid: u64, leader: &str) {
+        // A member follows its own group's view.
+        if self.quorum.get(uid).is_some() {
+            return;
+        }
+        let Some(record) = self.meta.read().queue(vhost, name).cloned() else {
+            return;
+        };
+        if record.uid != uid {
+            return;
+        }
+        let known = self
+            .vhost(vhost)
+            .and_then(|v| v.remote.read().get(name).cloned());
+        if known.as_deref() != Some(leader) {
+            self.quorum_leader_changed(&record, leader, None);
+        }
+    }
+
+    /// A quorum queue's members that are running now (as this node sees them).
+    pub fn quorum_online(&self, record: &QueueRecord) -> Vec<String> {
+        let Some(cluster) = self.meta.cluster() else {
+            return Vec::new();
+        };
+        record
+            .members
+            .iter()
+            .filter(|m| cluster.running_node(m).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Where a queue is served now: a quorum queue's leader as this node
+    /// knows it, any other queue's owner.
+    pub fn queue_home(&self, record: &QueueRecord) -> String {
+        if !is_quorum(record) {
+            return record.node.clone();
+        }
+        let Some(v) = self.vhost(&record.vhost) else {
+            return record.node.clone();
+        };
+        if v.queues.read().contains_key(&record.name) {
+            return self.config.node.clone();
+        }
+        v.remote
+            .read()
+            .get(&record.name)
+            .cloned()
+            .unwrap_or_else(|| record.node.clone())
+    }
+}

@@ -1,0 +1,334 @@
+//! Quorum queues: replicated by a Raft group per queue over three nodes,
+//! with real processes. Confirms mean a majority has the message; the
+//! leader's death loses nothing confirmed; consumers on other nodes go on;
+//! a minority refuses publishes; delivery counts and limits are replicated.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel};
+use warren_tests::{Node, TempDir};
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum".as_bytes().to_vec())),
+    );
+    for (k, v) in extra {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn join(node: &Node, seed: &Node) {
+    node.ctl_ok(&["stop_app"]);
+    node.ctl_ok(&["reset"]);
+    node.ctl_ok(&["join_cluster", &seed.full_name()]);
+    node.ctl_ok(&["start_app"]);
+}
+
+fn cluster_of_three(dir: &TempDir, prefix: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&format!("{prefix}{i}"), &dir.0))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    for i in 1..3 {
+        join(&nodes[i], &nodes[0]);
+    }
+    nodes
+}
+
+/// The queue's row in `list_queues` on `node`.
+fn queue_row(node: &Node, name: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    ctl_rows(
+        node,
+        &[
+            "list_queues",
+            "name",
+            "type",
+            "leader",
+            "members",
+            "online",
+            "messages",
+        ],
+    )
+    .into_iter()
+    .find(|r| r["name"] == name)
+}
+
+/// Waits until `node` names a leader for the queue, and returns it.
+fn wait_leader(node: &Node, name: &str, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(row) = queue_row(node, name)
+            && let Some(l) = row["leader"].as_str()
+            && !l.is_empty()
+            && Some(l) != not
+        {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader for {name} on {}",
+            node.full_name()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn publish_acked(ch: &Channel, queue: &str, body: &[u8]) -> bool {
+    match ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+    {
+        Ok(confirm) => matches!(confirm.await, Ok(c) if c.is_ack()),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_survives_its_leaders_death() {
+    let dir = TempDir::new("quorum-failover");
+    let mut nodes = cluster_of_three(&dir, "qf");
+
+    // Declared on node 1: three members, node 1 leads; every node lists it.
+    let (_c1, ch1) = open(&nodes[0].url()).await;
+    ch1.queue_declare("orders".into(), durable(), quorum_args(&[]))
+        .await
+        .expect("declare quorum queue");
+    let row = queue_row(&nodes[2], "orders").expect("listed on node 3");
+    assert_eq!(row["type"], "quorum");
+    let mut members: Vec<String> = row["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    members.sort();
+    let mut everyone: Vec<String> = nodes.iter().map(|n| n.full_name()).collect();
+    everyone.sort();
+    assert_eq!(members, everyone);
+    let leader = wait_leader(&nodes[2], "orders", None);
+    assert_eq!(leader, nodes[0].full_name());
+
+    // Publishers with confirms on node 2, a consumer on node 3.
+    let (_c2, ch2) = open(&nodes[1].url()).await;
+    ch2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for i in 0..100 {
+        assert!(
+            publish_acked(&ch2, "orders", format!("m{i}").as_bytes()).await,
+            "message {i} confirmed"
+        );
+    }
+    let (_c3, ch3) = open(&nodes[2].url()).await;
+    ch3.basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = consume(&ch3, "orders", "c3", false).await;
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let d = next(&mut consumer).await;
+        seen.push(body(&d));
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+
+    // The leader dies: another member takes over; nothing confirmed is lost.
+    nodes[0].kill9();
+    let new_leader = wait_leader(&nodes[1], "orders", Some(&leader));
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut confirmed_after = 0;
+    let mut i = 100;
+    while confirmed_after < 50 {
+        if publish_acked(&ch2, "orders", format!("m{i}").as_bytes()).await {
+            confirmed_after += 1;
+            i += 1;
+        } else {
+            assert!(Instant::now() < deadline, "publishes refused for 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The consumer on node 3 goes on: the rest, with unacked ones redelivered.
+    let want: Vec<String> = (0..i).map(|n| format!("m{n}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.iter().all(|w| seen.contains(w)) {
+        assert!(
+            Instant::now() < deadline,
+            "missing after failover: {:?}",
+            want.iter()
+                .filter(|w| !seen.contains(w))
+                .collect::<Vec<_>>()
+        );
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
+        if let Ok(Some(Ok(d))) = d {
+            seen.push(body(&d));
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+    }
+
+    // The old leader comes back and catches up; all three are online again.
+    nodes[0].start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = queue_row(&nodes[0], "orders").expect("listed on node 1");
+        if row["online"].as_array().map(|a| a.len()) == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 not back online: {row:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(publish_acked(&ch2, "orders", b"after restart").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_refuses_publishes_until_the_majority_is_back() {
+    let dir = TempDir::new("quorum-minority");
+    let mut nodes = cluster_of_three(&dir, "qm");
+    let (_c1, ch1) = open(&nodes[0].url()).await;
+    ch1.queue_declare("tally".into(), durable(), quorum_args(&[]))
+        .await
+        .expect("declare");
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    assert!(publish_acked(&ch1, "tally", b"one").await);
+
+    nodes[1].kill9();
+    nodes[2].kill9();
+    // Alone, node 1 cannot replicate: the publish is refused, not accepted.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        publish_acked(&ch1, "tally", b"two"),
+    )
+    .await
+    .unwrap_or(false);
+    assert!(!refused, "a lone member confirmed a publish");
+
+    nodes[1].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (_c, ch) = loop {
+        let (c, ch) = open(&nodes[0].url()).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        if publish_acked(&ch, "tally", b"three").await {
+            break (c, ch);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "majority back, publishes still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut bodies = Vec::new();
+    while let Some(m) = get(&ch, "tally", true).await {
+        bodies.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    assert!(bodies.contains(&"one".to_string()), "{bodies:?}");
+    assert!(bodies.contains(&"three".to_string()), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_counts_and_the_delivery_limit() {
+    let broker = TestBroker::start();
+    let (_c, ch) = open(&broker.url()).await;
+    ch.queue_declare("dlq".into(), durable(), FieldTable::default())
+        .await
+        .expect("dead-letter queue");
+    ch.queue_declare(
+        "jobs".into(),
+        durable(),
+        quorum_args(&[
+            ("x-delivery-limit", AMQPValue::LongInt(2)),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(LongString::from("".as_bytes().to_vec())),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(LongString::from("dlq".as_bytes().to_vec())),
+            ),
+        ]),
+    )
+    .await
+    .expect("declare quorum queue");
+    // Non-durable is refused, as in RabbitMQ.
+    let (_c2, ch2) = open(&broker.url()).await;
+    let text = expect_code(
+        ch2.queue_declare(
+            "transient-qq".into(),
+            QueueDeclareOptions::default(),
+            quorum_args(&[]),
+        )
+        .await,
+        406,
+    );
+    assert!(text.contains("non-durable"), "{text}");
+
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    assert!(publish_acked(&ch, "jobs", b"job").await);
+    // First delivery: no count. Each return adds one.
+    let first = get_wait(&ch, "jobs", false).await;
+    assert!(!first.delivery.redelivered);
+    let headers = first
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert!(!headers.inner().contains_key("x-delivery-count"));
+    first
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+    for expected in 1..=2i64 {
+        let again = get_wait(&ch, "jobs", false).await;
+        assert!(again.delivery.redelivered);
+        let headers = again
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let count = match headers.inner().get("x-delivery-count") {
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            Some(AMQPValue::LongInt(n)) => i64::from(*n),
+            other => panic!("x-delivery-count: {other:?}"),
+        };
+        assert_eq!(count, expected);
+        again
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .expect("nack");
+    }
+    // Past the limit it is dead-lettered, not redelivered.
+    let dead = get_wait(&ch, "dlq", true).await;
+    assert_eq!(dead.delivery.data, b"job");
+    assert!(get(&ch, "jobs", true).await.is_none());
+}
