@@ -332,3 +332,132 @@ async fn delivery_counts_and_the_delivery_limit() {
     assert_eq!(dead.delivery.data, b"job");
     assert!(get(&ch, "jobs", true).await.is_none());
 }
+
+fn members_of(node: &Node, name: &str) -> Vec<String> {
+    let row = queue_row(node, name).unwrap_or_else(|| {
+        panic!(
+            "{name} not listed: {:?}",
+            node.ctl_ok(&[
+                "list_queues",
+                "name",
+                "type",
+                "leader",
+                "members",
+                "online",
+                "messages"
+            ])
+        )
+    });
+    let mut m: Vec<String> = row["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    m.sort();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_removed_grown_and_shrunk() {
+    let dir = TempDir::new("quorum-members");
+    let nodes = cluster_of_three(&dir, "qs");
+    let names: Vec<String> = nodes.iter().map(|n| n.full_name()).collect();
+    let (_c, ch) = open(&nodes[0].url()).await;
+    ch.queue_declare(
+        "ledger".into(),
+        durable(),
+        quorum_args(&[("x-quorum-initial-group-size", AMQPValue::LongInt(2))]),
+    )
+    .await
+    .expect("declare");
+    assert_eq!(
+        members_of(&nodes[1], "ledger"),
+        vec![names[0].clone(), names[1].clone()]
+    );
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for i in 0..20 {
+        assert!(publish_acked(&ch, "ledger", format!("e{i}").as_bytes()).await);
+    }
+
+    // quorum_status: a row per member, one leader, logs in step.
+    let status = ctl_rows(&nodes[2], &["quorum_status", "ledger"]);
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert_eq!(
+        status
+            .iter()
+            .filter(|r| r["Raft State"] == "leader")
+            .count(),
+        1,
+        "{status:?}"
+    );
+
+    // add_member: node 3 joins and catches up.
+    nodes[0].ctl_ok(&["add_member", "ledger", &names[2]]);
+    assert_eq!(members_of(&nodes[0], "ledger"), names);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = ctl_rows(&nodes[0], &["quorum_status", "ledger"]);
+        let third = status.iter().find(|r| r["Node Name"] == names[2].as_str());
+        let leader_index = status
+            .iter()
+            .find(|r| r["Raft State"] == "leader")
+            .and_then(|r| r["Commit Index"].as_u64());
+        if let (Some(t), Some(l)) = (third, leader_index)
+            && t["Raft State"] == "follower"
+            && t["Commit Index"].as_u64() >= Some(l)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Adding it twice, or a node outside the cluster, is refused in one line.
+    let again = nodes[0].ctl(&["add_member", "ledger", &names[2]]);
+    assert_eq!(again.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a member"));
+    let stranger = nodes[0].ctl(&["add_member", "ledger", "nobody@nowhere"]);
+    assert_eq!(stranger.status.code(), Some(65));
+
+    // delete_member of the first node (the leader): the others go on with the messages.
+    nodes[1].ctl_ok(&["delete_member", "ledger", &names[0]]);
+    assert_eq!(members_of(&nodes[1], "ledger"), names[1..].to_vec());
+    let (_c2, ch2) = open(&nodes[1].url()).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = ch2
+            .queue_declare(
+                "ledger".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        if n == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "messages after delete_member: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // grow puts node 1 back everywhere; shrink takes node 3 off everywhere.
+    let grown = nodes[2].ctl_ok(&["grow", &names[0], "all"]);
+    assert!(grown.contains("ledger"), "{grown}");
+    assert_eq!(members_of(&nodes[2], "ledger"), names);
+    nodes[2].ctl_ok(&["shrink", &names[2]]);
+    assert_eq!(members_of(&nodes[0], "ledger"), names[..2].to_vec());
+    let got = drain(&ch2, "ledger").await;
+    assert_eq!(got.len(), 20, "{got:?}");
+}

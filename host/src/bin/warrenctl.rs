@@ -107,6 +107,40 @@ enum Command {
         #[arg(value_parser = ["disc", "disk", "ram"], value_name = "disc|ram")]
         node_type: String,
     },
+    /// Shows each member of a quorum queue's Raft group (rabbitmq-queues quorum_status)
+    QuorumStatus {
+        #[command(flatten)]
+        vhost: VhostArg,
+        queue: String,
+    },
+    /// Adds NODE to a quorum queue's members (rabbitmq-queues add_member)
+    AddMember {
+        #[command(flatten)]
+        vhost: VhostArg,
+        queue: String,
+        #[arg(value_name = "NODE")]
+        member_node: String,
+    },
+    /// Removes NODE from a quorum queue's members (rabbitmq-queues delete_member)
+    DeleteMember {
+        #[command(flatten)]
+        vhost: VhostArg,
+        queue: String,
+        #[arg(value_name = "NODE")]
+        member_node: String,
+    },
+    /// Adds NODE to every quorum queue (all), or to those with an even member count (even)
+    Grow {
+        #[arg(value_name = "NODE")]
+        member_node: String,
+        #[arg(value_parser = ["all", "even"], value_name = "all|even")]
+        strategy: String,
+    },
+    /// Removes NODE from every quorum queue it is a member of (never the last member)
+    Shrink {
+        #[arg(value_name = "NODE")]
+        member_node: String,
+    },
     /// Lists queues (default fields: name messages)
     ListQueues {
         #[command(flatten)]
@@ -382,6 +416,61 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
             Plan {
                 banner: Some(format!("Turning {node} into a {t} node")),
                 request: Request::new("change_cluster_node_type").arg(t),
+            }
+        }
+        C::QuorumStatus { vhost, queue } => Plan {
+            banner: Some(format!("Status of quorum queue {queue} on node {node} ...")),
+            request: Request::new("quorum_status")
+                .arg(queue.clone())
+                .option("vhost", &vhost.vhost),
+        },
+        C::AddMember {
+            vhost,
+            queue,
+            member_node,
+        } => {
+            let member = full_node_name(member_node)?;
+            Plan {
+                banner: Some(format!(
+                    "Adding a replica for queue {queue} on node {member}..."
+                )),
+                request: Request::new("add_member")
+                    .arg(queue.clone())
+                    .arg(member)
+                    .option("vhost", &vhost.vhost),
+            }
+        }
+        C::DeleteMember {
+            vhost,
+            queue,
+            member_node,
+        } => {
+            let member = full_node_name(member_node)?;
+            Plan {
+                banner: Some(format!(
+                    "Removing a replica of queue {queue} on node {member}..."
+                )),
+                request: Request::new("delete_member")
+                    .arg(queue.clone())
+                    .arg(member)
+                    .option("vhost", &vhost.vhost),
+            }
+        }
+        C::Grow {
+            member_node,
+            strategy,
+        } => {
+            let member = full_node_name(member_node)?;
+            Plan {
+                banner: Some(format!("Growing {strategy} quorum queues onto {member}...")),
+                request: Request::new("grow").arg(member).arg(strategy.clone()),
+            }
+        }
+        C::Shrink { member_node } => {
+            let member = full_node_name(member_node)?;
+            Plan {
+                banner: Some(format!("Shrinking all quorum queues on {member}...")),
+                request: Request::new("shrink").arg(member),
             }
         }
         C::ListQueues { vhost, fields } => listing(

@@ -287,7 +287,7 @@ impl Broker {
 }
 
 impl MetaListener for Broker {
-    fn on_events(&self, _state: &MetaState, events: &[MetaEvent]) {
+    fn on_events(&self, state: &MetaState, events: &[MetaEvent]) {
         for e in events {
             match e {
                 MetaEvent::VhostAdded(v) => {
@@ -321,6 +321,12 @@ impl MetaListener for Broker {
                     }
                 }
                 MetaEvent::QueueDeleted { vhost, name, uid } => {
+                    // A record that changed (a quorum queue's members, seen
+                    // through a snapshot) comes as deleted-then-added: the
+                    // queue itself stays.
+                    if state.queue(vhost, name).is_some_and(|q| q.uid == *uid) {
+                        continue;
+                    }
                     self.quorum_queue_deleted(*uid);
                     if let Some(v) = self.vhost(vhost) {
                         v.remote.write().remove(name);

@@ -54,6 +54,15 @@ fn peer_of(name: &str) -> Result<crate::cluster::ClusterNode, String> {
     })
 }
 
+fn member_failure(e: crate::quorum::members::MemberError) -> Response {
+    use crate::quorum::members::MemberError;
+    let code = match e {
+        MemberError::Invalid(_) => exit_code::DATA_ERR,
+        MemberError::Unavailable(_) => exit_code::TEMP_FAIL,
+    };
+    Response::error(code, e.to_string())
+}
+
 fn meta_failure(e: MetaError) -> Response {
     let code = match e {
         MetaError::NotFound(_)
@@ -138,8 +147,19 @@ impl NodeHandler {
     /// Every queue of the cluster: this node's, the other running nodes'
     /// (asked for theirs), and those whose owner is down (state "down").
     async fn list_queues_cluster(&self, req: &Request) -> Response {
+        if req.options.contains_key("local_only") {
+            return self.list_queues(req);
+        }
+        // The names tell which queues some node listed; asked for here
+        // when the caller did not ask for them, and dropped again at the end.
+        let mut req = req.clone();
+        let added_name = !req.args.is_empty() && !req.args.iter().any(|a| a == "name");
+        if added_name {
+            req.args.push("name".into());
+        }
+        let req = &req;
         let mut resp = self.list_queues(req);
-        if req.options.contains_key("local_only") || !resp.ok {
+        if !resp.ok {
             return resp;
         }
         let Some(cluster) = self.node.broker.meta.cluster() else {
@@ -164,9 +184,15 @@ impl NodeHandler {
                 answered.push(n.name.clone());
             }
         }
-        // Queues whose owner did not answer are listed from the metadata.
+        // Queues whose owner did not answer are listed from the metadata, and
+        // so are quorum queues no node serves right now (between leaders).
         let vhost = Self::vhost_opt(req);
-        let columns = resp.columns.clone().unwrap_or_default();
+        let mut columns = resp.columns.clone().unwrap_or_default();
+        let name_at = columns.iter().position(|c| c == "name");
+        let listed: std::collections::HashSet<String> = rows
+            .iter()
+            .filter_map(|r| name_at.and_then(|i| r.get(i)?.as_str().map(String::from)))
+            .collect();
         let down: Vec<QueueRecord> = self
             .node
             .broker
@@ -175,9 +201,12 @@ impl NodeHandler {
             .queues
             .values()
             .filter(|q| {
-                // A quorum queue is listed by its leader, wherever that is now.
-                let home = self.node.broker.queue_home(q);
-                q.vhost == vhost && !answered.contains(&home)
+                q.vhost == vhost
+                    && if crate::quorum::is_quorum(q) {
+                        !listed.contains(&q.name)
+                    } else {
+                        !answered.contains(&q.node)
+                    }
             })
             .cloned()
             .collect();
@@ -205,7 +234,7 @@ impl NodeHandler {
                             r.node.clone()
                         }),
                         "members" => json!(r.members),
-                        "online" => json!(broker.quorum_online(&r)),
+                        "online" => json!(broker.quorum_online_of(&r.members)),
                         "type" => json!(
                             crate::queue::QueueConfig::parse(&r.arguments, &r.name, &r.vhost)
                                 .map(|c| c.queue_type.as_str())
@@ -224,6 +253,13 @@ impl NodeHandler {
                     .and_then(|v| v.as_str())
                     .cmp(&b.get(i).and_then(|v| v.as_str()))
             });
+        }
+        if added_name {
+            columns.pop();
+            for r in &mut rows {
+                r.pop();
+            }
+            resp.columns = Some(columns);
         }
         resp.rows = Some(rows);
         resp
@@ -247,7 +283,15 @@ impl NodeHandler {
             let consumers = q.consumers();
             let quorum = crate::quorum::is_quorum(&r);
             let me = broker.config.node.clone();
-            let online = broker.quorum_online(&r);
+            // The live queue's record is a copy from when it started here;
+            // members change after that.
+            let members = broker
+                .meta
+                .read()
+                .queue(&r.vhost, &r.name)
+                .map(|m| m.members.clone())
+                .unwrap_or_default();
+            let online = broker.quorum_online_of(&members);
             Box::new(move |f: &str| match f {
                 "name" => json!(r.name),
                 "vhost" => json!(r.vhost),
@@ -268,7 +312,7 @@ impl NodeHandler {
                 "policy" => json!(""),
                 "node" | "leader" if quorum => json!(me),
                 "node" | "leader" => json!(r.node),
-                "members" => json!(r.members),
+                "members" => json!(members),
                 "online" => json!(online),
                 "exclusive_consumer_tag" => json!(
                     consumers
@@ -671,6 +715,13 @@ impl NodeHandler {
         })
     }
 
+    /// A node name argument, completed as everywhere (`name` → `name@host`).
+    fn node_arg(req: &Request, i: usize) -> Result<String, Response> {
+        let raw = Self::arg(req, i, "node")?;
+        crate::config::normalize_node_name(raw, &crate::config::short_hostname())
+            .map_err(|e| usage(e.to_string()))
+    }
+
     /// This node's member of a quorum queue's group.
     fn quorum_group(&self, uid: u64) -> Result<Arc<crate::quorum::QuorumGroup>, Response> {
         self.node.broker.quorum.get(uid).ok_or_else(|| {
@@ -890,6 +941,126 @@ impl NodeHandler {
                 let (uid, rpc): (u64, _) = Self::payload(&req)?;
                 let r = self.quorum_group(uid)?.raft.install_snapshot(rpc).await;
                 Response::data(json!(r))
+            }
+            "qq_serving" => {
+                let uid: u64 = Self::payload(&req)?;
+                Response::data(json!(broker.quorum.serving(uid)))
+            }
+            "qq_status" => {
+                let uid: u64 = Self::payload(&req)?;
+                Response::data(json!(self.quorum_group(uid)?.status()))
+            }
+            "qq_set_voters" => {
+                let (uid, members): (u64, Vec<String>) = Self::payload(&req)?;
+                broker
+                    .quorum_set_voters(uid, members)
+                    .await
+                    .map_err(member_failure)?;
+                Response::data(json!(true))
+            }
+            "quorum_status" => {
+                let name = Self::arg(&req, 0, "queue")?;
+                let record = broker
+                    .quorum_record(&Self::vhost_opt(&req), name)
+                    .map_err(member_failure)?;
+                let rows = broker
+                    .quorum_status(&record)
+                    .await
+                    .into_iter()
+                    .map(|m| {
+                        vec![
+                            json!(m.node),
+                            json!(m.raft_state),
+                            json!(m.log_index),
+                            json!(m.commit_index),
+                            json!(m.snapshot_index),
+                            json!(m.term),
+                        ]
+                    })
+                    .collect();
+                Response::table(
+                    [
+                        "Node Name",
+                        "Raft State",
+                        "Log Index",
+                        "Commit Index",
+                        "Snapshot Index",
+                        "Term",
+                    ]
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                    rows,
+                )
+            }
+            "add_member" | "delete_member" => {
+                let name = Self::arg(&req, 0, "queue")?;
+                let node = Self::node_arg(&req, 1)?;
+                let vhost = Self::vhost_opt(&req);
+                let record = broker.quorum_record(&vhost, name).map_err(member_failure)?;
+                if req.command == "add_member" {
+                    broker.quorum_add_member(&record, &node).await
+                } else {
+                    broker.quorum_delete_member(&record, &node).await
+                }
+                .map_err(member_failure)?;
+                Response::message(format!(
+                    "{} {node} {} quorum queue '{name}' in vhost '{vhost}'",
+                    if req.command == "add_member" {
+                        "Added"
+                    } else {
+                        "Removed"
+                    },
+                    if req.command == "add_member" {
+                        "to"
+                    } else {
+                        "from"
+                    },
+                ))
+            }
+            "grow" | "shrink" => {
+                let node = Self::node_arg(&req, 0)?;
+                let grow = req.command == "grow";
+                let even_only = match (grow, req.args.get(1).map(String::as_str)) {
+                    (false, _) | (true, Some("all")) => false,
+                    (true, Some("even")) => true,
+                    (true, _) => return Err(usage("grow takes a node and 'all' or 'even'")),
+                };
+                let mut rows = Vec::new();
+                for record in broker.quorum_records() {
+                    let member = record.members.contains(&node);
+                    let wanted = if grow {
+                        !member && (!even_only || record.members.len() % 2 == 0)
+                    } else {
+                        member && record.members.len() > 1
+                    };
+                    if !wanted {
+                        continue;
+                    }
+                    let result = if grow {
+                        broker.quorum_add_member(&record, &node).await
+                    } else {
+                        broker.quorum_delete_member(&record, &node).await
+                    };
+                    let size = record.members.len() as i64 + if grow { 1 } else { -1 };
+                    let (size, outcome) = match result {
+                        Ok(()) => (size, "ok".to_string()),
+                        Err(e) => (record.members.len() as i64, e.to_string()),
+                    };
+                    rows.push(vec![
+                        json!(record.vhost),
+                        json!(record.name),
+                        json!(size),
+                        json!(outcome),
+                    ]);
+                }
+                Response::table(
+                    ["vhost", "name", "size", "result"]
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect(),
+                    rows,
+                )
             }
             "qq_leader" => {
                 let (vhost, name, uid, leader): (String, String, u64, String) =

@@ -44,6 +44,14 @@ pub enum MetaCommand {
     },
     Bind(BindingRecord),
     Unbind(BindingRecord),
+    /// A quorum queue's members changed (`add_member`, `delete_member`,
+    /// `grow`, `shrink`); announced again as `QueueAdded`.
+    SetQueueMembers {
+        vhost: String,
+        name: String,
+        uid: u64,
+        members: Vec<String>,
+    },
     /// Changes applied in order until the first that fails: a channel's pipelined
     /// binds become one Raft entry (one disk write) instead of one each.
     Batch(Vec<MetaCommand>),

@@ -369,6 +369,24 @@ impl MetaState {
                 }
                 self.remove_queue(vhost, name, ev);
             }
+            MetaCommand::SetQueueMembers {
+                vhost,
+                name,
+                uid,
+                members,
+            } => {
+                let Some(q) = self
+                    .queues
+                    .get_mut(&key(vhost, name))
+                    .filter(|q| q.uid == *uid)
+                else {
+                    return Err(MetaError::NotFound(format!(
+                        "no queue '{name}' in vhost '{vhost}'"
+                    )));
+                };
+                q.members = members.clone();
+                ev.push(MetaEvent::QueueAdded(q.clone()));
+            }
             MetaCommand::Bind(b) => {
                 self.check_binding_ends(b)?;
                 let identity = b.identity();

@@ -8,6 +8,7 @@
 
 pub mod group;
 pub mod machine;
+pub mod members;
 pub mod network;
 pub mod types;
 
@@ -47,22 +48,44 @@ impl QuorumQueues {
         self.groups.lock().values().cloned().collect()
     }
 
-    /// Waits until the group of `uid` on this node knows a leader that can
-    /// take publishes (when it is this node: once its live queue is up).
-    pub async fn wait_leader(&self, uid: u64, within: Duration) -> Option<String> {
+    /// Waits until the group of `uid` has a leader serving the queue (its
+    /// live queue is up), asking the leader when it is another node.
+    pub async fn wait_serving(
+        &self,
+        broker: &Broker,
+        uid: u64,
+        within: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(g) = self.get(uid)
                 && let Some(leader) = g.leader()
-                && (leader != g.me || g.contents.lock().live.is_some())
             {
-                return Some(leader);
+                if leader == g.me {
+                    if g.contents.lock().live.is_some() {
+                        return Some(leader);
+                    }
+                } else if let Some(c) = broker.meta.cluster()
+                    && let Some(node) = c.running_node(&leader)
+                    && c.peers
+                        .call::<_, bool>(&node, "qq_serving", &uid, Duration::from_secs(2))
+                        .await
+                        .unwrap_or(false)
+                {
+                    return Some(leader);
+                }
             }
             if Instant::now() >= deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether this node serves the queue of `uid` now.
+    pub fn serving(&self, uid: u64) -> bool {
+        self.get(uid)
+            .is_some_and(|g| g.contents.lock().live.is_some())
     }
 }
 
@@ -76,9 +99,12 @@ impl Broker {
         {
             v.remote
                 .write()
-                .insert(record.name.clone(), record.node.clone());
+                .entry(record.name.clone())
+                .or_insert_with(|| record.node.clone());
         }
         if !record.members.contains(&self.config.node) {
+            // No longer a member (delete_member, shrink): this node's copy goes.
+            self.quorum_queue_deleted(record.uid);
             return;
         }
         let Some(broker) = self.me.upgrade() else {
@@ -240,13 +266,12 @@ impl Broker {
         }
     }
 
-    /// A quorum queue's members that are running now (as this node sees them).
-    pub fn quorum_online(&self, record: &QueueRecord) -> Vec<String> {
+    /// Which of a quorum queue's members are running now (as this node sees them).
+    pub fn quorum_online_of(&self, members: &[String]) -> Vec<String> {
         let Some(cluster) = self.meta.cluster() else {
             return Vec::new();
         };
-        record
-            .members
+        members
             .iter()
             .filter(|m| cluster.running_node(m).is_some())
             .cloned()

@@ -128,8 +128,30 @@ impl Connection {
             basic::AMQPMethod::Get(g) => {
                 let name = self.resolve_queue_name(id, g.queue.as_str())?;
                 self.check("queue", &name, Access::Read)?;
-                self.await_quorum_leader(&name).await;
-                if let Some(owner) = self.remote_owner(&name) {
+                if self.is_quorum_queue(&name) {
+                    let deadline = std::time::Instant::now() + QUORUM_LEADER_WAIT;
+                    loop {
+                        self.await_quorum_leader(&name).await;
+                        let Some(owner) = self.remote_owner(&name) else {
+                            break;
+                        };
+                        match self.get_remote(id, owner, name.clone(), g.no_ack).await {
+                            Err(e)
+                                if e.code == ReplyCode::InternalError
+                                    && std::time::Instant::now() < deadline =>
+                            {
+                                // The leader moved: a new session at the new one.
+                                if let Some(s) =
+                                    self.channel(id)?.remote.remove(&format!("get:{name}"))
+                                {
+                                    s.close();
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            }
+                            other => return other,
+                        }
+                    }
+                } else if let Some(owner) = self.remote_owner(&name) {
                     return self.get_remote(id, owner, name, g.no_ack).await;
                 }
                 let q = self.usable_queue(&name)?;

@@ -324,7 +324,7 @@ impl Connection {
                     let waited = self
                         .broker
                         .quorum
-                        .wait_leader(uid, std::time::Duration::from_secs(10))
+                        .wait_serving(&self.broker, uid, std::time::Duration::from_secs(10))
                         .await;
                     if waited.is_none() {
                         tracing::warn!(queue = %name, "quorum queue has no leader yet");
