@@ -91,6 +91,14 @@ class Warren:
         wait_port_free(self.port)
 
 
+def ensure_rabbit_installed():
+    if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")):
+        print("installing rabbitmq-server with apt-get ...", flush=True)
+        run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-q", "rabbitmq-server"],
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+
+
 class Rabbit:
     name = "RabbitMQ"
 
@@ -108,11 +116,7 @@ class Rabbit:
         self.port = RABBIT_PORT
 
     def start(self):
-        if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")):
-            print("installing rabbitmq-server with apt-get ...", flush=True)
-            run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
-            run(["apt-get", "install", "-y", "-q", "rabbitmq-server"],
-                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+        ensure_rabbit_installed()
         run([os.path.join(RABBIT_BIN, "rabbitmq-server"), "-detached"], env=self.env)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -233,15 +237,121 @@ SCENARIOS = [
 ]
 
 
+class WarrenCluster(Warren):
+    """Three Warren nodes on this machine, clustered with warrenctl join_cluster."""
+    name = "Warren"
+
+    def __init__(self, work):
+        self.base = os.path.join(work, "warren-cluster")
+        self.nodes = [f"compare-warren-{i}@localhost" for i in (1, 2, 3)]
+        self.ports = [5821, 5822, 5823]
+        self.port = self.ports[0]
+
+    def env_for(self, i):
+        return dict(os.environ, WARREN_BASE=self.base, WARREN_NODENAME=self.nodes[i],
+                    WARREN_NODE_PORT=str(self.ports[i]), WARREN_COOKIE="compare-cluster")
+
+    def ctl(self, i, *args):
+        run([os.path.join(TARGET, "release", "warrenctl"), "-n", self.nodes[i]] + list(args),
+            env=self.env_for(i), stdout=subprocess.DEVNULL)
+
+    def start(self):
+        for i in range(3):
+            run([os.path.join(TARGET, "release", "warren-server"), "-detached"],
+                env=self.env_for(i))
+            wait_port(self.ports[i])
+        for i in (1, 2):
+            for step in (["stop_app"], ["reset"], ["join_cluster", self.nodes[0]], ["start_app"]):
+                self.ctl(i, *step)
+
+    def stop(self):
+        for i in range(3):
+            subprocess.run([os.path.join(TARGET, "release", "warrenctl"), "-n", self.nodes[i],
+                            "stop"], env=self.env_for(i), capture_output=True)
+            wait_port_free(self.ports[i])
+
+
+class RabbitCluster(Rabbit):
+    """Three RabbitMQ nodes on this machine, clustered with rabbitmqctl join_cluster."""
+    name = "RabbitMQ"
+
+    def __init__(self, work):
+        self.base = os.path.join(work, "rabbit-cluster")
+        os.makedirs(os.path.join(self.base, "home"), exist_ok=True)
+        with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
+            f.write("loopback_users = none\n")
+        self.nodes = [f"compare-rabbit-{i}@localhost" for i in (1, 2, 3)]
+        self.ports = [5831, 5832, 5833]
+        self.port = self.ports[0]
+
+    def env_for(self, i):
+        # One HOME: the nodes and rabbitmqctl share its Erlang cookie.
+        return dict(os.environ, HOME=os.path.join(self.base, "home"),
+                    RABBITMQ_MNESIA_BASE=os.path.join(self.base, f"mnesia-{i}"),
+                    RABBITMQ_LOG_BASE=os.path.join(self.base, f"log-{i}"),
+                    RABBITMQ_NODENAME=self.nodes[i], RABBITMQ_NODE_PORT=str(self.ports[i]),
+                    RABBITMQ_DIST_PORT=str(self.ports[i] + 20000),
+                    RABBITMQ_CONFIG_FILE=os.path.join(self.base, "rabbitmq"))
+
+    def ctl(self, i, *args):
+        run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.nodes[i]] + list(args),
+            env=self.env_for(i), stdout=subprocess.DEVNULL)
+
+    def start(self):
+        ensure_rabbit_installed()
+        for i in range(3):
+            run([os.path.join(RABBIT_BIN, "rabbitmq-server"), "-detached"], env=self.env_for(i))
+        for i in range(3):
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                r = subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.nodes[i],
+                                    "await_startup"], env=self.env_for(i), capture_output=True)
+                if r.returncode == 0:
+                    break
+                time.sleep(1)
+            wait_port(self.ports[i])
+        for i in (1, 2):
+            for step in (["stop_app"], ["reset"], ["join_cluster", self.nodes[0]], ["start_app"]):
+                self.ctl(i, *step)
+
+    def stop(self):
+        for i in range(3):
+            subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.nodes[i], "stop"],
+                           env=self.env_for(i), capture_output=True)
+            wait_port_free(self.ports[i])
+
+
+# Scenarios on three nodes of each broker (all six processes on this machine's cores).
+CLUSTER_SCENARIOS = [
+    ("3 nodes: quorum queue, 1 KiB, confirms 1000, prefetch 1000 [raw]: confirmed msg/s",
+     lambda b: perf(b, ["--raw", "-s", "1024", "--quorum-queue", "-c", "1000", "-q", "1000",
+                        "-u", "qq1", "-e", "cmp-direct"])["confirmed"]),
+]
+
+
 def main():
     run(["cargo", "build", "--release", "-q", "-p", "warren", "--bin", "warren-server",
          "--bin", "warrenctl", "-p", "warren-tests", "--bin", "warren-perf"], cwd=ROOT)
     work = tempfile.mkdtemp(prefix="warren-compare-")
-    brokers = [Rabbit(work), Warren(work)]
+    # BENCH_ONLY=cluster runs the three-node scenarios alone.
+    only_cluster = os.environ.get("BENCH_ONLY") == "cluster"
+    brokers = [] if only_cluster else [Rabbit(work), Warren(work)]
+    scenarios = [] if only_cluster else list(SCENARIOS)
     results = {}
     load_before = os.getloadavg()
     started = time.time()
     try:
+        for b in [RabbitCluster(work), WarrenCluster(work)]:
+            print(f"{b.name}: starting three clustered nodes ...", flush=True)
+            b.start()
+            try:
+                for name, f in CLUSTER_SCENARIOS:
+                    print(f"{b.name}: {name} ...", flush=True)
+                    results[(b.name, name)] = f(b)
+                    print(f"    {results[(b.name, name)]:,.0f}", flush=True)
+            finally:
+                b.stop()
+        scenarios += [(name, f, False) for name, f in CLUSTER_SCENARIOS]
         for b in brokers:
             running = False
             for name, f, fresh in SCENARIOS:
@@ -269,7 +379,7 @@ def main():
              f"([raw] client or [lapin]); whole run {time.time() - started:.0f} s; load average "
              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after", "",
              "| scenario | RabbitMQ | Warren | Warren advantage |", "|---|---|---|---|"]
-    for name, _, _ in SCENARIOS:
+    for name, _, _ in scenarios:
         r, w = results[("RabbitMQ", name)], results[("Warren", name)]
         lower_better = "lower is better" in name
         ratio = (r / w if lower_better else w / r) if r and w else float("nan")

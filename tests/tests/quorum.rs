@@ -461,3 +461,75 @@ async fn members_are_added_removed_grown_and_shrunk() {
     let got = drain(&ch2, "ledger").await;
     assert_eq!(got.len(), 20, "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_nodes_quorum_queue_keeps_its_messages_across_a_restart() {
+    let dir = TempDir::new("quorum-restart");
+    let mut node = Node::new("qr1", &dir.0);
+    node.start();
+    {
+        let (c, ch) = open(&node.url()).await;
+        ch.queue_declare("kept".into(), durable(), quorum_args(&[]))
+            .await
+            .expect("declare");
+        // Auto-delete is refused for a quorum queue, as in RabbitMQ.
+        let (_c2, ch2) = open(&node.url()).await;
+        let text = expect_code(
+            ch2.queue_declare(
+                "gone".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                quorum_args(&[]),
+            )
+            .await,
+            406,
+        );
+        assert!(text.contains("auto-delete"), "{text}");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        for i in 0..30 {
+            assert!(publish_acked(&ch, "kept", format!("k{i}").as_bytes()).await);
+        }
+        // Ten consumed and acked before the restart: those stay gone.
+        for _ in 0..10 {
+            let m = get_wait(&ch, "kept", false).await;
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        c.close(200, "bye".into()).await.expect("close");
+    }
+    // Acks are replicated asynchronously; once they are committed, a crash keeps them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let status = ctl_rows(&node, &["quorum_status", "kept"]);
+        let committed = status
+            .first()
+            .is_some_and(|r| r["Log Index"] == r["Commit Index"]);
+        if ctl_messages(&node, "kept") == Some(20) && committed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acks not committed: {status:?}");
+    }
+    node.kill9();
+    node.start();
+    let (_c, ch) = open(&node.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        assert!(Instant::now() < deadline, "after restart: {got:?}");
+        match get(&ch, "kept", true).await {
+            Some(m) => got.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let want: Vec<String> = (10..30).map(|i| format!("k{i}")).collect();
+    assert_eq!(got, want);
+    assert!(get(&ch, "kept", true).await.is_none());
+}

@@ -1077,6 +1077,11 @@ impl NodeHandler {
                     .map_err(meta_failure)?;
                 Response::data(json!(answer))
             }
+            "meta_applied" => {
+                let cluster = self.cluster()?;
+                let applied = *cluster.shared.applied.borrow();
+                Response::data(json!(applied))
+            }
             "meta_wait_applied" => {
                 let index: u64 = Self::payload(&req)?;
                 let cluster = self.cluster()?;

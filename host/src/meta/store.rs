@@ -143,29 +143,49 @@ impl MetaStore {
     }
 
     /// Waits (up to 5 s) until a restarted member of a cluster has applied
-    /// what it already holds in its log: the committed index on disk is only
-    /// a hint, so those entries wait for the leader. Clients that connect
-    /// right after a restart then find what the cluster has. Needs the node's
-    /// dist listener up (the leader reaches it there).
+    /// what the cluster had applied when it asked: the committed index on disk
+    /// is only a hint, so entries this node already holds may wait for the
+    /// leader. Clients that connect right after a restart then find what the
+    /// cluster has. Needs the node's dist listener up (the leader reaches it there).
     pub async fn catch_up(&self) {
         let Some(cluster) = self.cluster() else {
             return;
         };
         let (disc, ram) = cluster.members();
-        if disc.len() + ram.len() <= 1 {
+        let peers: Vec<ClusterNode> = disc
+            .into_iter()
+            .chain(ram)
+            .filter(|n| n.name != self.me.name)
+            .collect();
+        if peers.is_empty() {
             return;
         }
-        let target = cluster.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        let mut metrics = cluster.raft.metrics();
-        let caught_up = tokio::time::timeout(
-            Duration::from_secs(5),
-            metrics.wait_for(|m| {
-                m.current_leader.is_some() && m.last_applied.map_or(0, |l| l.index) >= target
-            }),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut target = None;
+        'ask: while tokio::time::Instant::now() < deadline {
+            for p in &peers {
+                let asked: Result<u64, _> = cluster
+                    .peers
+                    .call(p, "meta_applied", &(), Duration::from_millis(500))
+                    .await;
+                if let Ok(index) = asked {
+                    target = Some(index);
+                    break 'ask;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(target) = target else {
+            tracing::warn!("no cluster peer answered within 5 s of starting");
+            return;
+        };
+        let caught_up =
+            tokio::time::timeout_at(deadline, cluster.shared.wait_applied(target)).await;
         if caught_up.is_err() {
-            tracing::warn!("metadata not caught up with the cluster within 5 s of starting");
+            tracing::warn!(
+                target,
+                "metadata not caught up with the cluster within 5 s of starting"
+            );
         }
     }
 

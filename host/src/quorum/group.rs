@@ -25,6 +25,8 @@ use crate::queue::Entry;
 const MAX_BATCH: usize = 512;
 /// How long a publisher waits for its message to be committed before it is refused.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a restarted member listens before it may stand for election.
+const RESTART_QUIET: Duration = Duration::from_secs(3);
 /// A leader that has not heard from a majority for this long refuses publishes at once.
 const QUORUM_SILENCE_MS: u64 = 3000;
 
@@ -130,6 +132,22 @@ impl QuorumGroup {
             if let Err(e) = raft.initialize(voters).await {
                 tracing::warn!(queue = %record.name, error = %e, "quorum queue group not initialized");
             }
+            // The declaring node is meant to lead first: no election timeout to wait out.
+            let _ = raft.trigger().elect().await;
+        } else if record.members.len() == 1 {
+            // A group of one restarting: nobody else to wait for.
+            let _ = raft.trigger().elect().await;
+        } else if !fresh {
+            // A member restarting hears from the running leader within a few
+            // heartbeats; standing for election before that would only push
+            // the term up and unseat a leader that is doing fine (no pre-vote
+            // in openraft 0.9).
+            raft.runtime_config().elect(false);
+            let later = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RESTART_QUIET).await;
+                later.runtime_config().elect(true);
+            });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let group = Arc::new(QuorumGroup {

@@ -48,38 +48,46 @@ impl QuorumQueues {
         self.groups.lock().values().cloned().collect()
     }
 
-    /// Waits until the group of `uid` has a leader serving the queue (its
-    /// live queue is up), asking the leader when it is another node.
+    /// Waits until some member serves the queue (its live queue is up): this
+    /// node, or another member that says so when asked.
     pub async fn wait_serving(
         &self,
         broker: &Broker,
-        uid: u64,
+        record: &QueueRecord,
         within: Duration,
-    ) -> Option<String> {
+    ) -> bool {
         let deadline = Instant::now() + within;
-        loop {
-            if let Some(g) = self.get(uid)
-                && let Some(leader) = g.leader()
-            {
-                if leader == g.me {
-                    if g.contents.lock().live.is_some() {
-                        return Some(leader);
-                    }
-                } else if let Some(c) = broker.meta.cluster()
-                    && let Some(node) = c.running_node(&leader)
-                    && c.peers
-                        .call::<_, bool>(&node, "qq_serving", &uid, Duration::from_secs(2))
-                        .await
-                        .unwrap_or(false)
-                {
-                    return Some(leader);
+        while Instant::now() < deadline {
+            if self.serving(record.uid) {
+                return true;
+            }
+            // Ask the member this node believes leads first, then the others.
+            let mut ask: Vec<String> = Vec::new();
+            if let Some(l) = self.get(record.uid).and_then(|g| g.leader()) {
+                ask.push(l);
+            }
+            for m in &record.members {
+                if !ask.contains(m) {
+                    ask.push(m.clone());
                 }
             }
-            if Instant::now() >= deadline {
-                return None;
+            if let Some(c) = broker.meta.cluster() {
+                for name in ask.iter().filter(|n| **n != broker.config.node) {
+                    let Some(node) = c.running_node(name) else {
+                        continue;
+                    };
+                    if c.peers
+                        .call::<_, bool>(&node, "qq_serving", &record.uid, Duration::from_secs(2))
+                        .await
+                        .unwrap_or(false)
+                    {
+                        return true;
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
     }
 
     /// Whether this node serves the queue of `uid` now.

@@ -19,6 +19,8 @@
 //!                queues; a -k containing {i} then cycles through the same N values
 //! --binding-key TEMPLATE (default: the routing key)
 //! --raw          the raw client instead of lapin
+//! --queue-args k=v[,k=v]  queue.declare arguments (PerfTest's -qa); integers as numbers
+//! --quorum-queue x-queue-type=quorum and persistent messages (PerfTest's --quorum-queue)
 //! ```
 //!
 //! Setup (exchange, queues, bindings) always goes through the raw client, pipelined.
@@ -57,9 +59,11 @@ struct Args {
     bindings: usize,
     binding_key: String,
     raw: bool,
+    /// Queue declare arguments (PerfTest's --queue-args), in order.
+    queue_args: Vec<(String, String)>,
 }
 
-const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]... [-C messages] [--bindings N] [--binding-key TEMPLATE] [--raw]";
+const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]... [-C messages] [--bindings N] [--binding-key TEMPLATE] [--queue-args k=v,...] [--quorum-queue] [--raw]";
 
 fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -82,6 +86,7 @@ fn parse() -> anyhow::Result<Args> {
         bindings: 0,
         binding_key: String::new(),
         raw: false,
+        queue_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,6 +118,20 @@ fn parse() -> anyhow::Result<Args> {
             "--bindings" => a.bindings = val()?.parse()?,
             "--binding-key" => a.binding_key = val()?,
             "--raw" => a.raw = true,
+            "-qa" | "--queue-args" => {
+                for pair in val()?.split(',').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| {
+                        anyhow::anyhow!("--queue-args wants key=value, got '{pair}'")
+                    })?;
+                    a.queue_args.push((k.to_string(), v.to_string()));
+                }
+            }
+            // PerfTest's shortcut: a quorum queue is durable and so are its messages.
+            "--quorum-queue" => {
+                a.queue_args
+                    .push(("x-queue-type".to_string(), "quorum".to_string()));
+                a.persistent = true;
+            }
             "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -137,8 +137,10 @@ impl Connection {
                         };
                         match self.get_remote(id, owner, name.clone(), g.no_ack).await {
                             Err(e)
-                                if e.code == ReplyCode::InternalError
-                                    && std::time::Instant::now() < deadline =>
+                                if matches!(
+                                    e.code,
+                                    ReplyCode::InternalError | ReplyCode::NotFound
+                                ) && std::time::Instant::now() < deadline =>
                             {
                                 // The leader moved: a new session at the new one.
                                 if let Some(s) =
@@ -274,8 +276,13 @@ impl Connection {
         }
         let deadline = std::time::Instant::now() + QUORUM_LEADER_WAIT;
         while std::time::Instant::now() < deadline {
+            // Served here, or by another running node. (This node named as the
+            // home without serving means: it led until a moment ago, or it
+            // just restarted and has not heard from the leader yet.)
             if self.vhost.as_ref().and_then(|v| v.queue(name)).is_some()
-                || self.remote_owner(name).is_some()
+                || self
+                    .remote_owner(name)
+                    .is_some_and(|n| n.name != self.broker.config.node)
             {
                 return;
             }
@@ -298,7 +305,7 @@ impl Connection {
                 .await
             {
                 Err(e)
-                    if e.code == ReplyCode::InternalError
+                    if matches!(e.code, ReplyCode::InternalError | ReplyCode::NotFound)
                         && std::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(queue = %name, error = %e.text, "quorum queue leader not reachable yet; retrying");

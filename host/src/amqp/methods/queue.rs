@@ -279,6 +279,11 @@ impl Connection {
                             "invalid property 'exclusive-owner' for queue '{name}' in vhost '{vhost}'"
                         )));
                     }
+                    if d.auto_delete {
+                        return Err(AmqpError::precondition(format!(
+                            "invalid property 'auto-delete' for queue '{name}' in vhost '{vhost}'"
+                        )));
+                    }
                 }
                 if let Some(dlx) = &config.dead_letter_exchange {
                     // RabbitMQ checks the publisher may write to the dead-letter exchange.
@@ -301,7 +306,8 @@ impl Connection {
                     record.members = self.quorum_members(&record)?;
                     record.node = record.members[0].clone();
                 }
-                let quorum_uid = (config.queue_type == QueueType::Quorum).then_some(record.uid);
+                let quorum_record =
+                    (config.queue_type == QueueType::Quorum).then(|| record.clone());
                 if let Some(existing) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
                     self.check_exclusive(&existing)?;
                 }
@@ -319,14 +325,14 @@ impl Connection {
                 if created && d.exclusive {
                     self.exclusive_queues.push(name.clone());
                 }
-                if created && let Some(uid) = quorum_uid {
+                if created && let Some(record) = quorum_record {
                     // Publishes right after declare-ok must find a leader.
-                    let waited = self
+                    let serving = self
                         .broker
                         .quorum
-                        .wait_serving(&self.broker, uid, std::time::Duration::from_secs(10))
+                        .wait_serving(&self.broker, &record, std::time::Duration::from_secs(10))
                         .await;
-                    if waited.is_none() {
+                    if !serving {
                         tracing::warn!(queue = %name, "quorum queue has no leader yet");
                     }
                 }

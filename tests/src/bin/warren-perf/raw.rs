@@ -140,6 +140,25 @@ impl Enc {
     fn empty_table(self) -> Enc {
         self.u32(0)
     }
+    /// A field table of `key=value` pairs: integers as long-long ints, the rest as strings.
+    fn table(self, pairs: &[(String, String)]) -> Enc {
+        let mut t = Enc(Vec::new());
+        for (k, v) in pairs {
+            t = t.short(k);
+            t = match v.parse::<i64>() {
+                Ok(n) => {
+                    t.0.push(b'l');
+                    t.0.extend_from_slice(&n.to_be_bytes());
+                    t
+                }
+                Err(_) => {
+                    t.0.push(b'S');
+                    t.long(v.as_bytes())
+                }
+            };
+        }
+        self.long(&t.0)
+    }
     /// Appends this method as a frame on `channel` to `out`.
     fn frame_into(&self, channel: u16, out: &mut Vec<u8>) {
         push_frame(out, FRAME_METHOD, channel, &self.0);
@@ -420,7 +439,7 @@ pub async fn setup(a: &Args) -> anyhow::Result<()> {
             .u16(0)
             .short(q)
             .u8(if a.persistent { 0b10 } else { 0 })
-            .empty_table();
+            .table(&a.queue_args);
         c.send(&declare.frame(1)).await?;
         c.expect(1, (50, 11)).await.context("queue.declare")?;
     }
