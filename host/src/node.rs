@@ -242,13 +242,15 @@ impl Node {
 
     /// Runs the node until it is stopped.
     pub async fn run(self: Arc<Node>) -> Result<(), NodeError> {
-        let listeners = amqp_listeners(&self.config)?;
         let dist = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.config.dist_port));
         let ctl = crate::ctl::bind(dist, &self)
             .await
             .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
         tokio::spawn(crate::ctl::serve(ctl, self.clone()));
         self.broker.meta.catch_up().await;
+        // Bound only now: a client connecting earlier is refused at once and
+        // tries another node, instead of waiting in the listen backlog.
+        let listeners = amqp_listeners(&self.config)?;
         for l in listeners {
             tokio::spawn(accept_loop(l, self.clone()));
         }

@@ -113,6 +113,8 @@ pub struct ChaosReport {
     /// Longest time without a publisher ack while faults ran (from the first kill's
     /// "up" phase to the end of the settle phase after the last restart).
     pub longest_unavailability_ms: u64,
+    /// When that stretch began, in seconds on the run's clock (as the progress lines).
+    pub longest_unavailability_at_s: f64,
     /// Kills that targeted the queue's leader as `list_queues` reported it.
     pub leader_kills: u32,
     /// All kills.
@@ -144,7 +146,7 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "cycles={} published={} confirmed={} nacked={} delivered_unique={} lost={} \
-             duplicates={} longest_unavailability_ms={} leader_kills={}",
+             duplicates={} longest_unavailability_ms={} (from {:.1}s) leader_kills={}",
             self.cycles,
             self.published,
             self.confirmed,
@@ -153,6 +155,7 @@ impl ChaosReport {
             self.lost.len(),
             self.duplicates,
             self.longest_unavailability_ms,
+            self.longest_unavailability_at_s,
             self.leader_kills,
         );
         s.push_str(&format!(
@@ -477,6 +480,7 @@ async fn drive(
     let confirmed = acks.confirmed.len() as u64;
     let nacked = shared.nacked.load(Ordering::SeqCst);
     let published = shared.published.load(Ordering::SeqCst);
+    let gap = longest_gap(&acks.times, fault_start, fault_end);
     let report = ChaosReport {
         cycles_requested: cfg.cycles,
         cycles: faults.cycles,
@@ -489,8 +493,9 @@ async fn drive(
         delivered_unconfirmed,
         duplicates,
         malformed: d.malformed,
-        longest_unavailability_ms: longest_gap(&acks.times, fault_start, fault_end).as_millis()
-            as u64,
+        longest_unavailability_ms: gap.0.as_millis() as u64,
+        longest_unavailability_at_s: (fault_start.saturating_duration_since(shared.t0) + gap.1)
+            .as_secs_f64(),
         leader_kills: faults.leader_kills,
         kills: faults.kills,
         producer_reconnects: shared.producer_reconnects.load(Ordering::SeqCst),
@@ -1004,10 +1009,15 @@ async fn produce_on(shared: &Arc<Shared>, i: usize, rate: u32) -> anyhow::Result
     };
     drop(tx);
     // Let outstanding confirms resolve (each within OP_TIMEOUT; a timeout ends the wait).
-    if tokio::time::timeout(OP_TIMEOUT + Duration::from_secs(5), &mut confirms.0)
-        .await
-        .is_err()
-    {
+    // After a failed publish the connection is gone and so are its confirms (lapin may
+    // leave their futures pending): a short wait, or the reconnect would come 10 s late
+    // and count as the broker's unavailability.
+    let wait = if result.is_ok() {
+        OP_TIMEOUT + Duration::from_secs(5)
+    } else {
+        Duration::from_secs(1)
+    };
+    if tokio::time::timeout(wait, &mut confirms.0).await.is_err() {
         confirms.0.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
@@ -1116,7 +1126,8 @@ async fn consume_on(shared: &Arc<Shared>, i: usize, n: u64) -> anyhow::Result<()
 // Small helpers
 
 /// The longest stretch in `[from, to]` without an ack (the bounds count as points).
-fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+/// The longest stretch without an ack, and when (after `from`) it began.
+fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> (Duration, Duration) {
     let mut points: Vec<Instant> = times
         .iter()
         .copied()
@@ -1125,9 +1136,12 @@ fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
     points.sort_unstable();
     points.push(to);
     let mut prev = from;
-    let mut longest = Duration::ZERO;
+    let mut longest = (Duration::ZERO, Duration::ZERO);
     for t in points {
-        longest = longest.max(t.saturating_duration_since(prev));
+        let gap = t.saturating_duration_since(prev);
+        if gap > longest.0 {
+            longest = (gap, prev.saturating_duration_since(from));
+        }
         prev = t;
     }
     longest

@@ -361,7 +361,7 @@ fn members_of(node: &Node, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_added_removed_grown_and_shrunk() {
     let dir = TempDir::new("quorum-members");
-    let nodes = cluster_of_three(&dir, "qs");
+    let mut nodes = cluster_of_three(&dir, "qs");
     let names: Vec<String> = nodes.iter().map(|n| n.full_name()).collect();
     let (_c, ch) = open(&nodes[0].url()).await;
     ch.queue_declare(
@@ -460,6 +460,26 @@ async fn members_are_added_removed_grown_and_shrunk() {
     assert_eq!(members_of(&nodes[0], "ledger"), names[..2].to_vec());
     let got = drain(&ch2, "ledger").await;
     assert_eq!(got.len(), 20, "{got:?}");
+
+    // forget_cluster_node takes a forgotten node out of its quorum queues too.
+    nodes[0].ctl_ok(&["grow", &names[2], "all"]);
+    assert_eq!(members_of(&nodes[0], "ledger"), names);
+    nodes[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = nodes[0].ctl(&["forget_cluster_node", &names[2]]);
+        if out.status.success() {
+            break;
+        }
+        // Refused while the others still think it runs (a few seconds).
+        assert!(
+            Instant::now() < deadline,
+            "forget_cluster_node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(members_of(&nodes[1], "ledger"), names[..2].to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

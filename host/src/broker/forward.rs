@@ -154,7 +154,10 @@ impl Broker {
                             replicating.push((answers.len(), answer))
                         }
                     },
-                    None => ok = false,
+                    None => {
+                        tracing::debug!(queue = %name, "forwarded publish for a queue not served here: refused");
+                        ok = false
+                    }
                 }
             }
             answers.push(ok);

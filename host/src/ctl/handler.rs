@@ -860,6 +860,16 @@ impl NodeHandler {
                         ),
                     ));
                 }
+                // Its quorum queue copies go with it, as in RabbitMQ (the
+                // remaining members carry on).
+                for record in broker.quorum_records() {
+                    if record.members.contains(&target)
+                        && record.members.len() > 1
+                        && let Err(e) = broker.quorum_delete_member(&record, &target).await
+                    {
+                        tracing::warn!(queue = %record.name, node = %target, error = %e, "could not drop the forgotten node from a quorum queue");
+                    }
+                }
                 cluster.remove_member(&target).await.map_err(meta_failure)?;
                 Response::message(format!("Removing node {target} from the cluster"))
             }

@@ -38,6 +38,9 @@ fn raft_config() -> Config {
         election_timeout_max: 1200,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
         max_in_snapshot_log_to_keep: 1000,
+        // An append must be answered within the heartbeat interval (openraft
+        // drops it otherwise): a follower catching up gets small ones.
+        max_payload_entries: 64,
         ..Default::default()
     }
 }
@@ -198,8 +201,10 @@ impl QuorumGroup {
         if self.contents.lock().live.is_some() {
             return;
         }
+        let asked = std::time::Instant::now();
         let applied =
             tokio::time::timeout(Duration::from_secs(5), self.raft.ensure_linearizable()).await;
+        tracing::debug!(queue = %self.record.name, took_ms = asked.elapsed().as_millis() as u64, "quorum queue leader read its log");
         match applied {
             Ok(Ok(_)) if self.is_leader() => {}
             Ok(Ok(_)) => return,
@@ -286,7 +291,9 @@ async fn follow_leader(group: Weak<QuorumGroup>) {
             if let (Some(b), Some(l)) = (g.broker.upgrade(), &leader) {
                 if leading {
                     b.announce_quorum_leader(&g.record);
-                } else if last_leader.as_ref() != Some(l) {
+                } else {
+                    // Every time, not only on a change: routing heals within
+                    // one tick whatever else last wrote it.
                     b.quorum_leader_changed(&g.record, l, None);
                 }
             }
@@ -346,6 +353,10 @@ async fn run_proposer(
                     }
                 }
                 if !can_accept(&raft) {
+                    tracing::debug!(
+                        messages = senders.len(),
+                        "quorum queue publishes refused: not a leader with a majority"
+                    );
                     for s in senders {
                         let _ = s.send(false);
                     }
@@ -405,7 +416,14 @@ async fn run_waiter(mut rx: mpsc::UnboundedReceiver<Waiting>) {
                 reply.accepted
             }
             // Not the leader any more, or the group stopped: refused.
-            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => Vec::new(),
+            Ok(Ok(Err(_))) | Ok(Err(_)) => Vec::new(),
+            Err(_) => {
+                tracing::warn!(
+                    messages = senders.len(),
+                    "quorum queue publishes not committed within {COMMIT_WAIT:?}: refused"
+                );
+                Vec::new()
+            }
         };
         for (i, s) in senders.into_iter().enumerate() {
             let _ = s.send(accepted.get(i).copied().unwrap_or(false));

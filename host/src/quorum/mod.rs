@@ -201,9 +201,14 @@ impl Broker {
                 v.remote.write().remove(&record.name);
             }
             None => {
-                v.remote
+                let previous = v
+                    .remote
                     .write()
                     .insert(record.name.clone(), leader.to_string());
+                if previous.as_deref() == Some(leader) {
+                    return;
+                }
+                tracing::debug!(queue = %record.name, leader, "quorum queue routed to its leader");
             }
         }
         if let Some(node) = self.meta.cluster().and_then(|c| c.node_by_name(leader)) {
