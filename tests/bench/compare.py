@@ -237,6 +237,13 @@ SCENARIOS = [
 ]
 
 
+def join_to_first(cluster):
+    """Nodes 2 and 3 join node 1 as RabbitMQ's clustering guide does (same verbs in both CLIs)."""
+    for i in (1, 2):
+        for step in (["stop_app"], ["reset"], ["join_cluster", cluster.nodes[0]], ["start_app"]):
+            cluster.ctl(i, *step)
+
+
 class WarrenCluster(Warren):
     """Three Warren nodes on this machine, clustered with warrenctl join_cluster."""
     name = "Warren"
@@ -260,9 +267,7 @@ class WarrenCluster(Warren):
             run([os.path.join(TARGET, "release", "warren-server"), "-detached"],
                 env=self.env_for(i))
             wait_port(self.ports[i])
-        for i in (1, 2):
-            for step in (["stop_app"], ["reset"], ["join_cluster", self.nodes[0]], ["start_app"]):
-                self.ctl(i, *step)
+        join_to_first(self)
 
     def stop(self):
         for i in range(3):
@@ -310,9 +315,7 @@ class RabbitCluster(Rabbit):
                     break
                 time.sleep(1)
             wait_port(self.ports[i])
-        for i in (1, 2):
-            for step in (["stop_app"], ["reset"], ["join_cluster", self.nodes[0]], ["start_app"]):
-                self.ctl(i, *step)
+        join_to_first(self)
 
     def stop(self):
         for i in range(3):

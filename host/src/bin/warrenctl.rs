@@ -428,29 +428,27 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
             vhost,
             queue,
             member_node,
-        } => {
-            let member = full_node_name(member_node)?;
-            Plan {
-                banner: Some(format!(
-                    "Adding a replica for queue {queue} on node {member}..."
-                )),
-                request: Request::new("add_member")
-                    .arg(queue.clone())
-                    .arg(member)
-                    .option("vhost", &vhost.vhost),
-            }
         }
-        C::DeleteMember {
+        | C::DeleteMember {
             vhost,
             queue,
             member_node,
         } => {
             let member = full_node_name(member_node)?;
+            let (command, banner) = if matches!(cmd, C::AddMember { .. }) {
+                (
+                    "add_member",
+                    format!("Adding a replica for queue {queue} on node {member}..."),
+                )
+            } else {
+                (
+                    "delete_member",
+                    format!("Removing a replica of queue {queue} on node {member}..."),
+                )
+            };
             Plan {
-                banner: Some(format!(
-                    "Removing a replica of queue {queue} on node {member}..."
-                )),
-                request: Request::new("delete_member")
+                banner: Some(banner),
+                request: Request::new(command)
                     .arg(queue.clone())
                     .arg(member)
                     .option("vhost", &vhost.vhost),

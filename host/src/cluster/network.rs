@@ -130,14 +130,34 @@ impl Peers {
         payload: &Q,
         timeout: Duration,
     ) -> Result<A, PeerError> {
-        let body = serde_json::to_string(payload)
-            .map_err(|e| PeerError::Remote(format!("cannot encode {command}: {e}")))?;
-        let resp = self
-            .request(node, Request::new(command).arg(body), timeout)
-            .await?;
-        let data = resp.data.unwrap_or(serde_json::Value::Null);
-        serde_json::from_value(data)
-            .map_err(|e| PeerError::Remote(format!("bad answer to {command}: {e}")))
+        self.call_on(Self::lane(command), node, command, payload, timeout)
+            .await
+    }
+
+    /// One Raft RPC to `node` (Raft id `target`) on `lane`: the peer's answer is
+    /// the RPC's own `Result`, and a link failure becomes openraft's error.
+    pub(crate) async fn raft_rpc<Q, A, E>(
+        &self,
+        lane: &str,
+        node: &ClusterNode,
+        target: NodeId,
+        command: &str,
+        req: &Q,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<NodeId, ClusterNode, E>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: DeserializeOwned + std::error::Error,
+    {
+        let answer: Result<Result<A, E>, PeerError> = self
+            .call_on(lane, node, command, req, option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
+            Err(e) => Err(to_rpc_error(target, e, |_| None)),
+        }
     }
 
     /// Sends a control request as is and returns the peer's whole response
@@ -246,7 +266,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-pub(crate) fn to_rpc_error<E: std::error::Error>(
+fn to_rpc_error<E: std::error::Error>(
     target: NodeId,
     e: PeerError,
     remote: impl FnOnce(String) -> Option<E>,
@@ -269,15 +289,9 @@ impl PeerLink {
         req: &Q,
         option: &RPCOption,
     ) -> Result<A, RPCError<NodeId, ClusterNode, E>> {
-        let answer: Result<Result<A, E>, PeerError> = self
-            .peers
-            .call(&self.node, command, req, option.hard_ttl())
-            .await;
-        match answer {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e) => Err(to_rpc_error(self.target, e, |_| None)),
-        }
+        self.peers
+            .raft_rpc("raft", &self.node, self.target, command, req, option)
+            .await
     }
 }
 

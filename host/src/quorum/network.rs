@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::types::QueueRaft;
 use crate::cluster::ClusterNode;
-use crate::cluster::network::{PeerError, Peers, to_rpc_error};
+use crate::cluster::network::Peers;
 
 type NodeId = u64;
 
@@ -52,21 +52,16 @@ impl GroupLink {
         option: &RPCOption,
     ) -> Result<A, RPCError<NodeId, ClusterNode, E>> {
         let lane = format!("qq{}", self.group);
-        let answer: Result<Result<A, E>, PeerError> = self
-            .peers
-            .call_on(
+        self.peers
+            .raft_rpc(
                 &lane,
                 &self.node,
+                self.target,
                 command,
                 &(self.group, req),
-                option.hard_ttl(),
+                option,
             )
-            .await;
-        match answer {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e) => Err(to_rpc_error(self.target, e, |_| None)),
-        }
+            .await
     }
 }
 
