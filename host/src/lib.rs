@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod field_depth;
 pub mod meta;
 pub mod node;
 pub mod plugins;

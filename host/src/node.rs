@@ -130,7 +130,6 @@ pub async fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeE
     if fresh {
         broker.seed_defaults().await?;
     }
-    broker.discard_orphaned_messages();
     Ok(Arc::new(Node {
         config,
         broker,
@@ -191,6 +190,19 @@ pub fn amqp_listeners(config: &NodeConfig) -> Result<Vec<TcpListener>, NodeError
     Ok(out)
 }
 
+/// Retries the catch-up until the replica is current, then drops the messages of
+/// queues that are really gone (those of queues that showed up meanwhile were
+/// handed to their queues as their records arrived).
+async fn discard_orphans_once_current(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        if broker.meta.catch_up().await {
+            broker.discard_orphaned_messages();
+            return;
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let mut running = node.app_running.subscribe();
     loop {
@@ -247,7 +259,16 @@ impl Node {
             .await
             .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
         tokio::spawn(crate::ctl::serve(ctl, self.clone()));
-        self.broker.meta.catch_up().await;
+        let caught_up = self.broker.meta.catch_up().await;
+        // Messages recovered for a queue the replica does not know are dropped only
+        // once the replica is known to be current: after a kill -9 it can lag the
+        // cluster (its committed index is a hint), and a queue declared elsewhere
+        // just before the crash would otherwise lose its confirmed messages.
+        if caught_up {
+            self.broker.discard_orphaned_messages();
+        } else {
+            tokio::spawn(discard_orphans_once_current(self.broker.clone()));
+        }
         // Bound only now: a client connecting earlier is refused at once and
         // tries another node, instead of waiting in the listen backlog.
         let listeners = amqp_listeners(&self.config)?;

@@ -463,3 +463,65 @@ fn a_wrong_cookie_is_refused_in_one_line() {
     b.ctl_ok(&["start_app"]);
     assert_eq!(names(&status(&b), "disk_nodes"), vec![b.full_name()]);
 }
+
+/// The declare is the last metadata change before the crash, so the owner's replica has the
+/// queue's record on disk but not yet the knowledge that it was committed: recovery must not
+/// take the recovered messages for orphans before the replica has caught up with the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
+    let dir = TempDir::new("cluster-owner-kill");
+    let mut nodes = cluster_of_three(&dir);
+    let everyone = all_names(&nodes);
+    for n in &nodes {
+        wait_status(n, "running_nodes", &everyone);
+    }
+    let (c2, ch2) = open(&nodes[1].url()).await;
+    declare(&ch2, "own2", durable(), FieldTable::default()).await;
+    c2.close(200, "bye".into()).await.expect("close");
+    let (c1, ch1) = open(&nodes[0].url()).await;
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut confirms = Vec::new();
+    for i in 0..500 {
+        let body = format!("m{i}");
+        confirms.push(
+            ch1.basic_publish(
+                "".into(),
+                "own2".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent(),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for (i, c) in confirms.into_iter().enumerate() {
+        assert!(c.await.expect("confirm").is_ack(), "message {i} not acked");
+    }
+    assert_eq!(ready_count(&ch1, "own2").await, 500);
+    c1.close(200, "bye".into()).await.expect("close");
+
+    nodes[1].kill9();
+    nodes[1].start();
+    for n in &nodes {
+        wait_status(n, "running_nodes", &everyone);
+    }
+    for n in &nodes {
+        assert_eq!(
+            ctl_messages(n, "own2"),
+            Some(500),
+            "list_queues on {} after the owner's kill -9; the owner's log:\n{}",
+            n.full_name(),
+            nodes[1].log()
+        );
+    }
+    // And once more: nothing was dropped on the way (a second restart used to lose them).
+    nodes[1].restart();
+    let (c2, ch2) = open(&nodes[1].url()).await;
+    assert_eq!(ready_count(&ch2, "own2").await, 500);
+    let first = get_wait(&ch2, "own2", true).await;
+    assert_eq!(first.delivery.data, b"m0");
+    c2.close(200, "bye".into()).await.expect("close");
+}

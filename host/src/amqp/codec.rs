@@ -135,6 +135,13 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
             );
         }
     }
+    // amq-protocol parses tables recursively: measure their nesting first.
+    if let Err(e) = crate::field_depth::check_method(payload) {
+        return Err(AmqpError::connection(
+            ReplyCode::SyntaxError,
+            format!("SYNTAX_ERROR - {e} in the arguments of method {class_id}.{method_id}"),
+        ));
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok(([], class)) => Ok(class),
         _ => Err(AmqpError::connection(
@@ -158,6 +165,12 @@ pub fn decode_content_header(payload: Bytes) -> Result<ContentHeader, AmqpError>
     let body_size = u64::from_be_bytes(payload[4..12].try_into().map_err(|_| bad())?);
     // A copy: a slice would pin the whole read buffer for as long as the message lives.
     let properties_raw = Bytes::copy_from_slice(&payload[12..]);
+    if let Err(e) = crate::field_depth::check_properties(&properties_raw) {
+        return Err(AmqpError::connection(
+            ReplyCode::FrameError,
+            format!("FRAME_ERROR - content header: {e}"),
+        ));
+    }
     let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..]) {
         Ok(([], p)) => p,
         _ => return Err(bad()),

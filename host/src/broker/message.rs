@@ -163,6 +163,8 @@ impl Message {
             return None;
         }
         let properties_raw = data.split_to(plen);
+        // Fed by peers and the disk: the recursive parser only sees bounded nesting.
+        crate::field_depth::check_properties(&properties_raw).ok()?;
         let properties = match amq_protocol::protocol::basic::parse_properties(&properties_raw[..])
         {
             Ok(([], p)) => p,

@@ -223,6 +223,9 @@ impl Broker {
             }
         };
         let recovered = self.recovered.lock().remove(&rec.uid).unwrap_or_default();
+        if !recovered.is_empty() {
+            tracing::info!(queue = %rec.name, vhost = %rec.vhost, messages = recovered.len(), "queue recovered its messages");
+        }
         let store = if rec.durable {
             self.store.clone()
         } else {
@@ -265,6 +268,12 @@ impl Broker {
     /// Queues whose messages were recovered from disk but whose metadata is gone are dropped.
     pub fn discard_orphaned_messages(&self) {
         let orphans: Vec<u64> = self.recovered.lock().drain().map(|(uid, _)| uid).collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                queues = orphans.len(),
+                "dropping stored messages of queues the cluster no longer has"
+            );
+        }
         if let Some(store) = &self.store {
             for uid in orphans {
                 store.delete_queue(uid);

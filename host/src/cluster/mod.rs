@@ -235,6 +235,7 @@ impl Cluster {
     /// Commits a change and waits until it is applied here and on every
     /// reachable node. Any node may call this; followers forward to the leader.
     pub async fn submit(&self, cmd: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        check_storable(&cmd)?;
         let deadline = Instant::now() + QUORUM_WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -284,6 +285,8 @@ impl Cluster {
         cmd: MetaCommand,
         wait: Duration,
     ) -> Result<SubmitAnswer, MetaError> {
+        // Forwarded changes come from peers: checked here too.
+        check_storable(&cmd)?;
         if !self.has_quorum() {
             return Err(self.no_quorum());
         }
@@ -464,6 +467,13 @@ impl Cluster {
             None
         }
     }
+}
+
+/// A change must be valid and come back whole from the log's encoding before it is
+/// committed: once in the log, every node has to apply it, also after a restart.
+fn check_storable(cmd: &MetaCommand) -> Result<(), MetaError> {
+    cmd.check_nesting()?;
+    store::check_round_trip(cmd)
 }
 
 /// Pings every other member each second, so that who is up (cluster_status,

@@ -182,6 +182,7 @@ impl Peers {
         let command = req.command.clone();
         let link = self.link(&node.addr, lane);
         let mut guard = link.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
         // The client is taken out while a request is in flight and put back
         // only once its answer is read: a request abandoned half way (a
         // timeout here, or the caller dropping this future, as openraft does
@@ -189,45 +190,57 @@ impl Peers {
         // on the connection for the next request to read as its own.
         let mut taken = guard.take();
         let mut timed_out = false;
-        let result = match tokio::time::timeout(timeout, async {
-            let mut client = match taken.take() {
-                Some(c) => c,
-                None => ctl::client_connect(
-                    &node.addr,
-                    &self.cookie,
-                    &format!("peer:{}", self.me),
-                    timeout.min(ctl::CONNECT_TIMEOUT),
-                )
-                .await
-                .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?,
-            };
-            client.set_request_timeout(timeout);
-            let resp = client
-                .call(&req)
-                .await
-                .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?;
-            Ok((client, resp))
-        })
-        .await
-        {
-            Ok(Ok((client, resp))) => {
-                *guard = Some(client);
-                if resp.ok {
-                    Ok(resp)
-                } else {
-                    Err(PeerError::Remote(resp.error.clone().unwrap_or_else(|| {
-                        format!("node {} refused {command}", node.name)
-                    })))
+        let result = loop {
+            let reused = taken.is_some();
+            let mut closed_under_us = false;
+            let attempt = tokio::time::timeout_at(deadline, async {
+                let mut client = match taken.take() {
+                    Some(c) => c,
+                    None => ctl::client_connect(
+                        &node.addr,
+                        &self.cookie,
+                        &format!("peer:{}", self.me),
+                        timeout.min(ctl::CONNECT_TIMEOUT),
+                    )
+                    .await
+                    .map_err(|e| PeerError::Unreachable(format!("node {}: {e}", node.name)))?,
+                };
+                client.set_request_timeout(timeout);
+                match client.call(&req).await {
+                    Ok(resp) => Ok((client, resp)),
+                    Err(e) => {
+                        closed_under_us = reused
+                            && matches!(e, ctl::CtlError::Closed { .. } | ctl::CtlError::Io { .. });
+                        Err(PeerError::Unreachable(format!("node {}: {e}", node.name)))
+                    }
                 }
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                timed_out = true;
-                Err(PeerError::Unreachable(format!(
-                    "node {}: no answer within {} ms",
-                    node.name,
-                    timeout.as_millis()
-                )))
+            })
+            .await;
+            match attempt {
+                Ok(Ok((client, resp))) => {
+                    *guard = Some(client);
+                    break if resp.ok {
+                        Ok(resp)
+                    } else {
+                        Err(PeerError::Remote(resp.error.clone().unwrap_or_else(|| {
+                            format!("node {} refused {command}", node.name)
+                        })))
+                    };
+                }
+                // A kept link that fails at once was closed under us (the peer
+                // restarted since): the peer never read the request, so it is
+                // sent once more on a fresh connection before anyone is told
+                // the peer is unreachable.
+                Ok(Err(PeerError::Unreachable(_))) if closed_under_us => continue,
+                Ok(Err(e)) => break Err(e),
+                Err(_) => {
+                    timed_out = true;
+                    break Err(PeerError::Unreachable(format!(
+                        "node {}: no answer within {} ms",
+                        node.name,
+                        timeout.as_millis()
+                    )));
+                }
             }
         };
         match &result {

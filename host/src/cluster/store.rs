@@ -53,6 +53,39 @@ pub fn open_db(path: Option<&std::path::Path>) -> Result<Arc<Database>, redb::Er
     Ok(Arc::new(db))
 }
 
+/// Reads what this node itself wrote to its log. Every change was shown to round-trip
+/// through the default (depth-limited) decoder before it was committed
+/// ([`check_round_trip`]); the limit is lifted here anyway so that a node can always start
+/// from its own log, also one written before that check existed.
+pub(crate) fn decode_own<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Encodes `cmd` as its log entry and reads it back with the decoder every node uses for
+/// entries from peers: a change that would not come back whole (nesting past serde_json's
+/// limit, a float JSON cannot hold) is refused before it is committed, instead of bricking
+/// every node's log.
+pub fn check_round_trip(cmd: &crate::meta::MetaCommand) -> Result<(), crate::meta::MetaError> {
+    let refuse = |why: String| {
+        crate::meta::MetaError::Precondition(format!("arguments cannot be stored: {why}"))
+    };
+    let entry: Entry<TypeConfig> = Entry {
+        log_id: LogId::default(),
+        payload: EntryPayload::Normal(cmd.clone()),
+    };
+    let bytes = serde_json::to_vec(&entry).map_err(|e| refuse(e.to_string()))?;
+    let back: Entry<TypeConfig> =
+        serde_json::from_slice(&bytes).map_err(|e| refuse(e.to_string()))?;
+    match back.payload {
+        EntryPayload::Normal(c) if c == *cmd => Ok(()),
+        _ => Err(refuse("the stored form differs".into())),
+    }
+}
+
 pub(crate) fn get_meta<T: for<'de> Deserialize<'de>>(
     db: &Database,
     key: &str,
@@ -60,9 +93,7 @@ pub(crate) fn get_meta<T: for<'de> Deserialize<'de>>(
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(META).map_err(read_err)?;
     match table.get(key).map_err(read_err)? {
-        Some(v) => serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(read_err),
+        Some(v) => decode_own(v.value()).map(Some).map_err(read_err),
         None => Ok(None),
     }
 }
@@ -134,7 +165,7 @@ where
             if !range.contains(&k.value()) {
                 break;
             }
-            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+            out.push(decode_own(v.value()).map_err(read_err)?);
         }
         Ok(out)
     }
@@ -152,7 +183,7 @@ where
         let table = tx.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
             Some((_, v)) => {
-                let e: Entry<C> = serde_json::from_slice(v.value()).map_err(read_err)?;
+                let e: Entry<C> = decode_own(v.value()).map_err(read_err)?;
                 Some(e.log_id)
             }
             None => last_purged,

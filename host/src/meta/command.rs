@@ -64,6 +64,34 @@ pub enum MetaCommand {
     },
 }
 
+impl MetaCommand {
+    /// Refuses a change whose field tables nest deeper than the wire allows
+    /// (`field_depth::MAX_DEPTH`): one that came from the CLI or a peer rather than a frame
+    /// must not reach the log in a shape that cannot be read back.
+    pub fn check_nesting(&self) -> Result<(), MetaError> {
+        let mut pending = vec![self];
+        while let Some(cmd) = pending.pop() {
+            let args = match cmd {
+                MetaCommand::DeclareExchange(x) => &x.arguments,
+                MetaCommand::DeclareQueue(q) => &q.arguments,
+                MetaCommand::Bind(b) | MetaCommand::Unbind(b) => &b.arguments,
+                MetaCommand::Batch(cmds) => {
+                    pending.extend(cmds);
+                    continue;
+                }
+                _ => continue,
+            };
+            if crate::field_depth::table_depth(args) > crate::field_depth::MAX_DEPTH {
+                return Err(MetaError::Precondition(format!(
+                    "arguments nested deeper than {} levels",
+                    crate::field_depth::MAX_DEPTH
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What applying a command changed, for the node's runtime (routers, queue processes) to follow.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaEvent {

@@ -147,9 +147,13 @@ impl MetaStore {
     /// is only a hint, so entries this node already holds may wait for the
     /// leader. Clients that connect right after a restart then find what the
     /// cluster has. Needs the node's dist listener up (the leader reaches it there).
-    pub async fn catch_up(&self) {
+    ///
+    /// Returns whether this node's replica is known to be current: only then may
+    /// the node conclude that a queue it does not know is gone (and drop the
+    /// messages it recovered for it).
+    pub async fn catch_up(&self) -> bool {
         let Some(cluster) = self.cluster() else {
-            return;
+            return false;
         };
         let (disc, ram) = cluster.members();
         let peers: Vec<ClusterNode> = disc
@@ -158,7 +162,9 @@ impl MetaStore {
             .filter(|n| n.name != self.me.name)
             .collect();
         if peers.is_empty() {
-            return;
+            // A cluster of one has applied its whole log once it leads (`start`
+            // waited for that); a ram node still waiting to rejoin knows nothing yet.
+            return cluster.is_initialized().await && cluster.leader().is_some();
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut target = None;
@@ -177,7 +183,7 @@ impl MetaStore {
         }
         let Some(target) = target else {
             tracing::warn!("no cluster peer answered within 5 s of starting");
-            return;
+            return false;
         };
         let caught_up =
             tokio::time::timeout_at(deadline, cluster.shared.wait_applied(target)).await;
@@ -186,7 +192,9 @@ impl MetaStore {
                 target,
                 "metadata not caught up with the cluster within 5 s of starting"
             );
+            return false;
         }
+        true
     }
 
     pub fn cluster(&self) -> Option<Arc<Cluster>> {
