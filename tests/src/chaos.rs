@@ -1,7 +1,11 @@
-//! Fault injection for quorum queues: a three-node cluster of real `warren-server` processes,
+//! Fault injection for durable queues: a three-node cluster of real `warren-server` processes,
 //! a publisher with confirms and a consumer with manual acks running against it, while a
 //! fault loop SIGKILLs a node (alternately the queue's leader and the next node in turn) and
 //! starts it again. At the end every message the broker confirmed must have been delivered.
+//!
+//! The queue is a quorum queue, or (`classic`) a classic durable queue with persistent
+//! messages: then the "leader" is the queue's owner, the one node holding its messages, and
+//! while it is down the queue is unavailable; once it is back every confirmed message must be.
 //!
 //! Messages carry an 8-byte big-endian sequence number, unique and increasing across
 //! reconnects. The publisher counts a number as confirmed only when its publisher confirm was
@@ -68,6 +72,8 @@ pub struct ChaosConfig {
     pub seed: u64,
     /// Keep the nodes' base directory (data and logs) instead of removing it.
     pub keep_dir: bool,
+    /// A classic durable queue (owned by the first node) instead of a quorum queue.
+    pub classic: bool,
 }
 
 impl Default for ChaosConfig {
@@ -79,6 +85,7 @@ impl Default for ChaosConfig {
             rate: 300,
             seed: 0,
             keep_dir: false,
+            classic: false,
         }
     }
 }
@@ -357,10 +364,11 @@ async fn drive(
         shared.set_up(i, true);
     }
     shared.log(&format!(
-        "cluster formed: {}; declaring quorum queue {QUEUE:?}",
-        shared.names.join(", ")
+        "cluster formed: {}; declaring {} queue {QUEUE:?}",
+        shared.names.join(", "),
+        queue_kind(cfg)
     ));
-    declare_queue(&shared.urls[0]).await?;
+    declare_queue(&shared.urls[0], cfg.classic).await?;
 
     let mut rng = cfg.seed;
     let n = nodes.len();
@@ -891,27 +899,37 @@ async fn connect(url: &str) -> anyhow::Result<Connection> {
     .await
 }
 
-async fn declare_queue(url: &str) -> anyhow::Result<()> {
+fn queue_kind(cfg: &ChaosConfig) -> &'static str {
+    if cfg.classic {
+        "classic durable"
+    } else {
+        "quorum"
+    }
+}
+
+async fn declare_queue(url: &str, classic: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match try_declare(url).await {
+        match try_declare(url, classic).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("declaring quorum queue {QUEUE:?}")));
+                return Err(e.context(format!("declaring queue {QUEUE:?}")));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
 
-async fn try_declare(url: &str) -> anyhow::Result<()> {
+async fn try_declare(url: &str, classic: bool) -> anyhow::Result<()> {
     let conn = connect(url).await?;
     let ch = op("channel.open", conn.create_channel()).await?;
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
+    if !classic {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+        );
+    }
     op(
         "queue.declare",
         ch.queue_declare(

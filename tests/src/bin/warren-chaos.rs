@@ -1,4 +1,5 @@
-//! `warren-chaos`: fault injection for quorum queues (see `warren_tests::chaos`).
+//! `warren-chaos`: fault injection for quorum queues and classic durable queues (see
+//! `warren_tests::chaos`).
 //!
 //! Starts a three-node cluster of real `warren-server` processes (found next to this
 //! executable, so `cargo run --release -p warren-tests --bin warren-chaos` uses the release
@@ -8,7 +9,7 @@
 //! was lost, 1 when some were, 2 when the run itself failed.
 //!
 //! ```text
-//! warren-chaos [--cycles N] [--up SECS] [--down SECS] [--rate R] [--seed N] [--keep]
+//! warren-chaos [--classic] [--cycles N] [--up SECS] [--down SECS] [--rate R] [--seed N] [--keep]
 //! ```
 
 use std::process::ExitCode;
@@ -16,8 +17,10 @@ use std::process::ExitCode;
 use warren_tests::chaos::{self, ChaosConfig};
 
 const USAGE: &str =
-    "usage: warren-chaos [--cycles N] [--up SECS] [--down SECS] [--rate R] [--seed N] [--keep]
+    "usage: warren-chaos [--classic] [--cycles N] [--up SECS] [--down SECS] [--rate R] [--seed N] [--keep]
 
+  --classic     a classic durable queue owned by the first node (default: a quorum queue);
+                its owner is killed where the quorum queue's leader would be
   --cycles N    kill/restart cycles (3)
   --up SECS     seconds all nodes run before each kill (4)
   --down SECS   seconds the killed node stays down (3)
@@ -54,6 +57,7 @@ fn parse() -> Result<ChaosConfig, String> {
             "--rate" => cfg.rate = value(&flag, next(), |r: &u32| *r > 0)?,
             "--seed" => cfg.seed = value(&flag, next(), |_: &u64| true)?,
             "--keep" => cfg.keep_dir = true,
+            "--classic" => cfg.classic = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -74,8 +78,13 @@ async fn main() -> ExitCode {
         }
     };
     println!(
-        "warren-chaos: {} cycles, {} s up, {} s down, {} msg/s, seed {}",
-        cfg.cycles, cfg.up_secs, cfg.down_secs, cfg.rate, cfg.seed
+        "warren-chaos: {} queue, {} cycles, {} s up, {} s down, {} msg/s, seed {}",
+        if cfg.classic { "classic durable" } else { "quorum" },
+        cfg.cycles,
+        cfg.up_secs,
+        cfg.down_secs,
+        cfg.rate,
+        cfg.seed
     );
     match chaos::run(&cfg).await {
         Ok(report) => {
