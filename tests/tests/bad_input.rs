@@ -401,3 +401,135 @@ fn opening_more_channels_than_channel_max_is_not_allowed() {
         "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
     );
 }
+
+/// A field table holding a table holding ... `depth` tables in all, as wire bytes.
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut inner: Vec<u8> = 0u32.to_be_bytes().to_vec();
+    for _ in 1..depth {
+        let mut t = vec![1, b'k', b'F'];
+        t.extend_from_slice(&inner);
+        let mut outer = (t.len() as u32).to_be_bytes().to_vec();
+        outer.extend_from_slice(&t);
+        inner = outer;
+    }
+    inner
+}
+
+#[tokio::test]
+async fn deeply_nested_client_properties_before_login_are_a_syntax_error() {
+    let mut broker = TestBroker::start();
+    let watcher = Bystander::new(&broker).await;
+    let port = broker.port;
+    let closed = block(move || {
+        let mut raw = Raw::tcp(port);
+        raw.send(b"AMQP\x00\x00\x09\x01");
+        raw.read_frame().expect("connection.start");
+        // 2,000 levels, about 14 KB: this used to overflow a worker's stack and abort the node.
+        let mut args = Args(nested_table(2000));
+        args = args.short("PLAIN").long(b"\0guest\0guest").short("en_US");
+        raw.send(&method_frame(0, 10, 11, args));
+        raw.expect_connection_close()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed.code, 502, "{closed:?}");
+    assert!(
+        closed.text.starts_with("SYNTAX_ERROR") && closed.text.contains("nested deeper"),
+        "{closed:?}"
+    );
+    watcher.still_fine(&mut broker).await;
+}
+
+#[tokio::test]
+async fn deeply_nested_declare_arguments_and_headers_are_refused_and_nothing_is_stored() {
+    let mut broker = TestBroker::start();
+    let watcher = Bystander::new(&broker).await;
+    let port = broker.port;
+    let (declare_closed, header_closed, shallow_ok) = block(move || {
+        // queue.declare whose arguments nest 64 levels (this used to brick the node's
+        // metadata log) and 18,000 levels (this used to abort the node).
+        let mut closes = Vec::new();
+        for depth in [64, 18_000] {
+            let mut raw = Raw::handshake_with(port, 131_072, 0);
+            raw.open_channel(1);
+            let mut args = Args::new().u16(0).short("deep").u8(0b10).0;
+            args.extend(nested_table(depth));
+            raw.send(&method_frame(1, 50, 10, Args(args)));
+            closes.push(raw.expect_connection_close());
+        }
+        // A headers property nested 3,000 levels.
+        let mut raw = Raw::handshake_with(port, 131_072, 0);
+        raw.open_channel(1);
+        raw.send(&publish_frame(1, "", "keep"));
+        let mut p = Args::new().u16(60).u16(0).u64(0).u16(1 << 13).0;
+        p.extend(nested_table(3000));
+        raw.send(&frame(FRAME_HEADER, 1, &p));
+        let header = raw.expect_connection_close();
+        // Nesting as deep as the limit is accepted.
+        let mut raw = Raw::handshake_with(port, 131_072, 0);
+        raw.open_channel(1);
+        let mut args = Args::new().u16(0).short("nested-ok").u8(0b10).0;
+        args.extend(nested_table(32));
+        raw.send(&method_frame(1, 50, 10, Args(args)));
+        let ok = raw.read_frame().expect("declare-ok");
+        (closes, header, ok)
+    })
+    .await
+    .unwrap();
+    for c in &declare_closed {
+        assert_eq!(c.code, 502, "{c:?}");
+        assert!(c.text.contains("nested deeper than 32 levels"), "{c:?}");
+    }
+    assert_eq!(header_closed.code, 501, "{header_closed:?}");
+    assert!(
+        matches!(
+            shallow_ok.method(),
+            lapin::protocol::AMQPClass::Queue(lapin::protocol::queue::AMQPMethod::DeclareOk(_))
+        ),
+        "{shallow_ok:?}"
+    );
+    watcher.still_fine(&mut broker).await;
+    // The node starts again from its own log, and declares go on.
+    broker.node.restart();
+    let (c, ch) = open(&broker.url()).await;
+    assert!(!queue_exists(&c, "deep").await);
+    assert_eq!(ready_count(&ch, "nested-ok").await, 0);
+    declare(&ch, "after", durable(), FieldTable::default()).await;
+}
+
+#[tokio::test]
+async fn a_reply_text_longer_than_255_bytes_is_cut_and_the_connection_lives_on() {
+    let broker = TestBroker::start();
+    let (_owner, owner_ch) = open(&broker.url()).await;
+    let name = "q".repeat(250);
+    owner_ch
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exclusive declare");
+    let (other, ch) = open(&broker.url()).await;
+    let err = ch
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("another connection's exclusive queue");
+    assert_eq!(code(&err), Some(405), "{err}");
+    let t = text(&err);
+    assert!(t.starts_with("RESOURCE_LOCKED"), "{t}");
+    assert!(t.len() <= 255, "{} bytes", t.len());
+    // Only that channel closed: the connection goes on.
+    let ch2 = other.create_channel().await.expect("another channel");
+    declare(&ch2, "still-works", Default::default(), FieldTable::default()).await;
+}

@@ -20,6 +20,7 @@ use crate::broker::routing::sender_selected_keys;
 use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
 use amq_protocol::types::FieldTable;
+use crate::amqp::short_string::short;
 
 /// Bodies at least this large stay zero-copy slices of the read buffer; smaller ones are
 /// copied out, so that a long-queued small message does not pin a whole read buffer.
@@ -157,7 +158,7 @@ impl Connection {
             id,
             AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
                 reply_code: e.code.code(),
-                reply_text: e.text.as_str().into(),
+                reply_text: short(e.text.as_str()),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),

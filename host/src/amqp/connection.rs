@@ -19,12 +19,14 @@ use super::channel::Channel;
 use super::codec::{self, FRAME_MIN_SIZE, PROTOCOL_HEADER, RawFrame};
 use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::{Outbound, OutboundTx};
+use super::panic_guard::{CatchUnwind, panic_text};
 use super::server_properties::{client_has_capability, server_properties};
 use super::writer::{WriterShared, run_writer};
 use crate::auth::{parse_amqplain, parse_plain};
 use crate::broker::permissions::LoginError;
 use crate::broker::{Broker, ConnectionInfo, VhostRt};
 use crate::queue::now_ms;
+use crate::amqp::short_string::short;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,12 +119,35 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         recv_bytes: 0,
         last_recv: tokio::time::Instant::now(),
     };
-    match conn.handshake(&mut rd, &mut buf).await {
-        Ok(()) => conn.run(&mut rd, &mut buf).await,
-        Err(Some(e)) => conn.close_with(&mut rd, &mut buf, e).await,
-        Err(None) => {}
+    let served = CatchUnwind::new(async {
+        match conn.handshake(&mut rd, &mut buf).await {
+            Ok(()) => conn.run(&mut rd, &mut buf).await,
+            Err(Some(e)) => conn.close_with(&mut rd, &mut buf, e).await,
+            Err(None) => {}
+        }
+    })
+    .await;
+    if let Err(payload) = served {
+        tracing::error!(
+            peer = %conn.peer,
+            panic = %panic_text(&*payload),
+            "a bug ended this connection; closing it with 541"
+        );
+        conn.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: ReplyCode::InternalError.code(),
+                reply_text: short("INTERNAL_ERROR - the connection hit an internal error"),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        conn.close_ok_pending = false;
     }
-    conn.cleanup().await;
+    // Channels, consumers and exclusive queues go with the connection, even after a bug.
+    if let Err(payload) = CatchUnwind::new(conn.cleanup()).await {
+        tracing::error!(peer = %conn.peer, panic = %panic_text(&*payload), "cleaning up a connection failed");
+    }
     if conn.close_ok_pending {
         conn.send(
             0,
@@ -440,7 +465,7 @@ impl Connection {
             self.send(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: reason.as_str().into(),
+                    reason: short(reason.as_str()),
                 })),
             );
         }
@@ -582,7 +607,7 @@ impl Connection {
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: e.code.code(),
-                reply_text: e.text.as_str().into(),
+                reply_text: short(e.text.as_str()),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use super::outbound::{Outbound, OutboundTx};
 use crate::broker::message::Message;
 use crate::queue::{Entry, Queue};
+use crate::amqp::short_string::short;
 
 /// Settles deliveries that came from a queue on another node.
 pub trait RemoteSettle: Send + Sync {
@@ -326,7 +327,7 @@ impl ChannelHandle {
         if self.cancel_notify && !self.is_closed() {
             // nowait, as RabbitMQ sends it: the client must not answer with cancel-ok.
             self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                consumer_tag: consumer_tag.into(),
+                consumer_tag: short(consumer_tag),
                 nowait: true,
             })));
         }

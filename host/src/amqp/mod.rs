@@ -9,6 +9,8 @@ pub mod direct_reply;
 pub mod error;
 pub mod methods;
 pub mod outbound;
+pub mod panic_guard;
 pub mod remote_queue;
 pub mod server_properties;
+pub mod short_string;
 pub mod writer;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::codec::{encode_content, encode_heartbeat, encode_method};
 use super::outbound::Outbound;
+use crate::amqp::short_string::short;
 
 /// Settings the reader negotiates and the writer follows.
 pub struct WriterShared {
@@ -38,11 +39,11 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
                 out,
                 channel,
                 AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: consumer_tag.as_ref().into(),
+                    consumer_tag: short(consumer_tag.as_ref()),
                     delivery_tag,
                     redelivered,
-                    exchange: msg.exchange.as_str().into(),
-                    routing_key: msg.routing_key.as_str().into(),
+                    exchange: short(msg.exchange.as_str()),
+                    routing_key: short(msg.routing_key.as_str()),
                 })),
             );
             encode_content(out, channel, &msg.properties_raw, &msg.body, frame_max);
@@ -60,8 +61,8 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
                 AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                     delivery_tag,
                     redelivered,
-                    exchange: msg.exchange.as_str().into(),
-                    routing_key: msg.routing_key.as_str().into(),
+                    exchange: short(msg.exchange.as_str()),
+                    routing_key: short(msg.routing_key.as_str()),
                     message_count,
                 })),
             );
@@ -78,9 +79,9 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
                 channel,
                 AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                     reply_code,
-                    reply_text: reply_text.into(),
-                    exchange: msg.exchange.as_str().into(),
-                    routing_key: msg.routing_key.as_str().into(),
+                    reply_text: short(reply_text),
+                    exchange: short(msg.exchange.as_str()),
+                    routing_key: short(msg.routing_key.as_str()),
                 })),
             );
             encode_content(out, channel, &msg.properties_raw, &msg.body, frame_max);

@@ -490,3 +490,60 @@ impl RaftStateMachine<TypeConfig> for MetaMachine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MetaCommand;
+    use crate::meta::model::QueueRecord;
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    fn declare(arguments: FieldTable) -> MetaCommand {
+        MetaCommand::DeclareQueue(QueueRecord {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments,
+            uid: 1,
+            node: "n@localhost".into(),
+            members: Vec::new(),
+        })
+    }
+
+    fn nested(depth: usize) -> FieldTable {
+        let mut t = FieldTable::default();
+        for _ in 1..depth {
+            let mut outer = FieldTable::default();
+            outer.insert("k".into(), AMQPValue::FieldTable(t));
+            t = outer;
+        }
+        t
+    }
+
+    #[test]
+    fn changes_that_would_not_read_back_are_refused_before_the_log() {
+        assert!(check_round_trip(&declare(nested(crate::field_depth::MAX_DEPTH))).is_ok());
+        assert!(declare(nested(32)).check_nesting().is_ok());
+        // 64 levels went into the log and could not be read back: every node was bricked.
+        assert!(check_round_trip(&declare(nested(64))).is_err());
+        assert!(declare(nested(33)).check_nesting().is_err());
+        // JSON has no NaN: serde_json writes null, which does not read back as a float.
+        let mut t = FieldTable::default();
+        t.insert("x-f".into(), AMQPValue::Double(f64::NAN));
+        assert!(check_round_trip(&declare(t)).is_err());
+    }
+
+    #[test]
+    fn a_node_reads_its_own_log_past_serde_jsons_depth_limit() {
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::default(),
+            payload: EntryPayload::Normal(declare(nested(64))),
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        assert!(serde_json::from_slice::<Entry<TypeConfig>>(&bytes).is_err());
+        let back: Entry<TypeConfig> = decode_own(&bytes).unwrap();
+        assert!(matches!(back.payload, EntryPayload::Normal(MetaCommand::DeclareQueue(_))));
+    }
+}

@@ -14,6 +14,7 @@ use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
 use crate::queue::ConsumeRequest;
+use crate::amqp::short_string::short;
 
 /// How long a consumer waits for a quorum queue between leaders.
 const QUORUM_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -83,7 +84,7 @@ impl Connection {
                     id,
                     c.nowait,
                     AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                        consumer_tag: tag.as_str().into(),
+                        consumer_tag: short(tag.as_str()),
                     })),
                 );
                 Ok(())
@@ -250,7 +251,7 @@ impl Connection {
             prefetch: ch.prefetch as u32,
             ok: (!c.nowait).then(|| {
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag.as_str().into(),
+                    consumer_tag: short(tag.as_str()),
                 }))
             }),
         };
@@ -406,7 +407,7 @@ impl Connection {
             self.send(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag.as_str().into(),
+                    consumer_tag: short(tag.as_str()),
                 })),
             );
         }

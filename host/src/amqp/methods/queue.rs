@@ -13,6 +13,7 @@ use crate::meta::{
     BindingRecord, DestinationKind, MetaCommand, MetaError, MetaOutcome, QueueRecord,
 };
 use crate::queue::{Queue, QueueConfig, QueueType};
+use crate::amqp::short_string::short;
 
 /// RabbitMQ's generated names: a prefix and 16 random bytes, base64url without padding.
 pub fn generated_name(prefix: &str) -> String {
@@ -170,7 +171,7 @@ impl Connection {
             id,
             nowait,
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                queue: name.into(),
+                queue: short(&name),
                 message_count: messages,
                 consumer_count: consumers,
             })),
