@@ -986,15 +986,32 @@ pub fn ctl_target_from_vars(
     vars: &dyn Fn(&str) -> Option<String>,
     node: Option<&str>,
 ) -> Result<CtlTarget, ConfigError> {
-    let node = node_name_from_vars(vars, node)?;
-    let data_dir = base_dir_from_vars(vars)?.join(&node);
+    let mut node = node_name_from_vars(vars, node)?;
+    let base = base_dir_from_vars(vars)?;
+    let mut data_dir = base.join(&node);
     // A stale or half-written file must not break the CLI: it falls back to the env rules.
-    let runtime = NodeRuntimeFile::read(&data_dir)
+    let mut runtime = NodeRuntimeFile::read(&data_dir)
         .ok()
         .flatten()
         .filter(|r| r.node == node);
+    if runtime.is_none()
+        && !data_dir.exists()
+        && let Some((name, dir, found)) = local_alias(&base, &node)
+    {
+        // `test_rabbit_1@localhost` for the node that calls itself `test_rabbit_1@vm`:
+        // one node, shown by its own name.
+        node = name;
+        data_dir = dir;
+        runtime = found;
+    }
+    // The environment's ports are those of the environment's own node: another node's
+    // (a peer named in join_cluster, say) must not be looked for there.
+    let env_node =
+        lookup(vars, ENV_NODENAME).and_then(|n| normalize_node_name(&n, &short_hostname()).ok());
+    let env_is_this_node = env_node.as_deref().is_none_or(|n| same_node(n, &node));
     let dist_port = match &runtime {
         Some(r) => r.dist_port,
+        None if !env_is_this_node => DEFAULT_DIST_PORT,
         None => match parse_port_env(vars, ENV_DIST_PORT)? {
             Some(p) => p,
             None => match parse_port_env(vars, ENV_NODE_PORT)? {
@@ -1018,6 +1035,35 @@ pub fn ctl_target_from_vars(
         runtime,
         local,
     })
+}
+
+/// The local node that `node` (whose host part names this machine) designates under another
+/// local host name: its real name, data directory and runtime file (if it runs). A running
+/// one is preferred over a stopped one.
+fn local_alias(base: &Path, node: &str) -> Option<(String, PathBuf, Option<NodeRuntimeFile>)> {
+    let entries = std::fs::read_dir(base).ok()?;
+    let mut stopped = None;
+    for e in entries.flatten() {
+        let Some(name) = e.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        if name == node || !name.contains('@') || !same_node(&name, node) {
+            continue;
+        }
+        let dir = e.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let runtime = NodeRuntimeFile::read(&dir)
+            .ok()
+            .flatten()
+            .filter(|r| r.node == name);
+        if runtime.is_some() {
+            return Some((name, dir, runtime));
+        }
+        stopped.get_or_insert((name, dir, None));
+    }
+    stopped
 }
 
 /// Whether two node names designate the same node: equal, or equal names on hosts that are

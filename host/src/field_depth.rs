@@ -143,15 +143,15 @@ pub fn check_method(payload: &[u8]) -> Result<(), DepthError> {
     // The fields before each method's table: u16 = reserved short, s = short string,
     // o = octet (bits).
     let before: &[u8] = match (class, method) {
-        (10, 10) => b"oo",      // connection.start: version major, minor
-        (10, 11) => b"",        // connection.start-ok: client-properties first
-        (40, 10) => b"rsso",    // exchange.declare
-        (40, 30) => b"rssso",   // exchange.bind
-        (40, 40) => b"rssso",   // exchange.unbind
-        (50, 10) => b"rso",     // queue.declare
-        (50, 20) => b"rssso",   // queue.bind
-        (50, 50) => b"rsss",    // queue.unbind
-        (60, 20) => b"rsso",    // basic.consume
+        (10, 10) => b"oo",    // connection.start: version major, minor
+        (10, 11) => b"",      // connection.start-ok: client-properties first
+        (40, 10) => b"rsso",  // exchange.declare
+        (40, 30) => b"rssso", // exchange.bind
+        (40, 40) => b"rssso", // exchange.unbind
+        (50, 10) => b"rso",   // queue.declare
+        (50, 20) => b"rssso", // queue.bind
+        (50, 50) => b"rsss",  // queue.unbind
+        (60, 20) => b"rsso",  // basic.consume
         _ => return Ok(()),
     };
     for field in before {

@@ -52,6 +52,8 @@ pub struct Node {
     pub app_running: watch::Sender<bool>,
     /// Set to stop the whole node.
     pub shutdown: watch::Sender<bool>,
+    /// Set once the metadata has caught up and the AMQP listeners are bound.
+    pub serving: watch::Sender<bool>,
     pub started_at: std::time::Instant,
 }
 
@@ -136,6 +138,7 @@ pub async fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeE
         cookie,
         app_running: watch::channel(true).0,
         shutdown: watch::channel(false).0,
+        serving: watch::channel(false).0,
         started_at: std::time::Instant::now(),
     }))
 }
@@ -274,6 +277,10 @@ impl Node {
         let listeners = amqp_listeners(&self.config)?;
         for l in listeners {
             tokio::spawn(accept_loop(l, self.clone()));
+        }
+        let _ = self.serving.send(true);
+        if let Some(c) = self.broker.meta.cluster() {
+            c.announce_app_state(true).await;
         }
         let total = resources::total_memory();
         tokio::spawn(resources::monitor(

@@ -531,5 +531,11 @@ async fn a_reply_text_longer_than_255_bytes_is_cut_and_the_connection_lives_on()
     assert!(t.len() <= 255, "{} bytes", t.len());
     // Only that channel closed: the connection goes on.
     let ch2 = other.create_channel().await.expect("another channel");
-    declare(&ch2, "still-works", Default::default(), FieldTable::default()).await;
+    declare(
+        &ch2,
+        "still-works",
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await;
 }

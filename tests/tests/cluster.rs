@@ -525,3 +525,130 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
     assert_eq!(first.delivery.data, b"m0");
     c2.close(200, "bye".into()).await.expect("close");
 }
+
+/// This machine's short host name, as a node without a host part calls itself.
+fn short_hostname() -> String {
+    let out = std::process::Command::new("hostname")
+        .output()
+        .expect("hostname");
+    let full = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    full.split('.').next().unwrap_or("localhost").to_string()
+}
+
+/// `warrenctl ARGS` typed as a user would: only the environment the walkthrough sets.
+fn typed(dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(warren_tests::bin("warrenctl"));
+    cmd.env("WARREN_BASE", &dir.0)
+        .env("HOME", dir.0.join("home"))
+        .env("WARREN_COOKIE", "test-cookie-secret")
+        .env_remove("WARREN_NODENAME")
+        .env_remove("WARREN_NODE_PORT")
+        .env_remove("WARREN_DIST_PORT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args).output().expect("run warrenctl")
+}
+
+fn typed_ok(dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = typed(dir, env, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "warrenctl {args:?} failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// RabbitMQ's clustering walkthrough typed verbatim on a host whose name is not `localhost`:
+/// names without a host part, joined to `test_rabbit_1@localhost`, and every command's
+/// effect visible the moment it returns.
+#[test]
+fn the_walkthrough_verbatim_with_names_without_a_host_part() {
+    let dir = TempDir::new("walkthrough-verbatim");
+    let host = short_hostname();
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let mut n = Node::new(&format!("test_rabbit_{i}@{host}"), &dir.0);
+            n.env
+                .push(("WARREN_NODENAME".into(), format!("test_rabbit_{i}")));
+            n
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let one = format!("test_rabbit_1@{host}");
+    let two = format!("test_rabbit_2@{host}");
+    let stop_app = typed_ok(&dir, &[], &["-n", "test_rabbit_2", "stop_app"]);
+    assert_eq!(
+        stop_app.trim(),
+        format!("Stopping rabbit application on node {two} ..."),
+        "one banner line"
+    );
+    let joined = typed_ok(
+        &dir,
+        &[],
+        &[
+            "-n",
+            "test_rabbit_2",
+            "join_cluster",
+            "test_rabbit_1@localhost",
+        ],
+    );
+    assert_eq!(
+        joined.trim(),
+        format!("Clustering node {two} with test_rabbit_1@localhost")
+    );
+    // Joined but not started: a member, not running.
+    let s = status(&nodes[0]);
+    assert_eq!(names(&s, "disk_nodes"), [one.clone(), two.clone()]);
+    assert_eq!(names(&s, "running_nodes"), [one.clone()]);
+    let started = typed_ok(&dir, &[], &["-n", "test_rabbit_2", "start_app"]);
+    assert_eq!(started.trim(), format!("Starting node {two} ..."));
+    // Running everywhere the moment start_app returns.
+    for n in &nodes {
+        assert_eq!(
+            names(&status(n), "running_nodes"),
+            [one.clone(), two.clone()],
+            "on {}",
+            n.full_name()
+        );
+    }
+    let text = typed_ok(&dir, &[], &["-n", "test_rabbit_1", "cluster_status"]);
+    assert!(
+        text.contains(&format!("Running Nodes\n\n{one}\n{two}\n")),
+        "{text}"
+    );
+    // The same node by any of this machine's names.
+    let via_localhost = typed_ok(
+        &dir,
+        &[],
+        &[
+            "-n",
+            "test_rabbit_2@localhost",
+            "cluster_status",
+            "--formatter",
+            "json",
+        ],
+    );
+    assert!(via_localhost.contains(&two), "{via_localhost}");
+
+    // `WARREN_NODENAME=test_rabbit_2 warrenctl stop`, then cluster_status.
+    typed_ok(&dir, &[("WARREN_NODENAME", "test_rabbit_2")], &["stop"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while nodes[1]
+        .child
+        .as_mut()
+        .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    {
+        assert!(Instant::now() < deadline, "test_rabbit_2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes[1].child = None;
+    let s = status(&nodes[0]);
+    assert_eq!(names(&s, "disk_nodes"), [one.clone(), two.clone()]);
+    assert_eq!(names(&s, "running_nodes"), [one.clone()]);
+}

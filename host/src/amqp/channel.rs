@@ -15,12 +15,12 @@ use super::delivery::ChannelHandle;
 use super::direct_reply::{DirectReplies, PSEUDO_QUEUE};
 use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::Outbound;
+use crate::amqp::short_string::short;
 use crate::broker::message::Message;
 use crate::broker::routing::sender_selected_keys;
 use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
 use amq_protocol::types::FieldTable;
-use crate::amqp::short_string::short;
 
 /// Bodies at least this large stay zero-copy slices of the read buffer; smaller ones are
 /// copied out, so that a long-queued small message does not pin a whole read buffer.
@@ -168,7 +168,16 @@ impl Connection {
     pub(crate) async fn channel_method(&mut self, id: u16, method: AMQPClass) -> AmqpResult<()> {
         if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
             // RabbitMQ counts open channels against the negotiated channel_max.
-            if id > self.channel_max || self.channels.len() >= self.channel_max as usize {
+            if id == 0 || id > self.channel_max {
+                return Err(AmqpError::connection(
+                    ReplyCode::NotAllowed,
+                    format!(
+                        "NOT_ALLOWED - channel number {id} is out of range 1..{} (the negotiated channel_max)",
+                        self.channel_max
+                    ),
+                ));
+            }
+            if self.channels.len() >= self.channel_max as usize {
                 return Err(AmqpError::connection(
                     ReplyCode::NotAllowed,
                     format!(
@@ -184,6 +193,7 @@ impl Connection {
                     "CHANNEL_ERROR - second 'channel.open' seen",
                 ));
             }
+            self.close_ok_expected.remove(&id);
             let handle = Arc::new(ChannelHandle::new(
                 id,
                 self.id,
@@ -201,6 +211,12 @@ impl Connection {
             );
             return Ok(());
         }
+        if let AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) = method
+            && !self.channels.contains_key(&id)
+            && self.close_ok_expected.remove(&id)
+        {
+            return Ok(());
+        }
         let ch = self.channel(id)?;
         if ch.closing {
             match method {
@@ -208,9 +224,13 @@ impl Connection {
                     self.channels.remove(&id);
                     self.update_channel_count();
                 }
+                // Both sides closed at once: answer the client's close, and take its
+                // close-ok to ours, still on its way, quietly (the spec's rule for a
+                // closing channel: only close and close-ok count).
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                     self.channels.remove(&id);
                     self.update_channel_count();
+                    self.close_ok_expected.insert(id);
                     self.send(
                         id,
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
@@ -296,6 +316,11 @@ impl Connection {
                 Ok(())
             }
             channel::AMQPMethod::CloseOk(_) => Ok(()),
+            // RabbitMQ refuses to stop deliveries this way (prefetch does it), and clients
+            // written against it rely on that answer.
+            channel::AMQPMethod::Flow(f) if !f.active => {
+                Err(AmqpError::not_implemented("active=false").with_method(20, 20))
+            }
             channel::AMQPMethod::Flow(f) => {
                 let ch = self.channel(id)?;
                 ch.handle.set_flow(f.active);

@@ -22,11 +22,11 @@ use super::outbound::{Outbound, OutboundTx};
 use super::panic_guard::{CatchUnwind, panic_text};
 use super::server_properties::{client_has_capability, server_properties};
 use super::writer::{WriterShared, run_writer};
+use crate::amqp::short_string::short;
 use crate::auth::{parse_amqplain, parse_plain};
 use crate::broker::permissions::LoginError;
 use crate::broker::{Broker, ConnectionInfo, VhostRt};
 use crate::queue::now_ms;
-use crate::amqp::short_string::short;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,6 +50,9 @@ pub struct Connection {
     client_properties: FieldTable,
     pub(crate) exclusive_queues: Vec<String>,
     close_ok_pending: bool,
+    /// Channels both sides closed at once: the client's close was answered and the channel
+    /// is gone, but its close-ok to our close is still on its way and is not an error.
+    pub(crate) close_ok_expected: std::collections::HashSet<u16>,
     pub(crate) info: Option<Arc<ConnectionInfo>>,
     pub(crate) has_published: bool,
     recv_bytes: u64,
@@ -114,6 +117,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         client_properties: FieldTable::default(),
         exclusive_queues: Vec::new(),
         close_ok_pending: false,
+        close_ok_expected: Default::default(),
         info: None,
         has_published: false,
         recv_bytes: 0,
@@ -156,6 +160,26 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     }
     let _ = conn.out.send(Outbound::Close);
     let _ = writer_task.await;
+    drain_until_closed(&mut rd).await;
+}
+
+/// After our last frame (close-ok, or a close the client never answered) and our FIN, reads
+/// and discards what the client still sends until it closes too, for a few seconds at most.
+/// Closing a socket with unread bytes makes the kernel answer with a reset, and a client
+/// that pipelined a burst of publishes before its close would get ECONNRESET instead of the
+/// close-ok already sent.
+async fn drain_until_closed(rd: &mut OwnedReadHalf) {
+    const LINGER: Duration = Duration::from_secs(3);
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        loop {
+            match rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 impl Connection {

@@ -10,9 +10,9 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use parking_lot::Mutex;
 
 use super::outbound::{Outbound, OutboundTx};
+use crate::amqp::short_string::short;
 use crate::broker::message::Message;
 use crate::queue::{Entry, Queue};
-use crate::amqp::short_string::short;
 
 /// Settles deliveries that came from a queue on another node.
 pub trait RemoteSettle: Send + Sync {

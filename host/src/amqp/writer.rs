@@ -25,6 +25,41 @@ pub struct WriterShared {
 
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// Channels whose close went out (ours, or our close-ok to the client's): nothing but
+/// close and close-ok may follow on that number until it is opened again. Work that was in
+/// flight when the channel closed (a confirm, a delivery) is dropped here, in the one place
+/// that sees every frame in order; the client would take it for a frame on an unknown channel.
+#[derive(Default)]
+struct ClosedChannels(std::collections::HashSet<u16>);
+
+impl ClosedChannels {
+    /// Whether `item` may go out, noting closes and opens as they pass.
+    fn admit(&mut self, item: &Outbound) -> bool {
+        use amq_protocol::protocol::channel::AMQPMethod as Ch;
+        let channel = match item {
+            Outbound::Method { channel, method } => {
+                match method {
+                    AMQPClass::Channel(Ch::OpenOk(_)) => {
+                        self.0.remove(channel);
+                        return true;
+                    }
+                    AMQPClass::Channel(Ch::Close(_) | Ch::CloseOk(_)) => {
+                        self.0.insert(*channel);
+                        return true;
+                    }
+                    _ => {}
+                }
+                *channel
+            }
+            Outbound::Deliver { channel, .. }
+            | Outbound::GetOk { channel, .. }
+            | Outbound::Return { channel, .. } => *channel,
+            Outbound::Close => return true,
+        };
+        channel == 0 || !self.0.contains(&channel)
+    }
+}
+
 fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
     match item {
         Outbound::Method { channel, method } => encode_method(out, channel, method),
@@ -98,6 +133,7 @@ pub async fn run_writer(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut open = true;
+    let mut closed = ClosedChannels::default();
     while open {
         let hb = shared.heartbeat.load(Ordering::Relaxed);
         let first = if hb == 0 {
@@ -118,12 +154,18 @@ pub async fn run_writer(
         };
         let Some(first) = first else { break };
         let frame_max = shared.frame_max.load(Ordering::Relaxed);
-        open = encode(&mut buf, first, frame_max);
+        if closed.admit(&first) {
+            open = encode(&mut buf, first, frame_max);
+        }
         while open && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => open = encode(&mut buf, item, frame_max),
+                Ok(item) if closed.admit(&item) => open = encode(&mut buf, item, frame_max),
+                Ok(_) => {}
                 Err(_) => break,
             }
+        }
+        if buf.is_empty() {
+            continue;
         }
         shared
             .sent_bytes

@@ -194,7 +194,7 @@ impl Cluster {
         let running = disc
             .iter()
             .chain(&ram)
-            .filter(|n| self.is_up(n))
+            .filter(|n| n.name == self.me.name || self.peers.reachability.is_running(&n.name))
             .map(|n| n.name.clone())
             .collect();
         Status {
@@ -318,9 +318,12 @@ impl Cluster {
             .map(|n| {
                 let peers = self.peers.clone();
                 async move {
-                    let _: Result<bool, PeerError> = peers
+                    let applied: Result<bool, PeerError> = peers
                         .call(&n, "meta_wait_applied", &index, APPLY_WAIT)
                         .await;
+                    if !matches!(applied, Ok(true)) {
+                        tracing::warn!(node = %n.name, index, "a reachable node did not apply a metadata change in time");
+                    }
                 }
             });
         futures_join_all(waits).await;
@@ -408,13 +411,16 @@ impl Cluster {
         } else {
             ChangeMembers::RemoveNodes(ids)
         };
-        tokio::time::timeout(
+        let resp = tokio::time::timeout(
             Duration::from_secs(30),
             self.raft.change_membership(change, false),
         )
         .await
         .map_err(|_| self.no_quorum())?
         .map_err(|e| MetaError::Unavailable(format!("cannot remove {name}: {e}")))?;
+        // Returns once every reachable member has the new membership: none lists the node
+        // any more when the command returns.
+        self.wait_applied_everywhere(resp.log_id.index).await;
         Ok(())
     }
 
@@ -457,6 +463,33 @@ impl Cluster {
         Ok(())
     }
 
+    /// Tells every member at once that this node's application started or stopped, so that
+    /// their `cluster_status` is right the moment `start_app` / `stop_app` returns (their
+    /// pings would tell them within a second or two).
+    pub async fn announce_app_state(&self, running: bool) {
+        let (disc, ram) = self.members();
+        let me = self.me.name.clone();
+        let calls = disc
+            .into_iter()
+            .chain(ram)
+            .filter(|n| n.name != me)
+            .map(|n| {
+                let peers = self.peers.clone();
+                let me = me.clone();
+                async move {
+                    let _: Result<bool, PeerError> = peers
+                        .call(
+                            &n,
+                            "peer_app_state",
+                            &(me, running),
+                            Duration::from_millis(1500),
+                        )
+                        .await;
+                }
+            });
+        futures_join_all(calls).await;
+    }
+
     pub fn kind_of(&self, name: &str) -> Option<NodeKind> {
         let (disc, ram) = self.members();
         if disc.iter().any(|n| n.name == name) {
@@ -489,9 +522,12 @@ async fn watch_peers(cluster: std::sync::Weak<Cluster>) {
             }
             let peers = c.peers.clone();
             tokio::spawn(async move {
-                let _: Result<bool, PeerError> = peers
+                let answer: Result<bool, PeerError> = peers
                     .call(&n, "peer_ping", &(), Duration::from_millis(900))
                     .await;
+                if let Ok(app_running) = answer {
+                    peers.reachability.set_app_running(&n.name, app_running);
+                }
             });
         }
     }

@@ -40,9 +40,27 @@ pub enum PeerError {
 #[derive(Default)]
 pub struct Reachability {
     seen: Mutex<HashMap<String, Instant>>,
+    /// Peers that answer but whose application is stopped (`stop_app`): reachable for Raft,
+    /// not running for `cluster_status`, as in RabbitMQ.
+    app_stopped: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Reachability {
+    /// What a peer said of its application (in its ping answer or its own announcement).
+    pub fn set_app_running(&self, node: &str, running: bool) {
+        let mut stopped = self.app_stopped.lock();
+        if running {
+            stopped.remove(node);
+        } else {
+            stopped.insert(node.to_string());
+        }
+    }
+
+    /// Reachable and serving clients.
+    pub fn is_running(&self, node: &str) -> bool {
+        self.is_up(node) && !self.app_stopped.lock().contains(node)
+    }
+
     pub fn mark(&self, node: &str, ok: bool) {
         let mut seen = self.seen.lock();
         if ok {
@@ -84,7 +102,7 @@ impl Peers {
     fn lane(command: &str) -> &'static str {
         if command.starts_with("raft_") {
             "raft"
-        } else if command == "peer_ping" {
+        } else if command == "peer_ping" || command == "peer_app_state" {
             "ping"
         } else if command == "meta_wait_applied" {
             "wait"

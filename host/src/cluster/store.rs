@@ -544,6 +544,9 @@ mod tests {
         let bytes = serde_json::to_vec(&entry).unwrap();
         assert!(serde_json::from_slice::<Entry<TypeConfig>>(&bytes).is_err());
         let back: Entry<TypeConfig> = decode_own(&bytes).unwrap();
-        assert!(matches!(back.payload, EntryPayload::Normal(MetaCommand::DeclareQueue(_))));
+        assert!(matches!(
+            back.payload,
+            EntryPayload::Normal(MetaCommand::DeclareQueue(_))
+        ));
     }
 }

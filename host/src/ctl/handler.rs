@@ -628,7 +628,7 @@ impl NodeHandler {
             "message_store": store.map(|s| json!({"segments": s.segments, "bytes": s.bytes, "live_messages": s.live_messages})),
         });
         let text = format!(
-            "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
+            "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
             pid = std::process::id(),
             ver = env!("CARGO_PKG_VERSION"),
             up = node.started_at.elapsed().as_secs(),
@@ -715,11 +715,30 @@ impl NodeHandler {
         })
     }
 
-    /// A node name argument, completed as everywhere (`name` → `name@host`).
-    fn node_arg(req: &Request, i: usize) -> Result<String, Response> {
+    /// A node name argument, completed as everywhere (`name` → `name@host`), and named as
+    /// the cluster member it designates calls itself (`x@localhost` is `x@<hostname>` here).
+    fn node_arg(&self, req: &Request, i: usize) -> Result<String, Response> {
         let raw = Self::arg(req, i, "node")?;
-        crate::config::normalize_node_name(raw, &crate::config::short_hostname())
-            .map_err(|e| usage(e.to_string()))
+        let name = crate::config::normalize_node_name(raw, &crate::config::short_hostname())
+            .map_err(|e| usage(e.to_string()))?;
+        Ok(self.member_name(name))
+    }
+
+    /// The name a cluster member gives itself for `name` (which may use another local host
+    /// name for it); `name` unchanged when no member matches.
+    fn member_name(&self, name: String) -> String {
+        if crate::config::same_node(&name, &self.node.config.node_name) {
+            return self.node.config.node_name.clone();
+        }
+        let Some(cluster) = self.node.broker.meta.cluster() else {
+            return name;
+        };
+        let (disc, ram) = cluster.members();
+        disc.into_iter()
+            .chain(ram)
+            .map(|n| n.name)
+            .find(|m| crate::config::same_node(m, &name))
+            .unwrap_or(name)
     }
 
     /// This node's member of a quorum queue's group.
@@ -777,8 +796,32 @@ impl NodeHandler {
                     Err(e) => return Err(Response::error(e.exit_code(), e.to_string())),
                 }
             }
-            "await_startup" => Response::ok(),
+            // Started means serving AMQP: metadata caught up, listeners bound, app running.
+            // "Not yet" is a temporary failure the CLI retries until its --timeout.
+            "await_startup" => {
+                let serving = *self.node.serving.borrow();
+                let running = *self.node.app_running.borrow();
+                if !serving || !running {
+                    return Err(Response::error(
+                        exit_code::TEMP_FAIL,
+                        format!(
+                            "node {} is not serving clients yet{}",
+                            self.node.config.node_name,
+                            if serving {
+                                " (its application is stopped)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+                Response::ok()
+            }
             "stop" => {
+                // Other nodes stop listing this one as running before the command returns.
+                if let Some(c) = broker.meta.cluster() {
+                    c.announce_app_state(false).await;
+                }
                 let node = self.node.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -789,14 +832,17 @@ impl NodeHandler {
             "stop_app" => {
                 let _ = self.node.app_running.send(false);
                 self.node.close_connections();
-                Response::message(format!(
-                    "Stopping rabbit application on node {} ...",
-                    self.node.config.node_name
-                ))
+                if let Some(c) = broker.meta.cluster() {
+                    c.announce_app_state(false).await;
+                }
+                Response::ok()
             }
             "start_app" => {
                 let _ = self.node.app_running.send(true);
-                Response::message(format!("Starting node {} ...", self.node.config.node_name))
+                if let Some(c) = broker.meta.cluster() {
+                    c.announce_app_state(true).await;
+                }
+                Response::ok()
             }
             "cluster_status" => self.cluster_status(),
             "reset" | "force_reset" => {
@@ -813,15 +859,12 @@ impl NodeHandler {
                     .reset(req.command == "force_reset")
                     .await
                     .map_err(meta_failure)?;
-                Response::message(format!("Resetting node {node_name} ..."))
+                Response::ok()
             }
             "join_cluster" => {
-                let target = Self::arg(&req, 0, "node")?;
                 let node_name = &self.node.config.node_name;
                 self.app_must_be_stopped()?;
-                let target =
-                    crate::config::normalize_node_name(target, &crate::config::short_hostname())
-                        .map_err(|e| usage(e.to_string()))?;
+                let target = self.node_arg(&req, 0)?;
                 if &target == node_name {
                     return Err(Response::error(
                         exit_code::DATA_ERR,
@@ -835,13 +878,14 @@ impl NodeHandler {
                     _ => crate::cluster::NodeKind::Disc,
                 };
                 broker.meta.join(peer, kind).await.map_err(meta_failure)?;
-                Response::message(format!("Clustering node {node_name} with {target}"))
+                // Joined with the application stopped: not running until start_app.
+                if let Some(c) = broker.meta.cluster() {
+                    c.announce_app_state(false).await;
+                }
+                Response::ok()
             }
             "forget_cluster_node" => {
-                let target = Self::arg(&req, 0, "node")?;
-                let target =
-                    crate::config::normalize_node_name(target, &crate::config::short_hostname())
-                        .map_err(|e| usage(e.to_string()))?;
+                let target = self.node_arg(&req, 0)?;
                 let node_name = &self.node.config.node_name;
                 if &target == node_name {
                     return Err(Response::error(
@@ -871,7 +915,7 @@ impl NodeHandler {
                     }
                 }
                 cluster.remove_member(&target).await.map_err(meta_failure)?;
-                Response::message(format!("Removing node {target} from the cluster"))
+                Response::ok()
             }
             "change_cluster_node_type" => {
                 let t = Self::arg(&req, 0, "disc|ram")?;
@@ -1005,7 +1049,7 @@ impl NodeHandler {
             }
             "add_member" | "delete_member" => {
                 let name = Self::arg(&req, 0, "queue")?;
-                let node = Self::node_arg(&req, 1)?;
+                let node = self.node_arg(&req, 1)?;
                 let vhost = Self::vhost_opt(&req);
                 let record = broker.quorum_record(&vhost, name).map_err(member_failure)?;
                 if req.command == "add_member" {
@@ -1029,7 +1073,7 @@ impl NodeHandler {
                 ))
             }
             "grow" | "shrink" => {
-                let node = Self::node_arg(&req, 0)?;
+                let node = self.node_arg(&req, 0)?;
                 let grow = req.command == "grow";
                 let even_only = match (grow, req.args.get(1).map(String::as_str)) {
                     (false, _) | (true, Some("all")) => false,
@@ -1095,15 +1139,24 @@ impl NodeHandler {
             "meta_wait_applied" => {
                 let index: u64 = Self::payload(&req)?;
                 let cluster = self.cluster()?;
-                let _ = tokio::time::timeout(
+                let applied = tokio::time::timeout(
                     std::time::Duration::from_secs(2),
                     cluster.shared.wait_applied(index),
                 )
                 .await;
-                Response::data(json!(true))
+                // Only a real apply is a yes.
+                Response::data(json!(applied.is_ok()))
             }
             "cluster_info" => Response::data(json!(self.cluster()?.status())),
-            "peer_ping" => Response::data(json!(true)),
+            // The answer says whether this node's application runs (stop_app).
+            "peer_ping" => Response::data(json!(*self.node.app_running.borrow())),
+            "peer_app_state" => {
+                let (peer, running): (String, bool) = Self::payload(&req)?;
+                let cluster = self.cluster()?;
+                cluster.peers.reachability.mark(&peer, true);
+                cluster.peers.reachability.set_app_running(&peer, running);
+                Response::data(json!(true))
+            }
             "queue_purge" => {
                 let (vhost, name): (String, String) = Self::payload(&req)?;
                 let purged = broker

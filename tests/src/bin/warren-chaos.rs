@@ -79,7 +79,11 @@ async fn main() -> ExitCode {
     };
     println!(
         "warren-chaos: {} queue, {} cycles, {} s up, {} s down, {} msg/s, seed {}",
-        if cfg.classic { "classic durable" } else { "quorum" },
+        if cfg.classic {
+            "classic durable"
+        } else {
+            "quorum"
+        },
         cfg.cycles,
         cfg.up_secs,
         cfg.down_secs,

@@ -11,10 +11,10 @@ use crate::amqp::connection::Connection;
 use crate::amqp::delivery::group_by_queue;
 use crate::amqp::direct_reply::PSEUDO_QUEUE;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::amqp::short_string::short;
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
 use crate::queue::ConsumeRequest;
-use crate::amqp::short_string::short;
 
 /// How long a consumer waits for a quorum queue between leaders.
 const QUORUM_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -8,12 +8,12 @@ use base64::Engine;
 use super::exchange::meta_error;
 use crate::amqp::connection::Connection;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::amqp::short_string::short;
 use crate::broker::permissions::Access;
 use crate::meta::{
     BindingRecord, DestinationKind, MetaCommand, MetaError, MetaOutcome, QueueRecord,
 };
 use crate::queue::{Queue, QueueConfig, QueueType};
-use crate::amqp::short_string::short;
 
 /// RabbitMQ's generated names: a prefix and 16 random bytes, base64url without padding.
 pub fn generated_name(prefix: &str) -> String {
