@@ -168,21 +168,21 @@ impl Connection {
     pub(crate) async fn channel_method(&mut self, id: u16, method: AMQPClass) -> AmqpResult<()> {
         if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
             // RabbitMQ counts open channels against the negotiated channel_max.
-            if id == 0 || id > self.channel_max {
-                return Err(AmqpError::connection(
-                    ReplyCode::NotAllowed,
-                    format!(
-                        "NOT_ALLOWED - channel number {id} is out of range 1..{} (the negotiated channel_max)",
-                        self.channel_max
-                    ),
-                ));
-            }
             if self.channels.len() >= self.channel_max as usize {
                 return Err(AmqpError::connection(
                     ReplyCode::NotAllowed,
                     format!(
                         "NOT_ALLOWED - number of channels opened ({}) has reached the negotiated channel_max ({})",
                         self.channels.len(),
+                        self.channel_max
+                    ),
+                ));
+            }
+            if id == 0 || id > self.channel_max {
+                return Err(AmqpError::connection(
+                    ReplyCode::NotAllowed,
+                    format!(
+                        "NOT_ALLOWED - channel number {id} is out of range 1..{} (the negotiated channel_max)",
                         self.channel_max
                     ),
                 ));
