@@ -386,6 +386,9 @@ pub struct Settings {
     pub raw: BTreeMap<String, String>,
     /// `listeners.tcp.default`; `WARREN_NODE_PORT` overrides its port.
     pub listeners_tcp_default: Option<TcpListenerSpec>,
+    /// `distribution.listener.interface` (RabbitMQ's key): the one address the dist port
+    /// binds; every interface when unset, as RabbitMQ's Erlang distribution listens.
+    pub distribution_listener_interface: Option<IpAddr>,
     pub default_user: String,
     pub default_pass: String,
     pub default_vhost: String,
@@ -406,6 +409,7 @@ impl Default for Settings {
         Settings {
             raw: BTreeMap::new(),
             listeners_tcp_default: None,
+            distribution_listener_interface: None,
             default_user: "guest".to_string(),
             default_pass: "guest".to_string(),
             default_vhost: "/".to_string(),
@@ -493,6 +497,12 @@ impl Settings {
         if let Some(l) = typed(e, file, "listeners.tcp.default", parse_listener)? {
             s.listeners_tcp_default = Some(l);
         }
+        s.distribution_listener_interface =
+            typed(e, file, "distribution.listener.interface", |v| {
+                v.trim_matches(|c| c == '[' || c == ']')
+                    .parse::<IpAddr>()
+                    .map_err(|_| "expected an IPv4 or IPv6 address".to_string())
+            })?;
         for (key, field) in [
             ("default_user", &mut s.default_user),
             ("default_pass", &mut s.default_pass),
@@ -841,6 +851,10 @@ pub struct NodeRuntimeFile {
     pub pid: u32,
     pub amqp_port: u16,
     pub dist_port: u16,
+    /// The one address the dist port listens on (`distribution.listener.interface`), for a
+    /// CLI on this machine to connect to; absent when it listens on every interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist_ip: Option<IpAddr>,
 }
 
 impl NodeRuntimeFile {
@@ -851,6 +865,7 @@ impl NodeRuntimeFile {
             pid: std::process::id(),
             amqp_port: cfg.amqp_port,
             dist_port: cfg.dist_port,
+            dist_ip: cfg.settings.distribution_listener_interface,
         }
     }
 
@@ -1022,10 +1037,18 @@ pub fn ctl_target_from_vars(
     };
     let host = node_host(&node);
     let local = is_local_host(host);
-    let connect_host = if local {
-        "127.0.0.1".to_string()
-    } else {
-        host.to_string()
+    // A local node whose dist port listens on one address only is reached there.
+    let bound_ip = runtime
+        .as_ref()
+        .and_then(|r| r.dist_ip)
+        .filter(|ip| !ip.is_unspecified());
+    let connect_host = match bound_ip {
+        Some(ip) if local => match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        },
+        _ if local => "127.0.0.1".to_string(),
+        _ => host.to_string(),
     };
     Ok(CtlTarget {
         node,
@@ -1173,6 +1196,20 @@ mod tests {
         assert_eq!(s.vm_memory_high_watermark.limit_bytes(1000), 600);
         let s = parse("disk_free_limit.relative = 1.5\n").unwrap();
         assert_eq!(s.disk_free_limit, DiskFreeLimit::MemRelative(1.5));
+    }
+
+    #[test]
+    fn distribution_listener_interface() {
+        let s = parse("distribution.listener.interface = 127.0.0.1\n").unwrap();
+        assert_eq!(
+            s.distribution_listener_interface,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let s = parse("distribution.listener.interface = [::1]\n").unwrap();
+        assert_eq!(s.distribution_listener_interface, Some("::1".parse().unwrap()));
+        let e = parse("distribution.listener.interface = everywhere\n").unwrap_err();
+        assert!(e.to_string().contains("distribution.listener.interface"), "{e}");
+        assert_eq!(parse("").unwrap().distribution_listener_interface, None);
     }
 
     #[test]
@@ -1350,6 +1387,7 @@ mod tests {
             pid: std::process::id(),
             amqp_port: 5672,
             dist_port: 25672,
+            dist_ip: Some("127.0.0.2".parse().unwrap()),
         };
         f.write(&data).unwrap();
         assert_eq!(NodeRuntimeFile::read(&data).unwrap(), Some(f.clone()));
@@ -1394,11 +1432,22 @@ mod tests {
             pid: 1,
             amqp_port: 7000,
             dist_port: 27000,
+            dist_ip: None,
         };
         rt.write(&dir.path().join(format!("a@{host}"))).unwrap();
         let t = ctl_target_from_vars(&v, Some("a")).unwrap();
         assert_eq!(t.dist_port, 27000);
-        assert_eq!(t.runtime, Some(rt));
+        assert_eq!(t.addr(), "127.0.0.1:27000");
+        assert_eq!(t.runtime, Some(rt.clone()));
+        // A dist port bound to one address is reached there.
+        let one = NodeRuntimeFile {
+            dist_ip: Some("127.0.0.3".parse().unwrap()),
+            ..rt.clone()
+        };
+        one.write(&dir.path().join(format!("a@{host}"))).unwrap();
+        let t = ctl_target_from_vars(&v, Some("a")).unwrap();
+        assert_eq!(t.addr(), "127.0.0.3:27000");
+        rt.write(&dir.path().join(format!("a@{host}"))).unwrap();
         let t = ctl_target_from_vars(&v, Some("b@elsewhere.example")).unwrap();
         assert_eq!(t.addr(), "elsewhere.example:30001");
         assert!(!t.local);

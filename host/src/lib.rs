@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod field_depth;
+pub mod memory;
 pub mod meta;
 pub mod node;
 pub mod plugins;

@@ -257,8 +257,12 @@ impl Node {
 
     /// Runs the node until it is stopped.
     pub async fn run(self: Arc<Node>) -> Result<(), NodeError> {
-        let dist = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.config.dist_port));
-        let ctl = crate::ctl::bind(dist, &self)
+        let interface = self.config.settings.distribution_listener_interface;
+        let dist = SocketAddr::new(
+            interface.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            self.config.dist_port,
+        );
+        let ctl = crate::ctl::bind(interface, self.config.dist_port, &self)
             .await
             .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
         tokio::spawn(crate::ctl::serve(ctl, self.clone()));

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod chaos;
+pub mod fuzz;
 
 /// The directory holding the workspace's built binaries (target/debug next to the test exe).
 pub fn bin_dir() -> PathBuf {

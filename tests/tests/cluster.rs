@@ -501,7 +501,6 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
         assert!(c.await.expect("confirm").is_ack(), "message {i} not acked");
     }
     assert_eq!(ready_count(&ch1, "own2").await, 500);
-    c1.close(200, "bye".into()).await.expect("close");
 
     nodes[1].kill9();
     nodes[1].start();
@@ -517,10 +516,44 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
             nodes[1].log()
         );
     }
+    // The publisher's node still holds its link to the owner's previous run: the first
+    // publishes after the restart go over a dead link, and must be resent, not nacked.
+    let mut confirms = Vec::new();
+    for i in 500..700 {
+        let body = format!("m{i}");
+        confirms.push(
+            ch1.basic_publish(
+                "".into(),
+                "own2".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent(),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for (i, c) in confirms.into_iter().enumerate() {
+        assert!(
+            c.await.expect("confirm").is_ack(),
+            "message {} nacked after the owner's restart",
+            500 + i
+        );
+    }
+    c1.close(200, "bye".into()).await.expect("close");
+    for n in &nodes {
+        assert_eq!(
+            ctl_messages(n, "own2"),
+            Some(700),
+            "list_queues on {} after the owner's kill -9; the owner's log:\n{}",
+            n.full_name(),
+            nodes[1].log()
+        );
+    }
     // And once more: nothing was dropped on the way (a second restart used to lose them).
     nodes[1].restart();
     let (c2, ch2) = open(&nodes[1].url()).await;
-    assert_eq!(ready_count(&ch2, "own2").await, 500);
+    assert_eq!(ready_count(&ch2, "own2").await, 700);
     let first = get_wait(&ch2, "own2", true).await;
     assert_eq!(first.delivery.data, b"m0");
     c2.close(200, "bye".into()).await.expect("close");

@@ -414,6 +414,34 @@ async fn status_reports_the_node() {
     assert!(text.contains(&format!("port: {}", broker.port)), "{text}");
 }
 
+
+#[tokio::test]
+async fn the_dist_port_listens_only_where_distribution_listener_interface_says() {
+    let broker = TestBroker::start_with_config("distribution.listener.interface = 127.0.0.2\n");
+    let dist = broker.port + 20000;
+    // Nothing answers on the other addresses of the machine ...
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", dist)).is_err(),
+        "the dist port answered on 127.0.0.1"
+    );
+    // ... and the CLI finds the node where it listens.
+    assert!(std::net::TcpStream::connect(("127.0.0.2", dist)).is_ok());
+    let status = ctl_json(&broker, &["status"]);
+    let listeners = status["listeners"].as_array().unwrap();
+    assert!(
+        listeners
+            .iter()
+            .any(|l| l["protocol"] == "clustering" && l["interface"] == "127.0.0.2"),
+        "{listeners:?}"
+    );
+    let text = broker.ctl_ok(&["status"]);
+    assert!(
+        text.contains(&format!("Interface: 127.0.0.2, port: {dist}, protocol: clustering")),
+        "{text}"
+    );
+    // AMQP is not affected.
+    let _conn = connect(&broker.url()).await;
+}
 #[test]
 fn a_node_that_is_not_running_is_exit_69_with_one_line_quickly() {
     let dir = TempDir::new("ctl-down");

@@ -191,3 +191,113 @@ async fn without_an_alarm_publishers_are_not_blocked() {
         serde_json::json!({"memory": false, "disk": false})
     );
 }
+
+/// Waits for connection.unblocked on `events`.
+async fn unblocked(events: &mut (impl futures_lite::Stream<Item = Event> + Unpin)) {
+    let wait = async {
+        while let Some(e) = events.next().await {
+            if let Event::ConnectionUnblocked = e {
+                return;
+            }
+        }
+        panic!("the event stream ended");
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("no connection.unblocked");
+}
+
+/// A consumer whose socket is never read: the broker stops delivering to it once a few MB
+/// wait for it (the rest stays in the queue), the publisher is blocked near the watermark,
+/// and once the consumer is gone and its queue deleted the alarm clears by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_read_is_bounded_and_the_alarm_clears_once_memory_is_freed() {
+    const MB: usize = 1 << 20;
+    let broker = TestBroker::start_with_config("vm_memory_high_watermark.absolute = 160MB\n");
+    let (_conn, ch) = open(&broker.url()).await;
+    declare(&ch, "sink", Default::default(), FieldTable::default()).await;
+
+    // The consumer: autoack, and it never reads its socket.
+    let port = broker.port;
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::handshake(port);
+        raw.open_channel(1);
+        raw.send(&method_frame(
+            1,
+            60,
+            20,
+            // reserved, queue, consumer tag, bits (no-ack), arguments
+            Args::new()
+                .u16(0)
+                .short("sink")
+                .short("stalled")
+                .u8(0b10)
+                .empty_table(),
+        ));
+        let ok = raw.read_frame().expect("basic.consume-ok");
+        assert_eq!(ok.kind, FRAME_METHOD);
+        raw
+    })
+    .await
+    .unwrap();
+
+    let publisher = connect(&broker.url()).await;
+    let mut events = Box::pin(publisher.events_listener());
+    let pch = publisher.create_channel().await.unwrap();
+    let body = vec![b'x'; MB];
+    let publishing = tokio::spawn(async move {
+        for _ in 0..400 {
+            if pch
+                .basic_publish(
+                    "".into(),
+                    "sink".into(),
+                    Default::default(),
+                    &body,
+                    Default::default(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let reason = blocked_reason(&mut events).await;
+    assert_eq!(reason, "low on memory");
+    assert!(!publishing.is_finished(), "400 MB went by a 160 MB watermark");
+
+    // What waits for the stalled socket is bounded; the rest waits in the queue.
+    let stalled_port = stalled.stream.local_addr().unwrap().port();
+    let rows = ctl_rows(&broker, &["list_connections", "peer_port", "send_pend"]);
+    let consumer_row = rows
+        .iter()
+        .find(|r| r["peer_port"] == stalled_port)
+        .unwrap_or_else(|| panic!("no consumer connection in {rows:?}"));
+    let pending = consumer_row["send_pend"].as_u64().unwrap();
+    assert!(
+        pending <= 6 * MB as u64,
+        "{pending} bytes wait for a socket that is not read"
+    );
+    assert!(
+        ctl_messages(&broker, "sink").unwrap() > 50,
+        "the queue was drained into a socket that is not read"
+    );
+
+    // The consumer goes, its queue is deleted: the memory is free and the alarm clears.
+    stalled.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(stalled);
+    eventually("the stalled consumer's connection is gone", || async {
+        ctl_rows(&broker, &["list_connections", "name"]).len() == 2
+    })
+    .await;
+    ch.queue_delete("sink".into(), Default::default())
+        .await
+        .unwrap();
+    unblocked(&mut events).await;
+    assert!(!publisher.status().blocked());
+    assert_eq!(
+        ctl_json(&broker, &["status"])["alarms"],
+        serde_json::json!({"memory": false, "disk": false})
+    );
+    publishing.abort();
+}

@@ -13,7 +13,6 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
 
 use super::channel::Channel;
 use super::codec::{self, FRAME_MIN_SIZE, PROTOCOL_HEADER, RawFrame};
@@ -91,7 +90,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         return;
     }
     buf.advance(8);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = super::outbound::outbound();
     let writer = Arc::new(WriterShared {
         frame_max: AtomicU32::new(broker.config.frame_max),
         heartbeat: AtomicU32::new(0),
@@ -401,11 +400,14 @@ impl Connection {
         let mut consumer_check = tokio::time::interval(Duration::from_secs(1));
         consumer_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.has_published
-                && alarms.borrow().any()
-                && !self.wait_while_blocked(&mut alarms, info.as_deref()).await
-            {
-                return;
+            if self.has_published {
+                // A burst is stopped here, frame by frame, not at the monitor's next tick.
+                crate::resources::check_memory(&self.broker);
+                if alarms.borrow().any()
+                    && !self.wait_while_blocked(&mut alarms, info.as_deref()).await
+                {
+                    return;
+                }
             }
             let hb = self.writer.heartbeat.load(Ordering::Relaxed);
             // Two missed heartbeats mean the peer is gone.
@@ -416,6 +418,7 @@ impl Connection {
                 f = self.next_frame(rd, buf, timeout) => f,
                 _ = consumer_check.tick() => {
                     self.enforce_consumer_timeout();
+                    self.publish_byte_counts(info.as_deref());
                     continue;
                 }
                 _ = killed(info.as_deref()) => {
@@ -426,13 +429,7 @@ impl Connection {
                     return self.close_with(rd, buf, e).await;
                 }
             };
-            if let Some(i) = &info {
-                i.recv_oct.store(self.recv_bytes, Ordering::Relaxed);
-                i.send_oct.store(
-                    self.writer.sent_bytes.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-            }
+            self.publish_byte_counts(info.as_deref());
             let frame = match frame {
                 Ok(f) => f,
                 Err(ReadEnd::Closed) => return,
@@ -448,6 +445,17 @@ impl Connection {
                 Err(e) if e.closes_connection() => return self.close_with(rd, buf, e).await,
                 Err(e) => self.close_channel_with(e),
             }
+        }
+    }
+
+    /// Byte counts for listings; also each second, for a client that sends nothing.
+    fn publish_byte_counts(&self, info: Option<&ConnectionInfo>) {
+        if let Some(i) = info {
+            i.recv_oct.store(self.recv_bytes, Ordering::Relaxed);
+            i.send_oct.store(
+                self.writer.sent_bytes.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
     }
 

@@ -140,13 +140,20 @@ impl ChannelHandle {
         self.state.lock().global_prefetch = n;
     }
 
-    /// Whether a consumer on this channel may be sent one more message now.
-    pub fn can_deliver(&self) -> bool {
+    /// Whether a consumer on this channel may be sent one more message from `queue` now: the
+    /// channel is open with flow on, under its global prefetch, and the connection's socket
+    /// keeps up (else `queue` is kicked when it has drained).
+    pub fn can_deliver(&self, queue: &Arc<Queue>) -> bool {
         if self.is_closed() || !self.flow_active.load(Ordering::SeqCst) {
             return false;
         }
-        let st = self.state.lock();
-        st.global_prefetch == 0 || st.global_unacked < st.global_prefetch
+        {
+            let st = self.state.lock();
+            if st.global_prefetch != 0 && st.global_unacked >= st.global_prefetch {
+                return false;
+            }
+        }
+        self.out.has_room(queue)
     }
 
     /// Sends one message to a consumer; records it as unacked unless `no_ack`.

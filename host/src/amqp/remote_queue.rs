@@ -301,8 +301,10 @@ async fn run_ops(
 }
 
 impl Broker {
-    /// Deliveries relayed by an owner node, for one of this node's channels.
-    pub async fn accept_proxied(&self, batch: DeliverBatch) -> Result<(), String> {
+    /// Deliveries relayed by an owner node, for one of this node's channels. True once the
+    /// channel's connection has room for more; false after a few seconds without (the owner
+    /// asks again with an empty batch, and delivers nothing more meanwhile).
+    pub async fn accept_proxied(&self, batch: DeliverBatch) -> Result<bool, String> {
         let Some(session) = self.remote_sessions.get(&batch.session) else {
             return Err(format!("unknown session {}", batch.session));
         };
@@ -326,7 +328,9 @@ impl Broker {
                 no_ack: session.no_ack,
             });
         }
-        Ok(())
+        // Under the caller's 10 s timeout, so that a slow reader is not taken for a dead node.
+        let room = tokio::time::timeout(Duration::from_secs(3), session.channel.out.room()).await;
+        Ok(room.is_ok())
     }
 
     /// The owner cancelled a proxied consumer (its queue was deleted).

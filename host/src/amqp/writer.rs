@@ -9,10 +9,9 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::codec::{encode_content, encode_heartbeat, encode_method};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, OutboundRx};
 use crate::amqp::short_string::short;
 
 /// Settings the reader negotiates and the writer follows.
@@ -128,7 +127,7 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
 
 pub async fn run_writer(
     mut socket: OwnedWriteHalf,
-    mut rx: UnboundedReceiver<Outbound>,
+    mut rx: OutboundRx,
     shared: Arc<WriterShared>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -154,17 +153,20 @@ pub async fn run_writer(
         };
         let Some(first) = first else { break };
         let frame_max = shared.frame_max.load(Ordering::Relaxed);
+        // The bytes these items were counted for, given back once the kernel has them.
+        let mut cost = first.cost();
         if closed.admit(&first) {
             open = encode(&mut buf, first, frame_max);
         }
         while open && buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(item) if closed.admit(&item) => open = encode(&mut buf, item, frame_max),
-                Ok(_) => {}
-                Err(_) => break,
+            let Some(item) = rx.try_recv() else { break };
+            cost += item.cost();
+            if closed.admit(&item) {
+                open = encode(&mut buf, item, frame_max);
             }
         }
         if buf.is_empty() {
+            rx.release(cost);
             continue;
         }
         shared
@@ -173,6 +175,7 @@ pub async fn run_writer(
         if socket.write_all(&buf).await.is_err() {
             return;
         }
+        rx.release(cost);
         buf.clear();
     }
     let _ = socket.flush().await;

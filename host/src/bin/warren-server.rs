@@ -11,7 +11,12 @@ use warren::config::{NodeConfig, NodeRuntimeFile, load_or_create_cookie};
 
 const USAGE: &str = "usage: warren-server [-detached]\n\nRuns a Warren node. The node is chosen by WARREN_NODENAME, WARREN_NODE_PORT, WARREN_DIST_PORT,\nWARREN_BASE and WARREN_CONFIG_FILE (see the README).";
 
+/// Counts live heap bytes for the memory alarm (see `warren::memory`).
+#[global_allocator]
+static GLOBAL: warren::memory::CountingAllocator = warren::memory::CountingAllocator;
+
 fn main() -> ExitCode {
+    warren::memory::CountingAllocator::mark_installed();
     let mut detached = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {

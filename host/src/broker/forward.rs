@@ -3,6 +3,12 @@
 //! while the previous batch was on the wire; the owner enqueues them (and,
 //! for persistent messages, writes them to disk) before it answers, so a
 //! publisher confirm can wait for every owner.
+//!
+//! A batch whose answer does not come (a link that went stale when the peer
+//! restarted, a partition that healed) is sent once more on a fresh link under
+//! the same batch id; the owner answers a repeat from its ledger instead of
+//! enqueueing it twice. Only then is it refused, so a nack means the owner did
+//! not take the message, as far as the owner could be asked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -13,11 +19,21 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Broker;
+use super::forward_ledger::{Admission, answer_of};
 use super::message::Message;
 use crate::cluster::network::PeerError;
 use crate::queue::PublishOutcome;
 
 const BATCH: usize = 256;
+
+/// One forwarder's batch: `id` is unique for the sending node's run, so that a
+/// repeat is recognised (see `forward_ledger`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishBatch {
+    pub from: String,
+    pub id: u64,
+    pub items: Vec<PublishItem>,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishItem {
@@ -93,42 +109,82 @@ async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver
     }
 }
 
+/// Batch ids: from the start time in ms, shifted, so that a restarted node's ids do not meet
+/// its previous run's in an owner's ledger.
+fn next_batch_id() -> u64 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| std::sync::atomic::AtomicU64::new(crate::queue::now_ms() << 20))
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
     let Some(cluster) = broker.meta.cluster() else {
         return Vec::new();
     };
-    let Some(peer) = cluster.node_by_name(node) else {
-        tracing::warn!(
-            node,
-            "publish to a queue of a node that left the cluster dropped"
-        );
-        return Vec::new();
+    let request = PublishBatch {
+        from: broker.config.node.clone(),
+        id: next_batch_id(),
+        items: batch
+            .iter()
+            .map(|i| PublishItem {
+                vhost: i.vhost.clone(),
+                queues: i.queues.clone(),
+                message: i.msg.to_wire_text(),
+            })
+            .collect(),
     };
-    let items: Vec<PublishItem> = batch
-        .iter()
-        .map(|i| PublishItem {
-            vhost: i.vhost.clone(),
-            queues: i.queues.clone(),
-            message: i.msg.to_wire_text(),
-        })
-        .collect();
-    let answer: Result<Vec<bool>, PeerError> = cluster
-        .peers
-        .call(&peer, "queue_publish", &items, Duration::from_secs(10))
-        .await;
-    match answer {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(node, error = %e, messages = batch.len(), "forwarding publishes failed");
-            Vec::new()
+    let mut last_error = None;
+    for attempt in 0..2 {
+        let Some(peer) = cluster.node_by_name(node) else {
+            tracing::warn!(
+                node,
+                "publish to a queue of a node that left the cluster dropped"
+            );
+            return Vec::new();
+        };
+        let answer: Result<Vec<bool>, PeerError> = cluster
+            .peers
+            .call(&peer, "queue_publish", &request, Duration::from_secs(10))
+            .await;
+        match answer {
+            Ok(a) => return a,
+            Err(e) => {
+                if attempt == 0 {
+                    tracing::info!(node, error = %e, "forwarding publishes failed; sending once more");
+                }
+                last_error = Some(e);
+            }
         }
     }
+    if let Some(e) = last_error {
+        tracing::warn!(node, error = %e, messages = batch.len(), "forwarding publishes failed: refused");
+    }
+    Vec::new()
 }
 
 impl Broker {
-    /// The owner's half: enqueue forwarded messages into local queues; each
-    /// answer is true once the message is in all its queues (on disk if persistent).
-    pub async fn accept_forwarded(&self, items: Vec<PublishItem>) -> Vec<bool> {
+    /// The owner's half of a batch: run it once, however often it is sent.
+    pub async fn accept_forward_batch(self: &Arc<Self>, batch: PublishBatch) -> Vec<bool> {
+        let n = batch.items.len();
+        match self.forward_ledger.admit(&batch.from, batch.id) {
+            Admission::Seen(answer) => answer_of(answer, n).await,
+            Admission::First(done) => {
+                // Its own task: a link that drops mid-run must not stop the run halfway,
+                // its answer is what a repeat gets.
+                let me = self.clone();
+                let run = tokio::spawn(async move {
+                    let answers = me.accept_forwarded(batch.items).await;
+                    done.send_replace(Some(answers.clone()));
+                    answers
+                });
+                run.await.unwrap_or_else(|_| vec![false; n])
+            }
+        }
+    }
+
+    /// Enqueues forwarded messages into local queues; each answer is true once
+    /// the message is in all its queues (on disk if persistent).
+    async fn accept_forwarded(&self, items: Vec<PublishItem>) -> Vec<bool> {
         let mut answers = Vec::with_capacity(items.len());
         let mut ticket = None;
         // Quorum queues' answers: (item index, committed?).

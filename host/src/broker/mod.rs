@@ -4,6 +4,7 @@
 
 pub mod dead_letter;
 pub mod forward;
+pub mod forward_ledger;
 pub mod message;
 pub mod permissions;
 pub mod proxy;
@@ -94,9 +95,14 @@ pub struct Broker {
     pub connections: Mutex<BTreeMap<u64, Arc<ConnectionInfo>>>,
     next_connection: AtomicU64,
     pub alarms: watch::Sender<Alarms>,
+    /// The memory alarm's threshold in accounted bytes (`u64::MAX` until the monitor runs),
+    /// for readers to check between frames without waiting for the monitor's tick.
+    pub memory_limit: AtomicU64,
     permissions: permissions::PermissionCache,
     /// Publishes on their way to queues owned by other nodes.
     pub forward: forward::Forwarders,
+    /// Forwarded batches already run here, for answering repeats.
+    pub forward_ledger: forward_ledger::ForwardLedger,
     /// Sessions other nodes opened on this node's queues.
     pub proxies: proxy::ProxySessions,
     /// Sessions this node's channels opened on other nodes' queues.
@@ -130,9 +136,11 @@ impl Broker {
             connections: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(1),
             alarms: watch::channel(Alarms::default()).0,
+            memory_limit: AtomicU64::new(u64::MAX),
             permissions: permissions::PermissionCache::default(),
             direct_replies: Default::default(),
             forward: Default::default(),
+            forward_ledger: Default::default(),
             proxies: Default::default(),
             remote_sessions: Default::default(),
             quorum: Default::default(),

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::Broker;
 use crate::amqp::channel::requeue_all;
 use crate::amqp::delivery::{ChannelHandle, group_by_queue};
-use crate::amqp::outbound::Outbound;
+use crate::amqp::outbound::{Outbound, OutboundRx};
 use crate::cluster::network::PeerError;
 use crate::queue::{ConsumeRequest, Queue};
 
@@ -67,7 +66,7 @@ struct Session {
     handle: Arc<ChannelHandle>,
     consumer: Option<u64>,
     /// For basic.get sessions: the deliveries the handle produced.
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Outbound>>>,
+    rx: Mutex<Option<OutboundRx>>,
 }
 
 #[derive(Default)]
@@ -96,7 +95,7 @@ impl Broker {
                     req.queue, req.vhost
                 )
             })?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::amqp::outbound::outbound();
         let handle = Arc::new(ChannelHandle::new(0, 0, tx, true));
         let mut session = Session {
             queue: queue.clone(),
@@ -155,8 +154,12 @@ impl Broker {
         let Some(rx) = rx.as_mut() else {
             return Err("not a basic.get session".into());
         };
-        match rx.try_recv() {
-            Ok(Outbound::GetOk {
+        let item = rx.try_recv();
+        if let Some(i) = &item {
+            rx.release(i.cost());
+        }
+        match item {
+            Some(Outbound::GetOk {
                 delivery_tag,
                 redelivered,
                 message_count,
@@ -214,37 +217,39 @@ impl Broker {
 }
 
 /// Carries a consumer session's deliveries to the consuming node, in order,
-/// batching what queued up meanwhile.
-async fn relay(
-    broker: Weak<Broker>,
-    session: String,
-    node: String,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-) {
+/// batching what queued up meanwhile. The bytes of a batch count against the
+/// session's hand-over until the consuming node has taken it and says its
+/// client's connection has room, so a consumer that does not read stops the
+/// owner's queue from delivering to it, as a local one would.
+async fn relay(broker: Weak<Broker>, session: String, node: String, mut rx: OutboundRx) {
     let mut items = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut cancelled = false;
-        let mut push = |o: Outbound, items: &mut Vec<Delivered>| match o {
-            Outbound::Deliver {
-                delivery_tag,
-                redelivered,
-                msg,
-                ..
-            } => items.push(Delivered {
-                tag: delivery_tag,
-                redelivered,
-                message_count: 0,
-                message: msg.to_wire_text(),
-            }),
-            // The only method a consumer's handle gets is a server-side basic.cancel.
-            Outbound::Method { .. } => cancelled = true,
-            _ => {}
+        let mut cost = 0;
+        let mut push = |o: Outbound, items: &mut Vec<Delivered>| {
+            cost += o.cost();
+            match o {
+                Outbound::Deliver {
+                    delivery_tag,
+                    redelivered,
+                    msg,
+                    ..
+                } => items.push(Delivered {
+                    tag: delivery_tag,
+                    redelivered,
+                    message_count: 0,
+                    message: msg.to_wire_text(),
+                }),
+                // The only method a consumer's handle gets is a server-side basic.cancel.
+                Outbound::Method { .. } => cancelled = true,
+                _ => {}
+            }
         };
         push(first, &mut items);
         while items.len() < 256 {
             match rx.try_recv() {
-                Ok(o) => push(o, &mut items),
-                Err(_) => break,
+                Some(o) => push(o, &mut items),
+                None => break,
             }
         }
         let Some(b) = broker.upgrade() else { return };
@@ -255,21 +260,30 @@ async fn relay(
             b.proxy_close(&session);
             return;
         };
-        if !items.is_empty() {
-            let batch = DeliverBatch {
-                session: session.clone(),
-                items: std::mem::take(&mut items),
-            };
-            let sent: Result<bool, PeerError> = cluster
+        let mut batch = DeliverBatch {
+            session: session.clone(),
+            items: std::mem::take(&mut items),
+        };
+        // An empty batch asks only whether the client's connection has room again.
+        loop {
+            let has_room: Result<bool, PeerError> = cluster
                 .peers
                 .call(&peer, "proxy_deliver", &batch, Duration::from_secs(10))
                 .await;
-            if sent.is_err() {
-                // The consuming node is gone: give its messages back to the queue.
-                b.proxy_close(&session);
+            match has_room {
+                Ok(true) => break,
+                Ok(false) => batch.items.clear(),
+                Err(_) => {
+                    // The consuming node is gone: give its messages back to the queue.
+                    b.proxy_close(&session);
+                    return;
+                }
+            }
+            if !b.proxies.sessions.lock().contains_key(&session) {
                 return;
             }
         }
+        rx.release(cost);
         if cancelled {
             let _: Result<bool, PeerError> = cluster
                 .peers

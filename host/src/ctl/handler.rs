@@ -444,7 +444,14 @@ impl NodeHandler {
                 "client_properties" => json!(c.client_properties),
                 "connected_at" => json!(c.connected_at),
                 "recv_oct" => json!(c.recv_oct.load(Ordering::Relaxed)),
-                "send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
+"send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
+                // Bytes waiting for the client's socket (every channel shares the writer).
+                "send_pend" => json!(c
+                    .channel_handles
+                    .lock()
+                    .values()
+                    .next()
+                    .map_or(0, |h| h.out.pending_bytes())),
                 "auth_mechanism" => json!("PLAIN"),
                 _ => Value::Null,
             }) as Row
@@ -465,6 +472,7 @@ impl NodeHandler {
                 "connected_at",
                 "recv_oct",
                 "send_oct",
+                "send_pend",
                 "auth_mechanism",
             ],
             rows,
@@ -609,6 +617,14 @@ impl NodeHandler {
                 }
             }
         }
+        let settings = &node.config.settings;
+        let shown = |ip: Option<std::net::IpAddr>| match ip {
+            Some(ip) if ip.is_ipv6() => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+            None => "[::]".to_string(),
+        };
+        let amqp_if = shown(settings.listeners_tcp_default.as_ref().and_then(|l| l.ip));
+        let dist_if = shown(settings.distribution_listener_interface);
         let data = json!({
             "node": node.config.node_name,
             "pid": std::process::id(),
@@ -616,11 +632,14 @@ impl NodeHandler {
             "uptime_seconds": node.started_at.elapsed().as_secs(),
             "running": *node.app_running.borrow(),
             "listeners": [
-                {"protocol": "amqp", "port": node.config.amqp_port},
-                {"protocol": "clustering", "port": node.config.dist_port},
+                {"protocol": "amqp", "interface": amqp_if, "port": node.config.amqp_port},
+                {"protocol": "clustering", "interface": dist_if, "port": node.config.dist_port},
             ],
             "data_directory": node.config.data_dir.display().to_string(),
             "memory_bytes": crate::resources::process_memory(),
+            // What the memory alarm compares with its limit (see resources.rs).
+            "memory_accounted_bytes": crate::resources::memory_used(),
+            "memory_limit_bytes": broker.memory_limit.load(Ordering::Relaxed),
             "alarms": {"memory": alarms.memory, "disk": alarms.disk},
             "connections": broker.connections.lock().len(),
             "queues": queues,
@@ -628,7 +647,7 @@ impl NodeHandler {
             "message_store": store.map(|s| json!({"segments": s.segments, "bytes": s.bytes, "live_messages": s.live_messages})),
         });
         let text = format!(
-            "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: [::], port: {port}, protocol: amqp, purpose: AMQP 0-9-1\nInterface: [::], port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
+            "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: {amqp_if}, port: {port}, protocol: amqp, purpose: AMQP 0-9-1\nInterface: {dist_if}, port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\nCalculation strategy: {strategy}\nAccounted memory: {accounted} bytes\nMemory high watermark: {limit} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
             pid = std::process::id(),
             ver = env!("CARGO_PKG_VERSION"),
             up = node.started_at.elapsed().as_secs(),
@@ -636,6 +655,13 @@ impl NodeHandler {
             port = node.config.amqp_port,
             dist = node.config.dist_port,
             mem = crate::resources::process_memory(),
+            strategy = if crate::memory::allocated().is_some() {
+                "allocated"
+            } else {
+                "rss"
+            },
+            accounted = crate::resources::memory_used(),
+            limit = broker.memory_limit.load(Ordering::Relaxed),
             alarms = if alarms.any() {
                 alarms.reason().to_string()
             } else {
@@ -1209,11 +1235,11 @@ impl NodeHandler {
             }
             "proxy_deliver" => {
                 let batch: crate::broker::proxy::DeliverBatch = Self::payload(&req)?;
-                broker
+                let room = broker
                     .accept_proxied(batch)
                     .await
                     .map_err(|e| Response::error(exit_code::DATA_ERR, e))?;
-                Response::data(json!(true))
+                Response::data(json!(room))
             }
             "proxy_cancelled" => {
                 let session: String = Self::payload(&req)?;
@@ -1221,8 +1247,8 @@ impl NodeHandler {
                 Response::data(json!(true))
             }
             "queue_publish" => {
-                let items: Vec<crate::broker::forward::PublishItem> = Self::payload(&req)?;
-                Response::data(json!(broker.accept_forwarded(items).await))
+                let batch: crate::broker::forward::PublishBatch = Self::payload(&req)?;
+                Response::data(json!(broker.accept_forward_batch(batch).await))
             }
             "cluster_join" => {
                 let join: crate::cluster::JoinRequest = Self::payload(&req)?;

@@ -4,7 +4,7 @@
 pub mod handler;
 pub mod protocol;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::node::Node;
@@ -12,13 +12,19 @@ use protocol::{CtlServer, default_bind_addrs};
 
 pub use handler::NodeHandler;
 
-/// Binds the control listener (IPv4 and IPv6) on the dist port.
+/// Binds the control listener on the dist port: on the one address `interface` names, or on
+/// every IPv4 and IPv6 interface.
 pub async fn bind(
-    addr: SocketAddr,
+    interface: Option<IpAddr>,
+    port: u16,
     node: &Arc<Node>,
 ) -> Result<CtlServer<NodeHandler>, protocol::CtlError> {
+    let addrs = match interface {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => default_bind_addrs(port),
+    };
     CtlServer::bind(
-        &default_bind_addrs(addr.port()),
+        &addrs,
         &node.config.node_name,
         &node.cookie,
         Arc::new(NodeHandler { node: node.clone() }),

@@ -431,11 +431,11 @@ impl Queue {
         }
     }
 
-    fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
+    fn pick_consumer(self: &Arc<Self>, st: &mut QueueState) -> Option<usize> {
         let n = st.consumers.len();
         if let Some(active) = st.single_active {
             let i = st.consumers.iter().position(|c| c.id == active)?;
-            return consumer_has_room(&st.consumers[i]).then_some(i);
+            return consumer_has_room(self, &st.consumers[i]).then_some(i);
         }
         // Consumers are kept sorted by priority, highest first: the first priority level with
         // a consumer that has room wins, round robin within it.
@@ -446,7 +446,7 @@ impl Queue {
             if best.is_some_and(|(p, _)| c.priority <= p) {
                 continue;
             }
-            if consumer_has_room(c) {
+            if consumer_has_room(self, c) {
                 best = Some((c.priority, i));
             }
         }
@@ -761,8 +761,8 @@ impl Queue {
     }
 }
 
-fn consumer_has_room(c: &Consumer) -> bool {
-    (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch) && c.channel.can_deliver()
+fn consumer_has_room(queue: &Arc<Queue>, c: &Consumer) -> bool {
+    (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch) && c.channel.can_deliver(queue)
 }
 
 /// When a message dies of old age in a queue with `config`: the shorter of the queue's
