@@ -45,7 +45,10 @@ fn main() {
         }
     }
 
-    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Through PATH's cargo (rustup's proxy), not the outer build's: the plugins build with the
+    // toolchain rust-toolchain.toml names, which has the wasm target, also when the host is
+    // built by another one (`cargo +nightly fuzz`, whose nightly may lack the target).
+    let mut cmd = Command::new("cargo");
     cmd.current_dir(&plugins)
         .args([
             "build",
@@ -67,6 +70,9 @@ fn main() {
         "CARGO_BUILD_TARGET",
         "CARGO_MANIFEST_DIR",
         "CARGO_PRIMARY_PACKAGE",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
     ] {
         cmd.env_remove(var);
     }

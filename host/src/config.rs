@@ -426,6 +426,19 @@ impl Default for Settings {
     }
 }
 
+/// The tracing filter level for a `log.console.level` (Erlang logger's names, which tracing
+/// does not parse: an unparsed level would silently leave only errors).
+pub fn tracing_level(level: &str) -> &'static str {
+    match level {
+        "debug" => "debug",
+        "info" | "notice" => "info",
+        "warning" => "warn",
+        "error" | "critical" | "alert" | "emergency" => "error",
+        "none" => "off",
+        _ => "info",
+    }
+}
+
 /// Log levels accepted by `log.console.level` (RabbitMQ's, which are Erlang logger's).
 const LOG_LEVELS: &[&str] = &[
     "debug",
@@ -1199,6 +1212,21 @@ mod tests {
     }
 
     #[test]
+    fn every_accepted_log_level_means_a_tracing_level() {
+        for level in LOG_LEVELS {
+            let t = tracing_level(level);
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(format!("warren={t}")).is_ok(),
+                "{level} -> {t}"
+            );
+        }
+        assert_eq!(tracing_level("warning"), "warn");
+        assert_eq!(tracing_level("notice"), "info");
+        assert_eq!(tracing_level("critical"), "error");
+        assert_eq!(tracing_level("none"), "off");
+    }
+
+    #[test]
     fn distribution_listener_interface() {
         let s = parse("distribution.listener.interface = 127.0.0.1\n").unwrap();
         assert_eq!(
@@ -1206,9 +1234,15 @@ mod tests {
             Some("127.0.0.1".parse().unwrap())
         );
         let s = parse("distribution.listener.interface = [::1]\n").unwrap();
-        assert_eq!(s.distribution_listener_interface, Some("::1".parse().unwrap()));
+        assert_eq!(
+            s.distribution_listener_interface,
+            Some("::1".parse().unwrap())
+        );
         let e = parse("distribution.listener.interface = everywhere\n").unwrap_err();
-        assert!(e.to_string().contains("distribution.listener.interface"), "{e}");
+        assert!(
+            e.to_string().contains("distribution.listener.interface"),
+            "{e}"
+        );
         assert_eq!(parse("").unwrap().distribution_listener_interface, None);
     }
 

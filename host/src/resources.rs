@@ -71,10 +71,14 @@ pub fn memory_used() -> u64 {
 }
 
 /// Raises the memory alarm at once if the accounted memory is past the watermark: called by
-/// publishing connections between frames.
+/// publishing connections between frames. Two atomic loads; without the counting allocator
+/// (RSS would cost a file read per frame) the monitor's tick alone decides.
 pub fn check_memory(broker: &Broker) {
+    let Some(used) = crate::memory::allocated() else {
+        return;
+    };
     let limit = broker.memory_limit.load(Ordering::Relaxed);
-    if limit != u64::MAX && !broker.alarms.borrow().memory && memory_used() > limit {
+    if used > limit && !broker.alarms.borrow().memory {
         set_alarms(broker, |a| a.memory = true);
     }
 }

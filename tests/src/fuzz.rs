@@ -101,7 +101,10 @@ pub fn connection(data: &[u8]) {
         }
     }
     drop(s);
-    assert!(node_answers(port), "the node stopped answering after an input");
+    assert!(
+        node_answers(port),
+        "the node stopped answering after an input"
+    );
 }
 
 /// The client half of a handshake as guest on `/`, frame_max 131072, no heartbeat, with

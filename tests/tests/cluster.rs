@@ -288,7 +288,35 @@ async fn publishes_reach_queues_on_other_nodes_and_an_owner_loss_is_named() {
     let (c2, ch2) = open(&nodes[1].url()).await;
     // As in RabbitMQ, persistent messages survive the crash.
     assert_eq!(ready_count(&ch2, "on-two").await, 49);
-    let _ = ch1;
+
+    // Deleting through another node happens on the owner, which checks and counts.
+    let not_empty = ch1
+        .queue_delete(
+            "on-two".into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        expect_code(not_empty, 406),
+        "PRECONDITION_FAILED - queue 'on-two' in vhost '/' not empty"
+    );
+    let ch1 = c1.create_channel().await.expect("channel");
+    let deleted = ch1
+        .queue_delete("on-two".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete through node 1");
+    assert_eq!(deleted, 49, "delete-ok counts what the owner held");
+    for n in &nodes {
+        assert_eq!(
+            ctl_messages(n, "on-two"),
+            None,
+            "on-two still listed on {}",
+            n.full_name()
+        );
+    }
     c1.close(200, "bye".into()).await.expect("close");
     c2.close(200, "bye".into()).await.expect("close");
 }

@@ -414,7 +414,6 @@ async fn status_reports_the_node() {
     assert!(text.contains(&format!("port: {}", broker.port)), "{text}");
 }
 
-
 #[tokio::test]
 async fn the_dist_port_listens_only_where_distribution_listener_interface_says() {
     let broker = TestBroker::start_with_config("distribution.listener.interface = 127.0.0.2\n");
@@ -436,7 +435,9 @@ async fn the_dist_port_listens_only_where_distribution_listener_interface_says()
     );
     let text = broker.ctl_ok(&["status"]);
     assert!(
-        text.contains(&format!("Interface: 127.0.0.2, port: {dist}, protocol: clustering")),
+        text.contains(&format!(
+            "Interface: 127.0.0.2, port: {dist}, protocol: clustering"
+        )),
         "{text}"
     );
     // AMQP is not affected.

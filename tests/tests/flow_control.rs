@@ -264,7 +264,10 @@ async fn a_consumer_that_does_not_read_is_bounded_and_the_alarm_clears_once_memo
     });
     let reason = blocked_reason(&mut events).await;
     assert_eq!(reason, "low on memory");
-    assert!(!publishing.is_finished(), "400 MB went by a 160 MB watermark");
+    assert!(
+        !publishing.is_finished(),
+        "400 MB went by a 160 MB watermark"
+    );
 
     // What waits for the stalled socket is bounded; the rest waits in the queue.
     let stalled_port = stalled.stream.local_addr().unwrap().port();

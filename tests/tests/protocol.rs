@@ -701,7 +701,11 @@ async fn exchange_to_exchange_bindings_route_onwards() {
     .await
     .unwrap();
     publish(&ch, "src", "a.b", b"after unbind", Default::default()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Published after it on the same channel: once the marker is there, the publish before it
+    // has been routed.
+    publish(&ch, "", "end", b"marker", Default::default()).await;
+    let m = get_wait(&ch, "end", true).await;
+    assert_eq!(m.delivery.data, b"marker");
     assert_eq!(ready_count(&ch, "end").await, 0);
 }
 
@@ -1336,8 +1340,9 @@ async fn tx_commit_publishes_and_rollback_discards() {
     m.delivery.acker.ack(Default::default()).await.unwrap();
     tx.tx_commit().await.unwrap();
     tx.close(200, "bye".into()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(ready_count(&ch, "txq").await, 0);
+    // Ready and unacked together: an ack the commit did not apply would still count (unacked
+    // until the close requeues it, ready after), however slow the broker.
+    assert_eq!(ctl_messages(&broker, "txq"), Some(0));
 }
 
 #[tokio::test]
@@ -1423,7 +1428,7 @@ async fn queue_message_ttl_expires_messages_even_without_readers() {
     )
     .await;
     publish(&ch, "", "zero", b"m", Default::default()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The get follows the publish on the same channel, so the message was enqueued first.
     assert!(get(&ch, "zero", true).await.is_none());
 }
 
@@ -1454,7 +1459,6 @@ async fn max_length_drops_from_the_head() {
             .any(|r| r["name"] == "bounded" && r["messages"] == 2)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(drain(&ch, "bounded").await, ["m4", "m5"]);
     declare(
         &ch,
@@ -1466,7 +1470,7 @@ async fn max_length_drops_from_the_head() {
     for b in ["aaaa", "bbbb", "cccc"] {
         publish(&ch, "", "bytes", b.as_bytes(), Default::default()).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The gets follow the publishes on the same channel.
     assert_eq!(drain(&ch, "bytes").await, ["bbbb", "cccc"]);
 }
 

@@ -1,5 +1,8 @@
 //! The first thing a user does: connect, declare, publish, get it back.
 
+mod common;
+
+use common::get_wait;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -28,15 +31,7 @@ async fn publish_and_get_round_trip() {
     )
     .await
     .expect("publish");
-    let got = loop {
-        if let Some(m) = ch
-            .basic_get("smoke".into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            break m;
-        }
-    };
+    let got = get_wait(&ch, "smoke", true).await;
     assert_eq!(got.delivery.data, b"hello warren");
     let out = broker.ctl_ok(&["list_queues", "name", "messages"]);
     assert!(out.contains("smoke\t0"), "{out}");

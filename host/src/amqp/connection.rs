@@ -136,15 +136,10 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
             panic = %panic_text(&*payload),
             "a bug ended this connection; closing it with 541"
         );
-        conn.send(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: ReplyCode::InternalError.code(),
-                reply_text: short("INTERNAL_ERROR - the connection hit an internal error"),
-                class_id: 0,
-                method_id: 0,
-            })),
-        );
+        conn.send_close(&AmqpError::connection(
+            ReplyCode::InternalError,
+            "INTERNAL_ERROR - the connection hit an internal error",
+        ));
         conn.close_ok_pending = false;
     }
     // Channels, consumers and exclusive queues go with the connection, even after a bug.
@@ -633,8 +628,8 @@ impl Connection {
     }
 
     /// Sends connection.close and waits (briefly) for close-ok, ignoring everything else.
-    async fn close_with(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, e: AmqpError) {
-        tracing::info!(peer = %self.peer, error = %e, "closing connection");
+    /// connection.close for `e`: the one place that builds it.
+    fn send_close(&self, e: &AmqpError) {
         self.send(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
@@ -644,6 +639,11 @@ impl Connection {
                 method_id: e.method_id,
             })),
         );
+    }
+
+    async fn close_with(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, e: AmqpError) {
+        tracing::info!(peer = %self.peer, error = %e, "closing connection");
+        self.send_close(&e);
         let deadline = tokio::time::Instant::now() + CLOSE_OK_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

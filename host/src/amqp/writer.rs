@@ -125,11 +125,7 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
     true
 }
 
-pub async fn run_writer(
-    mut socket: OwnedWriteHalf,
-    mut rx: OutboundRx,
-    shared: Arc<WriterShared>,
-) {
+pub async fn run_writer(mut socket: OwnedWriteHalf, mut rx: OutboundRx, shared: Arc<WriterShared>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut open = true;
     let mut closed = ClosedChannels::default();

@@ -62,8 +62,12 @@ fn already_running(config: &NodeConfig) -> anyhow::Result<()> {
 
 fn run_foreground() -> anyhow::Result<()> {
     let config = NodeConfig::from_env().context("configuration")?;
-    let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| format!("warren={}", config.settings.log_console_level));
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
+        format!(
+            "warren={}",
+            warren::config::tracing_level(&config.settings.log_console_level)
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -444,14 +444,15 @@ impl NodeHandler {
                 "client_properties" => json!(c.client_properties),
                 "connected_at" => json!(c.connected_at),
                 "recv_oct" => json!(c.recv_oct.load(Ordering::Relaxed)),
-"send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
+                "send_oct" => json!(c.send_oct.load(Ordering::Relaxed)),
                 // Bytes waiting for the client's socket (every channel shares the writer).
-                "send_pend" => json!(c
-                    .channel_handles
-                    .lock()
-                    .values()
-                    .next()
-                    .map_or(0, |h| h.out.pending_bytes())),
+                "send_pend" => json!(
+                    c.channel_handles
+                        .lock()
+                        .values()
+                        .next()
+                        .map_or(0, |h| h.out.pending_bytes())
+                ),
                 "auth_mechanism" => json!("PLAIN"),
                 _ => Value::Null,
             }) as Row
@@ -1189,8 +1190,17 @@ impl NodeHandler {
                     .vhost(&vhost)
                     .and_then(|v| v.queue(&name))
                     .map(|q| q.purge())
-                    .unwrap_or(0);
+                    .ok_or_else(|| {
+                        Response::error(
+                            exit_code::DATA_ERR,
+                            format!("queue '{name}' in vhost '{vhost}' is not served here"),
+                        )
+                    })?;
                 Response::data(json!(purged))
+            }
+            "queue_delete" => {
+                let del: crate::broker::queue_delete::DeleteRequest = Self::payload(&req)?;
+                Response::data(json!(broker.delete_local_queue(&del).await))
             }
             "queue_counts" => {
                 let (vhost, name): (String, String) = Self::payload(&req)?;
@@ -1201,7 +1211,12 @@ impl NodeHandler {
                         let s = q.stats();
                         (s.messages_ready as u32, s.consumers as u32)
                     })
-                    .unwrap_or((0, 0));
+                    .ok_or_else(|| {
+                        Response::error(
+                            exit_code::DATA_ERR,
+                            format!("queue '{name}' in vhost '{vhost}' is not served here"),
+                        )
+                    })?;
                 Response::data(json!(counts))
             }
             "proxy_open" => {

@@ -10,6 +10,7 @@ use crate::amqp::connection::Connection;
 use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::amqp::short_string::short;
 use crate::broker::permissions::Access;
+use crate::broker::queue_delete::{DeleteRefusal, DeleteRequest};
 use crate::meta::{
     BindingRecord, DestinationKind, MetaCommand, MetaError, MetaOutcome, QueueRecord,
 };
@@ -122,6 +123,51 @@ impl Connection {
         Ok(running)
     }
 
+    /// queue.delete of a queue this node does not hold: on its owner, which checks the flags
+    /// and counts; a queue that exists nowhere is deleted already (delete-ok, 0, as RabbitMQ).
+    async fn delete_remote_queue(&mut self, req: &DeleteRequest) -> AmqpResult<u32> {
+        let record = self
+            .broker
+            .meta
+            .read()
+            .queue(&req.vhost, &req.name)
+            .cloned();
+        let Some(record) = record else {
+            return Ok(0);
+        };
+        if let Some(owner) = &record.exclusive_owner
+            && owner != &self.owner
+        {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                req.name, req.vhost
+            )));
+        }
+        let cluster = self
+            .broker
+            .meta
+            .cluster()
+            .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
+        let home = self.broker.queue_home(&record);
+        let Some(owner) = cluster.running_node(&home) else {
+            // Its owner is down: what it holds cannot be counted or checked.
+            return Err(self.remote_queue_error(&req.vhost, &req.name));
+        };
+        let answer: Result<u32, DeleteRefusal> = cluster
+            .peers
+            .call(
+                &owner,
+                "queue_delete",
+                req,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| {
+                AmqpError::internal(format!("deleting through node {}: {e}", owner.name))
+            })?;
+        answer.map_err(|r| delete_refused(r, req))
+    }
+
     /// Why a queue that is not on this node cannot be used here.
     fn remote_queue_error(&self, vhost: &str, name: &str) -> AmqpError {
         let record = self.broker.meta.read().queue(vhost, name).cloned();
@@ -136,15 +182,7 @@ impl Connection {
             .and_then(|c| c.running_node(&home))
             .is_some();
         if !owner_up {
-            // RabbitMQ's words for a queue whose home node is down.
-            let kind = if record.durable {
-                "durable"
-            } else {
-                "transient"
-            };
-            return AmqpError::not_found(format!(
-                "home node '{home}' of {kind} queue '{name}' in vhost '{vhost}' is down or inaccessible"
-            ));
+            return home_node_down(&record, &home);
         }
         AmqpError::connection(
             ReplyCode::NotImplemented,
@@ -224,7 +262,10 @@ impl Connection {
                         std::time::Duration::from_secs(5),
                     )
                     .await
-                    .unwrap_or((0, 0));
+                    .map_err(|e| {
+                        tracing::info!(queue = %name, node = %owner.name, error = %e, "no counts from the queue's node");
+                        home_node_down(&record, &home)
+                    })?;
                 self.channel(id)?.last_queue = Some(name.clone());
                 self.declare_ok(id, nowait, name, counts.0, counts.1);
                 return Ok(());
@@ -412,36 +453,24 @@ impl Connection {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.resolve_queue_name(id, d.queue.as_str())?;
                 self.check("queue", &name, Access::Configure)?;
-                let mut count = 0;
-                if let Some(q) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
+                let req = DeleteRequest {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    if_unused: d.if_unused,
+                    if_empty: d.if_empty,
+                };
+                let count = if let Some(q) = self.vhost.as_ref().and_then(|v| v.queue(&name)) {
                     self.check_exclusive(&q)?;
-                    let s = q.stats();
-                    if d.if_unused && s.consumers > 0 {
-                        return Err(AmqpError::precondition(format!(
-                            "queue '{name}' in vhost '{vhost}' in use"
-                        )));
-                    }
-                    // RabbitMQ's is_empty looks at ready messages only.
-                    if d.if_empty && s.messages_ready > 0 {
-                        return Err(AmqpError::precondition(format!(
-                            "queue '{name}' in vhost '{vhost}' not empty"
-                        )));
-                    }
-                    count = s.messages_ready as u32;
-                    match self
+                    let count = self
                         .broker
-                        .meta
-                        .submit(MetaCommand::DeleteQueue {
-                            vhost,
-                            name: name.clone(),
-                        })
+                        .delete_local_queue(&req)
                         .await
-                    {
-                        Ok(_) | Err(MetaError::NotFound(_)) => {}
-                        Err(e) => return Err(meta_error(e)),
-                    }
+                        .map_err(|r| delete_refused(r, &req))?;
                     self.exclusive_queues.retain(|q| q != &name);
-                }
+                    count
+                } else {
+                    self.delete_remote_queue(&req).await?
+                };
                 self.reply(
                     id,
                     d.nowait,
@@ -551,4 +580,34 @@ impl Connection {
         };
         Ok(record)
     }
+}
+
+/// The AMQP answer to a refused delete, in RabbitMQ's words.
+fn delete_refused(r: DeleteRefusal, req: &DeleteRequest) -> AmqpError {
+    let (name, vhost) = (&req.name, &req.vhost);
+    match r {
+        DeleteRefusal::InUse => {
+            AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use"))
+        }
+        DeleteRefusal::NotEmpty => {
+            AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' not empty"))
+        }
+        DeleteRefusal::NotHere => AmqpError::internal(format!(
+            "queue '{name}' in vhost '{vhost}' moved while being deleted; try again"
+        )),
+        DeleteRefusal::Failed(text) => AmqpError::internal(text),
+    }
+}
+
+/// RabbitMQ's words for a queue whose home node is down or does not answer.
+fn home_node_down(record: &QueueRecord, home: &str) -> AmqpError {
+    let kind = if record.durable {
+        "durable"
+    } else {
+        "transient"
+    };
+    AmqpError::not_found(format!(
+        "home node '{home}' of {kind} queue '{}' in vhost '{}' is down or inaccessible",
+        record.name, record.vhost
+    ))
 }
