@@ -128,10 +128,10 @@ pub async fn monitor(broker: Arc<Broker>, limits: Limits) {
     let mut disk_free_now = disk_free(&limits.data_dir);
     loop {
         tick.tick().await;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             disk_free_now = disk_free(&limits.data_dir);
         }
-        if n % 50 == 0 {
+        if n.is_multiple_of(50) {
             give_back_if_worth_it().await;
         }
         n += 1;

@@ -204,7 +204,12 @@ async fn list_connections_channels_and_consumers_as_json() {
     broker.ctl_ok(&["add_user", "watcher", "pw"]);
     broker.ctl_ok(&["set_permissions", "watcher", ".*", ".*", ".*"]);
     let (_c1, ch) = open(&broker.url()).await;
-    let conn2 = connect(&url_for(broker.port, "watcher", "pw", "/")).await;
+    // AMQPLAIN, as older clients log in, and listed as such.
+    let conn2 = connect(&format!(
+        "{}?auth_mechanism=amqplain",
+        url_for(broker.port, "watcher", "pw", "/")
+    ))
+    .await;
     let w1 = conn2.create_channel().await.unwrap();
     let _w2 = conn2.create_channel().await.unwrap();
 
@@ -230,9 +235,15 @@ async fn list_connections_channels_and_consumers_as_json() {
             "peer_port",
             "channels",
             "state",
+            "auth_mechanism",
         ],
     );
     assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(
+        find(&conns, "user", "watcher")["auth_mechanism"],
+        "AMQPLAIN"
+    );
+    assert_eq!(find(&conns, "user", "guest")["auth_mechanism"], "PLAIN");
     let w = find(&conns, "user", "watcher");
     assert_eq!(w["vhost"], "/");
     assert_eq!(w["peer_host"], "127.0.0.1");

@@ -101,6 +101,14 @@ async fn publisher_blocked_consumer_drains(broker: &TestBroker, expected_reason:
     );
     assert_eq!(ready_count(&cch, "incoming").await, 0);
     assert_eq!(ctl_messages(broker, "incoming"), Some(0));
+    // listings say which connection is held and which would be if it published.
+    let states: Vec<String> = ctl_rows(broker, &["list_connections", "state"])
+        .iter()
+        .map(|r| r["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut sorted = states.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["blocked", "blocking"], "{states:?}");
     // The consumer's connection was never blocked.
     let status = ctl_json(broker, &["status"]);
     assert_eq!(status["connections"], 2, "{status}");

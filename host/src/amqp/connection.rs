@@ -32,6 +32,8 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Connection {
     pub(crate) broker: Arc<Broker>,
+    /// The SASL mechanism of the start-ok (for listings).
+    pub(crate) auth_mechanism: &'static str,
     pub(crate) id: u64,
     /// Owner id of exclusive queues: unique across the cluster.
     pub(crate) owner: String,
@@ -121,6 +123,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         has_published: false,
         recv_bytes: 0,
         last_recv: tokio::time::Instant::now(),
+        auth_mechanism: "PLAIN",
     };
     let served = CatchUnwind::new(async {
         match conn.handshake(&mut rd, &mut buf).await {
@@ -238,8 +241,14 @@ impl Connection {
         let auth_failure_close =
             client_has_capability(&self.client_properties, "authentication_failure_close");
         let creds = match start_ok.mechanism.as_str() {
-            "PLAIN" => parse_plain(start_ok.response.as_bytes()),
-            "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
+            "PLAIN" => {
+                self.auth_mechanism = "PLAIN";
+                parse_plain(start_ok.response.as_bytes())
+            }
+            "AMQPLAIN" => {
+                self.auth_mechanism = "AMQPLAIN";
+                parse_amqplain(start_ok.response.as_bytes())
+            }
             other => {
                 return Err(Some(AmqpError::connection(
                     ReplyCode::CommandInvalid,
@@ -355,6 +364,8 @@ impl Connection {
             channels: AtomicU64::new(0),
             recv_oct: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
+            auth_mechanism: self.auth_mechanism,
+            blocked: Default::default(),
             channel_handles: Default::default(),
             kill: tokio::sync::Notify::new(),
         });
@@ -497,6 +508,9 @@ impl Connection {
             );
         }
         tracing::info!(peer = %self.peer, reason, "publisher blocked by resource alarm");
+        if let Some(i) = info {
+            i.blocked.store(true, Ordering::Relaxed);
+        }
         loop {
             let changed = tokio::select! {
                 c = alarms.changed() => c.is_ok(),
@@ -508,6 +522,9 @@ impl Connection {
             if !alarms.borrow().any() {
                 break;
             }
+        }
+        if let Some(i) = info {
+            i.blocked.store(false, Ordering::Relaxed);
         }
         if self.blocked_capable {
             self.send(

@@ -109,9 +109,8 @@ impl OutboundTx {
     pub fn send(&self, item: Outbound) -> Result<(), mpsc::error::SendError<Outbound>> {
         let cost = item.cost();
         self.credit.pending.fetch_add(cost, Ordering::SeqCst);
-        self.tx.send(item).map_err(|e| {
+        self.tx.send(item).inspect_err(|_| {
             self.credit.pending.fetch_sub(cost, Ordering::SeqCst);
-            e
         })
     }
 

@@ -78,6 +78,10 @@ pub struct ConnectionInfo {
     pub channels: AtomicU64,
     pub recv_oct: AtomicU64,
     pub send_oct: AtomicU64,
+    /// The SASL mechanism the client logged in with.
+    pub auth_mechanism: &'static str,
+    /// Whether the connection is held by a resource alarm (it has published).
+    pub blocked: std::sync::atomic::AtomicBool,
     pub channel_handles: Mutex<BTreeMap<u16, Arc<crate::amqp::delivery::ChannelHandle>>>,
     /// Closing the connection from the broker (vhost deleted, node stopping).
     pub kill: tokio::sync::Notify,

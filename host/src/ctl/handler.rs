@@ -429,6 +429,7 @@ impl NodeHandler {
     fn list_connections(&self, req: &Request) -> Response {
         let conns = self.node.broker.connection_list();
         let node = self.node.config.node_name.clone();
+        let alarm = self.node.broker.alarms.borrow().any();
         let rows = conns.into_iter().map(|c| {
             let node = node.clone();
             Box::new(move |f: &str| match f {
@@ -437,7 +438,15 @@ impl NodeHandler {
                 "vhost" => json!(c.vhost),
                 "peer_host" => json!(c.peer.ip().to_string()),
                 "peer_port" => json!(c.peer.port()),
-                "state" => json!("running"),
+                // RabbitMQ's: blocked once held by an alarm, blocking while an alarm is on
+                // and the connection has not published.
+                "state" => json!(if c.blocked.load(Ordering::Relaxed) {
+                    "blocked"
+                } else if alarm {
+                    "blocking"
+                } else {
+                    "running"
+                }),
                 "channels" => json!(c.channels.load(Ordering::Relaxed)),
                 "protocol" => json!("AMQP 0-9-1"),
                 "node" => json!(node),
@@ -453,7 +462,7 @@ impl NodeHandler {
                         .next()
                         .map_or(0, |h| h.out.pending_bytes())
                 ),
-                "auth_mechanism" => json!("PLAIN"),
+                "auth_mechanism" => json!(c.auth_mechanism),
                 _ => Value::Null,
             }) as Row
         });
@@ -526,6 +535,7 @@ impl NodeHandler {
                 let confirm = h.confirm.load(Ordering::Relaxed);
                 let tx = h.transactional.load(Ordering::Relaxed);
                 let number = *id;
+                let state = if h.is_closed() { "closing" } else { "running" };
                 rows.push(Box::new(move |f: &str| match f {
                     "pid" => json!(pid),
                     "name" => json!(format!("{conn_name} ({number})")),
@@ -539,7 +549,7 @@ impl NodeHandler {
                     "global_prefetch_count" => json!(global),
                     "confirm" => json!(confirm),
                     "transactional" => json!(tx),
-                    "state" => json!("running"),
+                    "state" => json!(state),
                     _ => Value::Null,
                 }) as Row);
             }

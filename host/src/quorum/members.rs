@@ -260,11 +260,20 @@ impl Broker {
             .meta
             .cluster()
             .ok_or_else(|| MemberError::Unavailable("metadata store restarting".into()))?;
-        let leader = self
-            .quorum
-            .get(record.uid)
-            .and_then(|g| g.leader())
-            .unwrap_or_else(|| self.queue_home(record));
+        // Right after the leader itself was removed, this node may still name it: wait
+        // (briefly) for a leader among the members, which is the only kind that can act.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            let leader = self
+                .quorum
+                .get(record.uid)
+                .and_then(|g| g.leader())
+                .unwrap_or_else(|| self.queue_home(record));
+            if record.members.contains(&leader) || tokio::time::Instant::now() >= deadline {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if leader == self.config.node {
             return self.quorum_set_voters(record.uid, members.to_vec()).await;
         }

@@ -236,16 +236,18 @@ impl Connection {
                 let owner = cluster
                     .as_ref()
                     .and_then(|c| c.running_node(&home).map(|n| (c.clone(), n)));
-                let Some((cluster, owner)) = owner else {
-                    if crate::quorum::is_quorum(&record) {
-                        // Between leaders: the queue exists; count what this
-                        // member holds (a non-member knows no count).
-                        let held = self
-                            .broker
+                // Between leaders a quorum queue exists all the same: a member counts what
+                // it holds.
+                let held_here = crate::quorum::is_quorum(&record)
+                    .then(|| {
+                        self.broker
                             .quorum
                             .get(record.uid)
                             .map(|g| g.contents.lock().messages.len() as u32)
-                            .unwrap_or(0);
+                    })
+                    .flatten();
+                let Some((cluster, owner)) = owner else {
+                    if let Some(held) = held_here {
                         self.channel(id)?.last_queue = Some(name.clone());
                         self.declare_ok(id, nowait, name, held, 0);
                         return Ok(());
@@ -253,7 +255,7 @@ impl Connection {
                     return Err(self.remote_queue_error(&vhost, &name));
                 };
                 // The owner knows the counts; a declare-ok without them would mislead.
-                let counts: (u32, u32) = cluster
+                let counts: Result<(u32, u32), _> = cluster
                     .peers
                     .call(
                         &owner,
@@ -261,11 +263,15 @@ impl Connection {
                         &(vhost.clone(), name.clone()),
                         std::time::Duration::from_secs(5),
                     )
-                    .await
-                    .map_err(|e| {
+                    .await;
+                let counts = match (counts, held_here) {
+                    (Ok(c), _) => c,
+                    (Err(_), Some(held)) => (held, 0),
+                    (Err(e), None) => {
                         tracing::info!(queue = %name, node = %owner.name, error = %e, "no counts from the queue's node");
-                        home_node_down(&record, &home)
-                    })?;
+                        return Err(home_node_down(&record, &home));
+                    }
+                };
                 self.channel(id)?.last_queue = Some(name.clone());
                 self.declare_ok(id, nowait, name, counts.0, counts.1);
                 return Ok(());
