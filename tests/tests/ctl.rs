@@ -288,6 +288,7 @@ async fn list_connections_channels_and_consumers_as_json() {
             "exclusive",
             "priority",
             "active",
+            "arguments",
         ],
     );
     assert_eq!(
@@ -300,6 +301,7 @@ async fn list_connections_channels_and_consumers_as_json() {
             "exclusive": false,
             "priority": 5,
             "active": true,
+            "arguments": {"x-priority": 5},
         })]
     );
     // Closing the connection removes it (and its channels) from the listings.

@@ -2183,3 +2183,45 @@ async fn pipelined_binds_stop_at_the_first_failure() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ready_count(&ch, "pipe-q").await, 1);
 }
+
+/// connection.update-secret is checked as a login is: the right secret is accepted, a wrong one
+/// closes the connection with 530 as RabbitMQ does.
+#[tokio::test]
+async fn update_secret_is_checked_by_the_auth_backend() {
+    let broker = TestBroker::start();
+    let port = broker.port;
+    tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::handshake(port);
+        raw.send(&method_frame(
+            0,
+            10,
+            70,
+            Args::new().long(b"guest").short("token refresh"),
+        ));
+        let ok = raw.read_frame().expect("update-secret-ok");
+        assert!(
+            matches!(
+                ok.method(),
+                lapin::protocol::AMQPClass::Connection(
+                    lapin::protocol::connection::AMQPMethod::UpdateSecretOk(_)
+                )
+            ),
+            "{ok:?}"
+        );
+        raw.send(&method_frame(
+            0,
+            10,
+            70,
+            Args::new().long(b"not-the-password").short("token refresh"),
+        ));
+        let closed = raw.expect_connection_close();
+        assert_eq!(closed.code, 530);
+        assert_eq!(
+            closed.text,
+            "NOT_ALLOWED - New secret was refused by one of the backends"
+        );
+        assert_eq!((closed.class_id, closed.method_id), (10, 70));
+    })
+    .await
+    .unwrap();
+}

@@ -260,6 +260,7 @@ impl Connection {
             AMQPClass::Basic(m) => self.basic_method(id, m).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 let store = self.broker.store.clone();
+                let broker = Arc::downgrade(&self.broker);
                 let ch = self.channel(id)?;
                 if ch.tx.is_some() {
                     return Err(AmqpError::precondition(
@@ -268,7 +269,7 @@ impl Connection {
                 }
                 if ch.confirm.is_none() {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(run_confirmer(rx, ch.handle.clone(), store));
+                    tokio::spawn(run_confirmer(rx, ch.handle.clone(), store, broker));
                     ch.confirm = Some(Confirms { next_seq: 1, tx });
                     ch.handle
                         .confirm
@@ -553,20 +554,15 @@ impl Connection {
         }
         let (ticket, rejected, remote) = self.route_and_enqueue(id, msg, p.mandatory)?;
         let ch = self.channel(id)?;
-        let mut confirmed = false;
         if let Some(c) = ch.confirm.as_mut() {
             let seq = c.next_seq;
             c.next_seq += 1;
             let item = if rejected {
                 ConfirmItem::Nack(seq)
             } else {
-                confirmed = true;
                 ConfirmItem::Ack(seq, ticket, remote)
             };
             let _ = c.tx.send(item);
-        }
-        if confirmed {
-            crate::broker::stats::Counters::add(&self.broker.stats.confirmed, 1);
         }
         Ok(())
     }
@@ -707,6 +703,7 @@ async fn run_confirmer(
     mut rx: mpsc::UnboundedReceiver<ConfirmItem>,
     handle: Arc<ChannelHandle>,
     store: Option<MessageStore>,
+    broker: std::sync::Weak<crate::broker::Broker>,
 ) {
     use amq_protocol::protocol::basic;
     let mut batch = Vec::new();
@@ -728,6 +725,8 @@ async fn run_confirmer(
             failed = store.wait_synced(t).await.is_err();
         }
         let mut run_end: Option<u64> = None;
+        // Counted as confirmed when the ack goes out (after the fsync and the owners' answers).
+        let mut acked = 0u64;
         let flush = |run_end: &mut Option<u64>| {
             if let Some(tag) = run_end.take() {
                 handle.send(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
@@ -753,7 +752,10 @@ async fn run_confirmer(
                 nack => nack,
             };
             match item {
-                ConfirmItem::Ack(seq, _, _) => run_end = Some(seq),
+                ConfirmItem::Ack(seq, _, _) => {
+                    acked += 1;
+                    run_end = Some(seq);
+                }
                 ConfirmItem::Nack(seq) => {
                     flush(&mut run_end);
                     handle.send(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
@@ -765,5 +767,8 @@ async fn run_confirmer(
             }
         }
         flush(&mut run_end);
+        if let Some(b) = broker.upgrade() {
+            crate::broker::stats::Counters::add(&b.stats.confirmed, acked);
+        }
     }
 }

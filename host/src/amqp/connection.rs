@@ -623,14 +623,35 @@ impl Connection {
                 self.close_ok_pending = true;
                 Ok(false)
             }
-            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
-                self.send(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
-                        connection::UpdateSecretOk {},
-                    )),
-                );
-                Ok(true)
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(u)) => {
+                // As RabbitMQ: the new secret is checked by the auth backends for this user
+                // and, if good, replaces the session (tags, permissions); refused, it closes
+                // the connection.
+                let mut plain = Vec::with_capacity(self.user.len() + u.new_secret.len() + 2);
+                plain.push(0);
+                plain.extend_from_slice(self.user.as_bytes());
+                plain.push(0);
+                plain.extend_from_slice(u.new_secret.as_bytes());
+                match self.broker.login("PLAIN", &plain, self.peer.ip()) {
+                    Ok(session) if session.username == self.user => {
+                        self.session = Some(session);
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                                connection::UpdateSecretOk {},
+                            )),
+                        );
+                        Ok(true)
+                    }
+                    _ => {
+                        tracing::warn!(peer = %self.peer, user = %self.user, "secret update refused");
+                        Err(AmqpError::connection(
+                            ReplyCode::NotAllowed,
+                            "NOT_ALLOWED - New secret was refused by one of the backends",
+                        )
+                        .with_method(10, 70))
+                    }
+                }
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
             other => {
@@ -644,7 +665,6 @@ impl Connection {
         }
     }
 
-    /// Sends connection.close and waits (briefly) for close-ok, ignoring everything else.
     /// connection.close for `e`: the one place that builds it.
     fn send_close(&self, e: &AmqpError) {
         self.send(
@@ -658,6 +678,7 @@ impl Connection {
         );
     }
 
+    /// Sends connection.close and waits (briefly) for close-ok, ignoring everything else.
     async fn close_with(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, e: AmqpError) {
         tracing::info!(peer = %self.peer, error = %e, "closing connection");
         self.send_close(&e);

@@ -113,6 +113,8 @@ impl Broker {
                         exclusive: spec.exclusive,
                         priority: spec.priority,
                         prefetch: spec.prefetch,
+                        // What a relayed consume asked for that the owner acts on.
+                        arguments: priority_argument(spec.priority),
                         ok: None,
                     })
                     .map_err(|e| e.to_string())?;
@@ -319,4 +321,15 @@ async fn watch_session(broker: Weak<Broker>, session: String, node: String) {
             return;
         }
     }
+}
+
+fn priority_argument(priority: i32) -> amq_protocol::types::FieldTable {
+    let mut t = amq_protocol::types::FieldTable::default();
+    if priority != 0 {
+        t.insert(
+            "x-priority".into(),
+            amq_protocol::types::AMQPValue::LongInt(priority),
+        );
+    }
+    t
 }

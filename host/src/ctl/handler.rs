@@ -591,7 +591,7 @@ impl NodeHandler {
                     "active" => json!(c.active),
                     "exclusive" => json!(c.exclusive),
                     "priority" => json!(c.priority),
-                    "arguments" => json!({}),
+                    "arguments" => table_to_json(&c.arguments),
                     _ => Value::Null,
                 }) as Row
             })

@@ -69,6 +69,8 @@ pub struct Consumer {
     pub priority: i32,
     /// basic.qos global=false at consume time (0 = unlimited).
     pub prefetch: u32,
+    /// The consume's arguments, as the client gave them (for listings).
+    pub arguments: amq_protocol::types::FieldTable,
     unacked: u32,
 }
 
@@ -80,6 +82,7 @@ pub struct ConsumeRequest {
     pub exclusive: bool,
     pub priority: i32,
     pub prefetch: u32,
+    pub arguments: amq_protocol::types::FieldTable,
     /// consume-ok, sent under the queue lock so it reaches the client before any delivery
     /// and only once the consumer is accepted.
     pub ok: Option<amq_protocol::protocol::AMQPClass>,
@@ -135,6 +138,7 @@ pub struct ConsumerInfo {
     pub prefetch: u32,
     pub priority: i32,
     pub active: bool,
+    pub arguments: amq_protocol::types::FieldTable,
 }
 
 pub struct Queue {
@@ -286,6 +290,9 @@ impl Queue {
         let now = now_ms();
         let expires_at = expiry(&self.config, &msg);
         let stored = self.stores(&msg);
+        // A TTL of 0: delivered at once or never (RabbitMQ's rule), even within the same ms.
+        let published_at = msg.published_at;
+        let zero_ttl = expires_at == Some(published_at);
         let entry = Entry {
             id,
             msg,
@@ -318,6 +325,11 @@ impl Queue {
                 self.enforce_max_length(st);
             }
             self.dispatch(st);
+            if zero_ttl {
+                // Whatever has used up its whole TTL by now goes (this message, if no
+                // consumer took it).
+                self.expire_head(st, now.max(published_at) + 1);
+            }
             PublishOutcome::Enqueued(ticket)
         });
         if expires_at.is_some() {
@@ -531,6 +543,7 @@ impl Queue {
                 exclusive: req.exclusive,
                 priority: req.priority,
                 prefetch: req.prefetch,
+                arguments: req.arguments,
                 unacked: 0,
             };
             let pos = st.consumers.partition_point(|x| x.priority >= c.priority);
@@ -733,6 +746,7 @@ impl Queue {
                 prefetch: c.prefetch,
                 priority: c.priority,
                 active: st.single_active.is_none_or(|a| a == c.id),
+                arguments: c.arguments.clone(),
             })
             .collect()
     }

@@ -249,6 +249,7 @@ impl Connection {
             exclusive: c.exclusive,
             priority,
             prefetch: ch.prefetch as u32,
+            arguments: c.arguments.clone(),
             ok: (!c.nowait).then(|| {
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
                     consumer_tag: short(tag.as_str()),
