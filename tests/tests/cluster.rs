@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::Value;
 use warren_tests::{Node, TempDir};
 
@@ -510,24 +510,7 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
     ch1.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
-    let mut confirms = Vec::new();
-    for i in 0..500 {
-        let body = format!("m{i}");
-        confirms.push(
-            ch1.basic_publish(
-                "".into(),
-                "own2".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                persistent(),
-            )
-            .await
-            .expect("publish"),
-        );
-    }
-    for (i, c) in confirms.into_iter().enumerate() {
-        assert!(c.await.expect("confirm").is_ack(), "message {i} not acked");
-    }
+    publish_all_acked(&ch1, "own2", 0..500, "not acked").await;
     assert_eq!(ready_count(&ch1, "own2").await, 500);
 
     nodes[1].kill9();
@@ -546,28 +529,7 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
     }
     // The publisher's node still holds its link to the owner's previous run: the first
     // publishes after the restart go over a dead link, and must be resent, not nacked.
-    let mut confirms = Vec::new();
-    for i in 500..700 {
-        let body = format!("m{i}");
-        confirms.push(
-            ch1.basic_publish(
-                "".into(),
-                "own2".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                persistent(),
-            )
-            .await
-            .expect("publish"),
-        );
-    }
-    for (i, c) in confirms.into_iter().enumerate() {
-        assert!(
-            c.await.expect("confirm").is_ack(),
-            "message {} nacked after the owner's restart",
-            500 + i
-        );
-    }
+    publish_all_acked(&ch1, "own2", 500..700, "nacked after the owner's restart").await;
     c1.close(200, "bye".into()).await.expect("close");
     for n in &nodes {
         assert_eq!(
@@ -585,6 +547,29 @@ async fn confirmed_messages_of_a_classic_queue_survive_its_owner_killed() {
     let first = get_wait(&ch2, "own2", true).await;
     assert_eq!(first.delivery.data, b"m0");
     c2.close(200, "bye".into()).await.expect("close");
+}
+
+/// Publishes persistent messages `m<i>` for each i in `range`, pipelined, and asserts each is
+/// acked (`what` says what a nack means here).
+async fn publish_all_acked(ch: &Channel, queue: &str, range: std::ops::Range<u32>, what: &str) {
+    let mut confirms = Vec::new();
+    for i in range {
+        let body = format!("m{i}");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent(),
+            )
+            .await
+            .expect("publish");
+        confirms.push((i, confirm));
+    }
+    for (i, c) in confirms {
+        assert!(c.await.expect("confirm").is_ack(), "message {i} {what}");
+    }
 }
 
 /// This machine's short host name, as a node without a host part calls itself.

@@ -18,18 +18,7 @@ async fn an_unacknowledged_delivery_past_consumer_timeout_closes_its_channel() {
 
     let mut raw = Raw::handshake(broker.port);
     raw.open_channel(1);
-    // basic.consume: reserved, queue, tag, bits (no-ack off), arguments.
-    raw.send(&method_frame(
-        1,
-        60,
-        20,
-        Args::new()
-            .u16(0)
-            .short("slow-work")
-            .short("slowpoke")
-            .u8(0)
-            .empty_table(),
-    ));
+    raw.send(&consume_frame(1, "slow-work", "slowpoke", false));
     let started = Instant::now();
     let close = loop {
         let f = raw.read_frame().expect("the broker closes the channel");

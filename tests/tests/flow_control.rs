@@ -230,18 +230,7 @@ async fn a_consumer_that_does_not_read_is_bounded_and_the_alarm_clears_once_memo
     let stalled = tokio::task::spawn_blocking(move || {
         let mut raw = Raw::handshake(port);
         raw.open_channel(1);
-        raw.send(&method_frame(
-            1,
-            60,
-            20,
-            // reserved, queue, consumer tag, bits (no-ack), arguments
-            Args::new()
-                .u16(0)
-                .short("sink")
-                .short("stalled")
-                .u8(0b10)
-                .empty_table(),
-        ));
+        raw.send(&consume_frame(1, "sink", "stalled", true));
         let ok = raw.read_frame().expect("basic.consume-ok");
         assert_eq!(ok.kind, FRAME_METHOD);
         raw

@@ -381,6 +381,21 @@ pub fn header_frame(channel: u16, body_size: u64) -> Vec<u8> {
 }
 
 /// basic.publish to `exchange` with `routing_key`.
+/// basic.consume on `channel`: reserved, queue, tag, bits (bit 1: no-ack), no arguments.
+pub fn consume_frame(channel: u16, queue: &str, tag: &str, no_ack: bool) -> Vec<u8> {
+    method_frame(
+        channel,
+        60,
+        20,
+        Args::new()
+            .u16(0)
+            .short(queue)
+            .short(tag)
+            .u8(if no_ack { 0b10 } else { 0 })
+            .empty_table(),
+    )
+}
+
 pub fn publish_frame(channel: u16, exchange: &str, routing_key: &str) -> Vec<u8> {
     method_frame(
         channel,
