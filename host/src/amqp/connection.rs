@@ -160,6 +160,16 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     drain_until_closed(&mut rd).await;
 }
 
+/// A SASL PLAIN response (`\0user\0secret`): the form auth backends are asked in.
+fn plain_response(user: &[u8], secret: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(user.len() + secret.len() + 2);
+    plain.push(0);
+    plain.extend_from_slice(user);
+    plain.push(0);
+    plain.extend_from_slice(secret);
+    plain
+}
+
 /// After our last frame (close-ok, or a close the client never answered) and our FIN, reads
 /// and discards what the client still sends until it closes too, for a few seconds at most.
 /// Closing a socket with unread bytes makes the kernel answer with a reset, and a client
@@ -266,11 +276,7 @@ impl Connection {
             )));
         };
         // Auth backends see PLAIN form for both mechanisms.
-        let mut plain = Vec::with_capacity(user.len() + pass.len() + 2);
-        plain.push(0);
-        plain.extend_from_slice(user.as_bytes());
-        plain.push(0);
-        plain.extend_from_slice(pass.as_bytes());
+        let plain = plain_response(user.as_bytes(), pass.as_bytes());
         let session = match self.broker.login("PLAIN", &plain, self.peer.ip()) {
             Ok(s) => s,
             Err(e) => {
@@ -627,11 +633,7 @@ impl Connection {
                 // As RabbitMQ: the new secret is checked by the auth backends for this user
                 // and, if good, replaces the session (tags, permissions); refused, it closes
                 // the connection.
-                let mut plain = Vec::with_capacity(self.user.len() + u.new_secret.len() + 2);
-                plain.push(0);
-                plain.extend_from_slice(self.user.as_bytes());
-                plain.push(0);
-                plain.extend_from_slice(u.new_secret.as_bytes());
+                let plain = plain_response(self.user.as_bytes(), u.new_secret.as_bytes());
                 match self.broker.login("PLAIN", &plain, self.peer.ip()) {
                     Ok(session) if session.username == self.user => {
                         self.session = Some(session);
