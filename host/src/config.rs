@@ -81,6 +81,15 @@ pub enum ConfigError {
         reason: String,
     },
     #[error(
+        "{}:{line}: unknown key '{key}': neither Warren nor any of its plugins reads it (see docs/configuration.md)",
+        file.display()
+    )]
+    UnknownKey {
+        file: PathBuf,
+        line: usize,
+        key: String,
+    },
+    #[error(
         "cannot derive the dist port from AMQP port {amqp_port}: it would exceed 65535; set {ENV_DIST_PORT}"
     )]
     DistPortOverflow { amqp_port: u16 },
@@ -402,6 +411,21 @@ pub struct Settings {
     pub disk_free_limit: DiskFreeLimit,
     /// `log.console.level`, lower-cased.
     pub log_console_level: String,
+    /// `consumer_timeout` in milliseconds; `None` when set to 0 or `false` (no timeout).
+    pub consumer_timeout_ms: Option<u64>,
+    /// `warren.message_store.fsync`: whether persistent messages are fsynced before their
+    /// confirm (true by default; false trades durability on power loss for speed).
+    pub message_store_fsync: bool,
+    /// `plugins.call_timeout_ms`: how long one plugin call may run.
+    pub plugins_call_timeout_ms: Option<u64>,
+    /// `plugins.memory_limit_mb`: each plugin instance's linear memory cap.
+    pub plugins_memory_limit_mb: Option<usize>,
+    /// `auth_backends.N` values in the order of N.
+    pub auth_backends: Vec<String>,
+    /// The line each key was set on, to name it in errors found after parsing.
+    pub key_lines: BTreeMap<String, usize>,
+    /// The file the settings came from (empty for defaults).
+    pub file: PathBuf,
 }
 
 impl Default for Settings {
@@ -422,7 +446,51 @@ impl Default for Settings {
             ),
             disk_free_limit: DiskFreeLimit::Absolute(DEFAULT_DISK_FREE_LIMIT),
             log_console_level: DEFAULT_LOG_LEVEL.to_string(),
+            consumer_timeout_ms: Some(DEFAULT_CONSUMER_TIMEOUT_MS),
+            message_store_fsync: true,
+            plugins_call_timeout_ms: None,
+            plugins_memory_limit_mb: None,
+            auth_backends: Vec::new(),
+            key_lines: BTreeMap::new(),
+            file: PathBuf::new(),
         }
+    }
+}
+
+/// RabbitMQ's default consumer timeout: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT_MS: u64 = 1_800_000;
+
+/// The keys the node itself reads; a key ending in `.` stands for every key under it.
+/// Plugins add the keys their manifests declare (see [`Settings::check_keys`]).
+pub const NODE_KEYS: &[&str] = &[
+    "listeners.tcp.default",
+    "distribution.listener.interface",
+    "default_user",
+    "default_pass",
+    "default_vhost",
+    "loopback_users",
+    "loopback_users.",
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "vm_memory_high_watermark.relative",
+    "vm_memory_high_watermark.absolute",
+    "disk_free_limit.relative",
+    "disk_free_limit.absolute",
+    "log.console.level",
+    "consumer_timeout",
+    "warren.message_store.fsync",
+    "plugins.call_timeout_ms",
+    "plugins.memory_limit_mb",
+    "auth_backends.",
+];
+
+/// Whether `pattern` (an exact key, or a prefix ending in `.`) covers `key`.
+pub fn key_matches(pattern: &str, key: &str) -> bool {
+    if pattern.ends_with('.') {
+        key.len() > pattern.len() && key.starts_with(pattern)
+    } else {
+        pattern == key
     }
 }
 
@@ -586,9 +654,69 @@ impl Settings {
             s.log_console_level = v;
         }
 
+        if let Some(v) = typed(e, file, "consumer_timeout", |v| match v {
+            "false" | "0" => Ok(None),
+            v => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| "expected milliseconds (a whole number), or 0/false for none".into()),
+        })? {
+            s.consumer_timeout_ms = v;
+        }
+        if let Some(v) = typed(e, file, "warren.message_store.fsync", parse_bool)? {
+            s.message_store_fsync = v;
+        }
+        s.plugins_call_timeout_ms = typed(e, file, "plugins.call_timeout_ms", |v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "expected a whole number of milliseconds, at least 1".to_string())
+        })?;
+        s.plugins_memory_limit_mb = typed(e, file, "plugins.memory_limit_mb", |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=4096).contains(n))
+                .ok_or_else(|| "expected a whole number of MiB between 1 and 4096".to_string())
+        })?;
+        let mut backends: Vec<(u32, String)> = Vec::new();
+        for (key, (_, v)) in entries.range("auth_backends.".to_string()..) {
+            let Some(n) = key.strip_prefix("auth_backends.") else {
+                break;
+            };
+            let n = n.parse::<u32>().map_err(|_| {
+                invalid(
+                    key,
+                    "the key must be auth_backends.N with N a number".into(),
+                )
+            })?;
+            let name = non_empty(v).map_err(|r| invalid(key, r))?;
+            backends.push((n, name));
+        }
+        backends.sort();
+        s.auth_backends = backends.into_iter().map(|(_, v)| v).collect();
+
         s.loopback_users = loopback_users(&entries, &invalid)?;
+        s.key_lines = entries.iter().map(|(k, (l, _))| (k.clone(), *l)).collect();
         s.raw = entries.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        s.file = file.to_path_buf();
         Ok(s)
+    }
+
+    /// Refuses a key neither the node nor any available plugin reads (as RabbitMQ refuses to
+    /// boot on a key its schema does not know), so that a typo never goes unnoticed.
+    /// `plugin_reads` answers for the plugins' declared keys.
+    pub fn check_keys(&self, plugin_reads: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        for key in self.raw.keys() {
+            let known = NODE_KEYS.iter().any(|p| key_matches(p, key)) || plugin_reads(key);
+            if !known {
+                return Err(ConfigError::UnknownKey {
+                    file: self.file.clone(),
+                    line: self.key_lines.get(key).copied().unwrap_or(0),
+                    key: key.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A raw value, for keys the node does not type (plugins' keys).
@@ -1151,7 +1279,13 @@ mod tests {
     #[test]
     fn defaults_when_file_is_empty() {
         let s = parse("# nothing\n\n").unwrap();
-        assert_eq!(s, Settings::default());
+        assert_eq!(
+            s,
+            Settings {
+                file: s.file.clone(),
+                ..Settings::default()
+            }
+        );
         assert_eq!(s.heartbeat, 60);
         assert_eq!(s.frame_max, 131_072);
         assert_eq!(s.channel_max, 2047);
@@ -1197,6 +1331,51 @@ mod tests {
         assert_eq!(s.log_console_level, "debug");
         assert_eq!(s.get("management.tcp.port"), Some("15673"));
         assert_eq!(s.get("default_user"), Some("admin"));
+    }
+
+    #[test]
+    fn keys_nobody_reads_are_refused_with_their_line() {
+        let s = parse("heartbeat = 10\nheartbeet = 5\n").unwrap();
+        let err = s.check_keys(&|_| false).unwrap_err().to_string();
+        assert!(err.contains(":2: unknown key 'heartbeet'"), "{err}");
+        let s = parse(
+            "prometheus.tcp.port = 15693\nloopback_users.guest = false\nauth_backends.1 = internal\n",
+        )
+        .unwrap();
+        s.check_keys(&|k| k == "prometheus.tcp.port").unwrap();
+        let err = s.check_keys(&|_| false).unwrap_err().to_string();
+        assert!(
+            err.contains(":1: unknown key 'prometheus.tcp.port'"),
+            "{err}"
+        );
+        // A prefix covers the keys under it, not the prefix itself.
+        let s = parse("auth_backends = internal\n").unwrap();
+        assert!(s.check_keys(&|_| false).is_err());
+    }
+
+    #[test]
+    fn bad_values_of_node_keys_are_refused() {
+        for text in [
+            "consumer_timeout = 30s\n",
+            "warren.message_store.fsync = maybe\n",
+            "plugins.call_timeout_ms = 0\n",
+            "plugins.memory_limit_mb = lots\n",
+            "auth_backends.first = internal\n",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            let key = text.split(' ').next().unwrap();
+            assert!(err.contains(&format!("for key '{key}'")), "{text}: {err}");
+        }
+        let s = parse(
+            "consumer_timeout = false\nauth_backends.10 = internal\nauth_backends.2 = oauth2\n",
+        )
+        .unwrap();
+        assert_eq!(s.consumer_timeout_ms, None);
+        assert_eq!(s.auth_backends, vec!["oauth2", "internal"]);
+        assert!(s.message_store_fsync);
+        let s = parse("consumer_timeout = 5000\nwarren.message_store.fsync = false\n").unwrap();
+        assert_eq!(s.consumer_timeout_ms, Some(5000));
+        assert!(!s.message_store_fsync);
     }
 
     #[test]

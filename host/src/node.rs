@@ -69,20 +69,22 @@ pub fn broker_config(cfg: &NodeConfig) -> BrokerConfig {
         default_user: s.default_user.clone(),
         default_pass: s.default_pass.clone(),
         default_vhost: s.default_vhost.clone(),
-        // RabbitMQ's default is 30 minutes; 0 or "false" turns it off.
-        consumer_timeout_ms: match s.get("consumer_timeout") {
-            None => Some(1_800_000),
-            Some("false") | Some("0") => None,
-            Some(v) => Some(v.trim().parse::<u64>().unwrap_or(1_800_000)),
-        },
+        consumer_timeout_ms: s.consumer_timeout_ms,
     }
 }
 
 /// Opens the node's stores and rebuilds its state.
 pub async fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeError> {
+    // Plugins are set up first: their manifests say which config keys they read, and a key
+    // nobody reads is refused before anything is opened.
+    let plugins = plugin_host(&config)?;
+    let catalog = plugins.catalog();
+    config
+        .settings
+        .check_keys(&|key| catalog.values().any(|a| a.manifest.may_read(key)))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::DataDir(config.data_dir.display().to_string(), e))?;
-    let fsync = config.settings.get("warren.message_store.fsync") != Some("false");
+    let fsync = config.settings.message_store_fsync;
     let (store, recovery) = MessageStore::open(
         &config.data_dir.join("msg_store"),
         StoreOptions {
@@ -113,7 +115,6 @@ pub async fn open(config: NodeConfig, cookie: String) -> Result<Arc<Node>, NodeE
     }
     tracing::info!(messages = count, "message store recovered");
     // Plugins load before metadata replays, so stored exchanges find their types.
-    let plugins = plugin_host(&config)?;
     plugins.load_enabled()?;
     let me = crate::cluster::ClusterNode {
         name: config.node_name.clone(),

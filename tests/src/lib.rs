@@ -181,6 +181,37 @@ impl Node {
         self.wait_ready();
     }
 
+    /// Runs warren-server with this node's config and waits for it to exit, for start-ups
+    /// that must fail; a server still running after 30 s is killed and reported as `None`.
+    pub fn run_server_expecting_exit(&self) -> Option<(std::process::ExitStatus, String)> {
+        std::fs::create_dir_all(self.data_dir()).expect("data dir");
+        std::fs::write(self.data_dir().join("warren.conf"), &self.config).expect("conf");
+        let mut cmd = Command::new(bin("warren-server"));
+        self.env(&mut cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Some((status, err));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

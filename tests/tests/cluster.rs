@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::Value;
 use warren_tests::{Node, TempDir};
@@ -96,8 +96,30 @@ async fn three_nodes_form_one_broker_and_a_killed_node_rejoins() {
         wait_status(n, "running_nodes", &everyone);
     }
     let s = status(&nodes[2]);
+    // Named after the node that founded it, the same on every node.
     assert_eq!(s["cluster_name"], nodes[0].full_name().as_str());
     assert!(names(&s, "ram_nodes").is_empty());
+    nodes[1].ctl_ok(&["set_cluster_name", "warren-east"]);
+    for n in &nodes {
+        assert_eq!(
+            status(n)["cluster_name"],
+            "warren-east",
+            "{}",
+            n.full_name()
+        );
+        let port = n.port;
+        let props = tokio::task::spawn_blocking(move || Raw::server_properties(port))
+            .await
+            .unwrap();
+        assert_eq!(
+            props.inner().get("cluster_name"),
+            Some(&AMQPValue::LongString("warren-east".into())),
+            "connection.start of {}",
+            n.full_name()
+        );
+    }
+    let out = nodes[0].ctl(&["set_cluster_name", ""]);
+    assert!(!out.status.success(), "an empty cluster name was accepted");
 
     // Declared on node 1, there at once on node 3 (declare-ok waits for every reachable node).
     let (c1, ch1) = open(&nodes[0].url()).await;

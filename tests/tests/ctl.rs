@@ -108,6 +108,51 @@ async fn list_queues_as_json() {
 }
 
 #[tokio::test]
+async fn queue_memory_persistent_count_and_state_are_measured() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker.url()).await;
+    declare(&ch, "mixed", durable(), FieldTable::default()).await;
+    declare(&ch, "scratch", Default::default(), FieldTable::default()).await;
+    let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
+    let body = vec![7u8; 10_000];
+    for _ in 0..3 {
+        publish(&ch, "", "mixed", &body, persistent.clone()).await;
+        publish(&ch, "", "scratch", &body, persistent.clone()).await;
+    }
+    for _ in 0..2 {
+        publish(&ch, "", "mixed", &body, Default::default()).await;
+    }
+    // One persistent message unacknowledged: still counted.
+    let _held = get_wait(&ch, "mixed", false).await;
+    let fields = [
+        "list_queues",
+        "name",
+        "messages",
+        "messages_persistent",
+        "memory",
+        "state",
+    ];
+    let rows = ctl_rows(&broker, &fields);
+    let mixed = find(&rows, "name", "mixed");
+    assert_eq!(mixed["messages"], 5);
+    assert_eq!(mixed["messages_persistent"], 3, "{mixed:?}");
+    assert_eq!(mixed["state"], "running");
+    let memory = mixed["memory"].as_u64().expect("memory is a number");
+    // Five 10 kB bodies and their bookkeeping, not just the bodies and not megabytes.
+    assert!((50_000..60_000).contains(&memory), "memory {memory}");
+    // RabbitMQ counts no persistent messages in a transient queue.
+    assert_eq!(find(&rows, "name", "scratch")["messages_persistent"], 0);
+    ch.queue_purge("scratch".into(), Default::default())
+        .await
+        .unwrap();
+    let rows = ctl_rows(&broker, &fields);
+    assert_eq!(find(&rows, "name", "scratch")["memory"], 0);
+    // No placeholder columns: a policy column comes with policies.
+    let out = broker.ctl(&["list_queues", "name", "policy"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
+
+#[tokio::test]
 async fn list_exchanges_and_bindings_as_json() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker.url()).await;

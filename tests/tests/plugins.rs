@@ -885,10 +885,9 @@ async fn two_nodes_on_one_host_have_their_own_plugins_and_ports() {
 // 6. OAuth 2
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn oauth2_tokens_are_passwords_and_scopes_are_permissions() {
+fn oauth2_config() -> String {
     let secret = std::fs::read_to_string(fixture("hmac-secret.txt")).unwrap();
-    let config = format!(
+    format!(
         "auth_backends.1 = oauth2\n\
          auth_backends.2 = internal\n\
          auth_oauth2.resource_server_id = rabbitmq\n\
@@ -896,8 +895,80 @@ async fn oauth2_tokens_are_passwords_and_scopes_are_permissions() {
          auth_oauth2.symmetric_keys.hmac-key = {}\n",
         fixture("public.pem").display(),
         secret.trim()
-    );
-    let broker = TestBroker::start_with_config(&config);
+    )
+}
+
+/// An HS256 token for `sub` with every permission, valid until `exp` (Unix seconds), signed
+/// with the fixtures' HMAC secret (as mint.sh signs valid-hs256.jwt).
+fn hs256_token(sub: &str, exp: u64) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hmac-key"}"#);
+    let claims = b64.encode(format!(
+        r#"{{"sub":"{sub}","aud":"rabbitmq","scope":"rabbitmq.configure:*/* rabbitmq.write:*/* rabbitmq.read:*/*","exp":{exp}}}"#
+    ));
+    let input = format!("{header}.{claims}");
+    let secret = std::fs::read_to_string(fixture("hmac-secret.txt")).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.trim().as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// RabbitMQ 4 closes a connection when its token expires, unless connection.update-secret
+/// brought a newer one first.
+#[tokio::test]
+async fn an_oauth2_connection_closes_when_its_token_expires_unless_renewed() {
+    let broker = TestBroker::start_with_config(&oauth2_config());
+    plugins_ok(&broker, &["enable", "auth-oauth2"]);
+    let port = broker.port;
+    tokio::task::spawn_blocking(move || {
+        let exp = unix_now() + 2;
+        let mut short = Raw::handshake_as(port, 4096, 0, "", &hs256_token("short", exp));
+        let mut renewed = Raw::handshake_as(port, 4096, 0, "", &hs256_token("renewed", exp));
+        renewed.send(&method_frame(
+            0,
+            10,
+            70,
+            Args::new()
+                .long(hs256_token("renewed", exp + 3600).as_bytes())
+                .short("refresh"),
+        ));
+        let ok = renewed.read_frame().expect("update-secret-ok");
+        assert!(
+            matches!(
+                ok.method(),
+                lapin::protocol::AMQPClass::Connection(
+                    lapin::protocol::connection::AMQPMethod::UpdateSecretOk(_)
+                )
+            ),
+            "{ok:?}"
+        );
+        let closed = short.expect_connection_close();
+        assert!(unix_now() >= exp, "closed before the token expired");
+        assert_eq!(closed.code, 403);
+        assert_eq!(closed.text, "ACCESS_REFUSED - credential expired");
+        // Past the first token's expiry (the check runs every second), the renewed
+        // connection still works.
+        while unix_now() < exp + 2 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        renewed.open_channel(1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_passwords_and_scopes_are_permissions() {
+    let broker = TestBroker::start_with_config(&oauth2_config());
     let port = broker.port;
     // Before the plugin is enabled a token is just a wrong password.
     let e = connect_as(port, "", &token("valid-rs256.jwt"))

@@ -235,7 +235,7 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
                 version_major: 0,
                 version_minor: 9,
-                server_properties: server_properties(&self.broker.config.node),
+                server_properties: server_properties(&self.broker.cluster_name()),
                 mechanisms: LongString::from("PLAIN AMQPLAIN".as_bytes().to_vec()),
                 locales: LongString::from("en_US".as_bytes().to_vec()),
             })),
@@ -429,6 +429,14 @@ impl Connection {
             let frame = tokio::select! {
                 f = self.next_frame(rd, buf, timeout) => f,
                 _ = consumer_check.tick() => {
+                    if self.credential_expired() {
+                        tracing::info!(peer = %self.peer, user = %self.user, "closing connection: credential expired");
+                        let e = AmqpError::connection(
+                            ReplyCode::AccessRefused,
+                            "ACCESS_REFUSED - credential expired",
+                        );
+                        return self.close_with(rd, buf, e).await;
+                    }
                     self.enforce_consumer_timeout();
                     self.publish_byte_counts(info.as_deref());
                     continue;
@@ -458,6 +466,15 @@ impl Connection {
                 Err(e) => self.close_channel_with(e),
             }
         }
+    }
+
+    /// A token's expiry (checked each second, as the consumer timeout): RabbitMQ closes a
+    /// connection whose credential expired unless connection.update-secret renewed it.
+    fn credential_expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.session.as_ref().is_some_and(|s| s.expired(now))
     }
 
     /// Byte counts for listings; also each second, for a client that sends nothing.

@@ -7,7 +7,7 @@ fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-pub fn server_properties(node: &str) -> FieldTable {
+pub fn server_properties(cluster_name: &str) -> FieldTable {
     let mut caps = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -24,7 +24,7 @@ pub fn server_properties(node: &str) -> FieldTable {
     }
     let mut t = FieldTable::default();
     t.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    t.insert("cluster_name".into(), long(node));
+    t.insert("cluster_name".into(), long(cluster_name));
     t.insert("copyright".into(), long("Copyright (c) the Warren authors"));
     t.insert(
         "information".into(),

@@ -191,6 +191,8 @@ enum Command {
     ListVhosts { fields: Vec<String> },
     /// Creates a virtual host
     AddVhost { vhost: String },
+    /// Names the cluster (shown by cluster_status, to clients and in metrics)
+    SetClusterName { name: String },
     /// Deletes a virtual host
     DeleteVhost { vhost: String },
     /// Sets a user's permissions in a virtual host
@@ -563,6 +565,10 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
             fields_or(fields, &["name"]),
             "Listing vhosts ...".to_string(),
         ),
+        C::SetClusterName { name } => Plan {
+            request: Request::new("set_cluster_name").arg(name),
+            banner: Some(format!("Setting cluster name to {name} ...")),
+        },
         C::AddVhost { vhost } => Plan {
             request: Request::new("add_vhost").arg(vhost),
             banner: Some(format!("Adding vhost \"{vhost}\" ...")),

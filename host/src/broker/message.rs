@@ -98,6 +98,27 @@ impl Message {
         self.body.len()
     }
 
+    /// Heap bytes the message holds while queued, for a queue's `memory`: the structure, its
+    /// strings, the raw properties and the body. A parsed headers table is counted at its
+    /// encoded size (its real size is larger but not measurable without walking it). The store
+    /// encoding is left out: it is made lazily, so counting it would change the figure
+    /// between a message's enqueue and its removal.
+    pub fn footprint(&self) -> u64 {
+        let strings = self.exchange.capacity()
+            + self.routing_key.capacity()
+            + self.expiration.as_ref().map_or(0, |e| e.len());
+        let headers = if self.headers.is_some() {
+            self.properties_raw.len()
+        } else {
+            0
+        };
+        (std::mem::size_of::<Message>()
+            + strings
+            + headers
+            + self.properties_raw.len()
+            + self.body.len()) as u64
+    }
+
     pub fn encoded(&self) -> Bytes {
         self.encoded
             .get_or_init(|| {

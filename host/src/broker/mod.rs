@@ -193,9 +193,27 @@ impl Broker {
         });
     }
 
+    /// The cluster's name, the same on every node: the one `set_cluster_name` gave, else the
+    /// founding node's name (seeded on its first start); metadata written before names were
+    /// kept falls back to the first disc node's name.
+    pub fn cluster_name(&self) -> String {
+        if let Some(n) = self.meta.read().cluster_name.clone() {
+            return n;
+        }
+        self.meta
+            .cluster()
+            .and_then(|c| c.members().0.into_iter().map(|n| n.name).min())
+            .unwrap_or_else(|| self.config.node.clone())
+    }
+
     /// Seeds a fresh node: vhost `/`, user guest/guest with full permissions.
     pub async fn seed_defaults(&self) -> Result<(), MetaError> {
         let c = &self.config;
+        self.meta
+            .submit(MetaCommand::SetClusterName {
+                name: c.node.clone(),
+            })
+            .await?;
         self.meta
             .submit(MetaCommand::AddVhost(VhostRecord {
                 name: c.default_vhost.clone(),

@@ -78,6 +78,12 @@ impl AuthSession {
     pub fn backend_name(&self) -> &str {
         &self.backend.backend
     }
+
+    /// Whether the credential has expired by `now_secs` (Unix seconds): the connection must
+    /// then close, unless the client sends a new secret first.
+    pub fn expired(&self, now_secs: u64) -> bool {
+        self.user.expires_at.is_some_and(|t| now_secs >= t)
+    }
 }
 
 fn plugin_failure(e: String) -> AmqpError {

@@ -91,6 +91,10 @@ impl HostServices for Broker {
         }
     }
 
+    fn cluster_name(&self) -> String {
+        Broker::cluster_name(self)
+    }
+
     fn queue_stats(&self) -> Vec<wit::QueueStats> {
         let mut out = Vec::new();
         for name in self.vhost_names() {

@@ -115,7 +115,6 @@ const QUEUE_FIELDS: &[&str] = &[
     "memory",
     "state",
     "type",
-    "policy",
     "node",
     "leader",
     "members",
@@ -240,8 +239,9 @@ impl NodeHandler {
                                 .map(|c| c.queue_type.as_str())
                                 .unwrap_or("classic")
                         ),
-                        "policy" | "exclusive_consumer_tag" => json!(""),
-                        _ => json!(0),
+                        // Counts of a queue whose node does not answer are unknown: an empty
+                        // cell, as RabbitMQ shows them, never a 0 nobody measured.
+                        _ => Value::Null,
                     })
                     .collect(),
             );
@@ -292,6 +292,7 @@ impl NodeHandler {
                 .map(|m| m.members.clone())
                 .unwrap_or_default();
             let online = broker.quorum_online_of(&members);
+            let state = q.state();
             Box::new(move |f: &str| match f {
                 "name" => json!(r.name),
                 "vhost" => json!(r.vhost),
@@ -306,22 +307,19 @@ impl NodeHandler {
                 "message_bytes_ready" => json!(s.message_bytes_ready),
                 "message_bytes_unacknowledged" => json!(s.message_bytes_unacknowledged),
                 "consumers" => json!(s.consumers),
-                "memory" => json!(s.message_bytes_ready + s.message_bytes_unacknowledged),
-                "state" => json!("running"),
+                "memory" => json!(s.memory),
+                "state" => json!(state),
                 "type" => json!(qtype),
-                "policy" => json!(""),
                 "node" | "leader" if quorum => json!(me),
                 "node" | "leader" => json!(r.node),
                 "members" => json!(members),
                 "online" => json!(online),
-                "exclusive_consumer_tag" => json!(
-                    consumers
-                        .iter()
-                        .find(|c| c.exclusive)
-                        .map(|c| c.tag.clone())
-                        .unwrap_or_default()
-                ),
-                "messages_persistent" => json!(if r.durable { s.messages_ready } else { 0 }),
+                "exclusive_consumer_tag" => consumers
+                    .iter()
+                    .find(|c| c.exclusive)
+                    .map_or(Value::Null, |c| json!(c.tag)),
+                // RabbitMQ: always 0 for a transient queue.
+                "messages_persistent" => json!(if r.durable { s.messages_persistent } else { 0 }),
                 _ => Value::Null,
             }) as Row
         });
@@ -347,7 +345,6 @@ impl NodeHandler {
                 "auto_delete" => json!(x.auto_delete),
                 "internal" => json!(x.internal),
                 "arguments" => table_to_json(&x.arguments),
-                "policy" => json!(""),
                 _ => Value::Null,
             }) as Row
         });
@@ -361,7 +358,6 @@ impl NodeHandler {
                 "auto_delete",
                 "internal",
                 "arguments",
-                "policy",
             ],
             rows,
         )
@@ -702,19 +698,19 @@ impl NodeHandler {
         if !running {
             running_nodes.retain(|n| n != node);
         }
-        // The cluster is named after its first disc node, as RabbitMQ names it after the seed node.
-        let cluster_name = status.disc.first().cloned().unwrap_or_else(|| node.clone());
+        let cluster_name = self.node.broker.cluster_name();
         let data = json!({
             "cluster_name": cluster_name,
             "disk_nodes": status.disc,
             "ram_nodes": status.ram,
             "running_nodes": running_nodes,
             "leader": status.leader,
-            "partitions": {},
+            // No "partitions" until partitions are detected (issue 17): an empty map would
+            // claim that none exist.
             "alarms": if alarms.any() { vec![format!("{} on node {node}", alarms.reason())] } else { vec![] },
         });
         let text = format!(
-            "Basics\n\nCluster name: {cluster_name}\n\nDisk Nodes\n\n{disc}\n\nRAM Nodes\n\n{ram}\n\nRunning Nodes\n\n{running}\n\nNetwork Partitions\n\n(none)\n\nAlarms\n\n{alarms}",
+            "Basics\n\nCluster name: {cluster_name}\n\nDisk Nodes\n\n{disc}\n\nRAM Nodes\n\n{ram}\n\nRunning Nodes\n\n{running}\n\nAlarms\n\n{alarms}",
             disc = status.disc.join("\n"),
             ram = status.ram.join("\n"),
             running = running_nodes.join("\n"),
@@ -1328,6 +1324,8 @@ impl NodeHandler {
                     Box::new(move |f: &str| match f {
                         "name" => json!(v.name),
                         "description" => json!(v.description),
+                        // Warren has no firehose tracer (`trace_on` is an unknown verb, exit
+                        // 64), so no vhost is ever traced: false is measured, not assumed.
                         "tracing" => json!(false),
                         _ => Value::Null,
                     }) as Row
@@ -1454,6 +1452,14 @@ impl NodeHandler {
                         ));
                     }
                 }
+            }
+            "set_cluster_name" => {
+                let name = Self::arg(&req, 0, "name")?;
+                self.submit(MetaCommand::SetClusterName {
+                    name: name.to_string(),
+                })
+                .await?;
+                Response::ok()
             }
             "add_vhost" => {
                 let vhost = Self::arg(&req, 0, "vhost")?;

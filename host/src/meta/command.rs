@@ -62,6 +62,11 @@ pub enum MetaCommand {
         node: String,
         whole_cluster: bool,
     },
+    /// `set_cluster_name`; also seeded with the founding node's name on a fresh node, as
+    /// RabbitMQ's default cluster name is its first node's name.
+    SetClusterName {
+        name: String,
+    },
 }
 
 impl MetaCommand {

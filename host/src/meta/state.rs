@@ -39,6 +39,8 @@ pub struct MetaState {
     pub bindings: BTreeMap<u64, BindingRecord>,
     binding_ids: HashMap<String, u64>,
     next_binding_id: u64,
+    /// Set by `set_cluster_name`, or seeded when the cluster's first node starts.
+    pub cluster_name: Option<String>,
 }
 
 /// The whole state as plain lists: what a Raft snapshot carries between nodes.
@@ -51,6 +53,9 @@ pub struct MetaSnapshot {
     pub queues: Vec<QueueRecord>,
     pub bindings: Vec<(u64, BindingRecord)>,
     pub next_binding_id: u64,
+    /// Absent in snapshots written before cluster names were kept.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
 }
 
 impl MetaState {
@@ -67,6 +72,7 @@ impl MetaState {
                 .map(|(id, b)| (*id, b.clone()))
                 .collect(),
             next_binding_id: self.next_binding_id,
+            cluster_name: self.cluster_name.clone(),
         }
     }
 
@@ -92,6 +98,7 @@ impl MetaState {
             st.bindings.insert(id, b);
         }
         st.next_binding_id = s.next_binding_id;
+        st.cluster_name = s.cluster_name;
         st
     }
 
@@ -420,6 +427,14 @@ impl MetaState {
                     }
                 }
                 return Ok(MetaOutcome::Batch(answers));
+            }
+            MetaCommand::SetClusterName { name } => {
+                if name.trim().is_empty() {
+                    return Err(MetaError::Precondition(
+                        "the cluster name must not be empty".into(),
+                    ));
+                }
+                self.cluster_name = Some(name.clone());
             }
             MetaCommand::NodeRestarted {
                 node,

@@ -22,6 +22,7 @@ pub trait HostServices: Send + Sync {
     fn user_permissions(&self, user: &str, vhost: &str) -> Option<users::Permissions>;
     fn node_stats(&self) -> stats::NodeStats;
     fn queue_stats(&self) -> Vec<stats::QueueStats>;
+    fn cluster_name(&self) -> String;
 }
 
 /// Set once the broker exists; plugins load before it so that metadata replay
@@ -131,6 +132,13 @@ impl stats::Host for State {
         self.ctx
             .services()
             .map(|s| s.queue_stats())
+            .unwrap_or_default()
+    }
+
+    fn cluster_name(&mut self) -> String {
+        self.ctx
+            .services()
+            .map(|s| s.cluster_name())
             .unwrap_or_default()
     }
 }

@@ -113,11 +113,13 @@ impl Manifest {
                 .config_keys
                 .iter()
                 .chain(&self.file_config_keys)
-                .any(|k| matches_key(k, key))
+                .any(|k| crate::config::key_matches(k, key))
     }
 
     pub fn is_file_key(&self, key: &str) -> bool {
-        self.file_config_keys.iter().any(|k| matches_key(k, key))
+        self.file_config_keys
+            .iter()
+            .any(|k| crate::config::key_matches(k, key))
     }
 
     /// What the plugin provides, for listings.
@@ -133,14 +135,6 @@ impl Manifest {
             ),
             Kind::Http => "http endpoint".to_string(),
         }
-    }
-}
-
-fn matches_key(pattern: &str, key: &str) -> bool {
-    if pattern.ends_with('.') {
-        key.starts_with(pattern)
-    } else {
-        pattern == key
     }
 }
 

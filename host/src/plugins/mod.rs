@@ -117,17 +117,11 @@ pub struct PluginHost {
 /// Node config keys of the plugin host itself.
 pub fn limits_from(settings: &Settings) -> Limits {
     let mut l = Limits::default();
-    if let Some(ms) = settings
-        .get("plugins.call_timeout_ms")
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        l.call_timeout = Duration::from_millis(ms.max(1));
+    if let Some(ms) = settings.plugins_call_timeout_ms {
+        l.call_timeout = Duration::from_millis(ms);
     }
-    if let Some(mb) = settings
-        .get("plugins.memory_limit_mb")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        l.memory_bytes = mb.max(1) << 20;
+    if let Some(mb) = settings.plugins_memory_limit_mb {
+        l.memory_bytes = mb << 20;
     }
     l
 }
@@ -295,13 +289,7 @@ impl PluginHost {
                 _ => None,
             })
             .collect();
-        let order: Vec<&String> = self
-            .settings
-            .raw
-            .iter()
-            .filter(|(k, _)| k.starts_with("auth_backends."))
-            .map(|(_, v)| v)
-            .collect();
+        let order: Vec<&String> = self.settings.auth_backends.iter().collect();
         if order.is_empty() {
             // The internal backend first, as RabbitMQ's default chain.
             let mut all = all;

@@ -4,6 +4,7 @@
 //! (dead-lettering) or the metadata store (auto-delete) runs after the lock is released.
 
 pub mod config;
+mod tally;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use crate::meta::QueueRecord;
 use crate::quorum::Proposer;
 use crate::store::message_store::MessageStore;
 pub use config::{Overflow, QueueConfig, QueueType};
+use tally::Tally;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -102,10 +104,9 @@ pub enum PublishOutcome {
 #[derive(Default)]
 struct QueueState {
     lanes: Vec<VecDeque<Entry>>,
-    ready_count: usize,
-    ready_bytes: u64,
+    ready: Tally,
     unacked: HashMap<u64, (Entry, Option<u64>)>,
-    unacked_bytes: u64,
+    unacked_tally: Tally,
     consumers: Vec<Consumer>,
     next_consumer_id: u64,
     rr: usize,
@@ -123,6 +124,10 @@ pub struct QueueStats {
     pub messages_unacknowledged: usize,
     pub message_bytes_ready: u64,
     pub message_bytes_unacknowledged: u64,
+    /// Ready and unacknowledged messages published with delivery mode 2.
+    pub messages_persistent: usize,
+    /// Heap bytes the queue's messages hold (see `Message::footprint`).
+    pub memory: u64,
     pub consumers: usize,
     pub published: u64,
     pub delivered: u64,
@@ -192,8 +197,7 @@ impl Queue {
         };
         for mut e in recovered {
             e.expires_at = expiry(&config, &e.msg);
-            state.ready_bytes += e.msg.size() as u64;
-            state.ready_count += 1;
+            state.ready.add(&e);
             let lane = lane_of(&config, &e.msg);
             state.lanes[lane].push_back(e);
         }
@@ -317,8 +321,7 @@ impl Queue {
                 None
             };
             st.published += 1;
-            st.ready_count += 1;
-            st.ready_bytes += entry.msg.size() as u64;
+            st.ready.add(&entry);
             let lane = lane_of(&self.config, &entry.msg);
             st.lanes[lane].push_back(entry);
             if self.config.overflow == Overflow::DropHead {
@@ -342,11 +345,11 @@ impl Queue {
         let by_count = self
             .config
             .max_length
-            .is_some_and(|max| st.ready_count as u64 >= max);
+            .is_some_and(|max| st.ready.count as u64 >= max);
         let by_bytes = self
             .config
             .max_length_bytes
-            .is_some_and(|max| st.ready_bytes + entry.msg.size() as u64 > max);
+            .is_some_and(|max| st.ready.bytes + entry.msg.size() as u64 > max);
         by_count || by_bytes
     }
 
@@ -355,11 +358,11 @@ impl Queue {
             let over_count = self
                 .config
                 .max_length
-                .is_some_and(|max| st.ready_count as u64 > max);
+                .is_some_and(|max| st.ready.count as u64 > max);
             let over_bytes = self
                 .config
                 .max_length_bytes
-                .is_some_and(|max| st.ready_bytes > max);
+                .is_some_and(|max| st.ready.bytes > max);
             if !(over_count || over_bytes) {
                 break;
             }
@@ -372,16 +375,14 @@ impl Queue {
 
     fn pop_ready(&self, st: &mut QueueState) -> Option<Entry> {
         let e = st.lanes.iter_mut().rev().find_map(|l| l.pop_front())?;
-        st.ready_count -= 1;
-        st.ready_bytes -= e.msg.size() as u64;
+        st.ready.remove(&e);
         Some(e)
     }
 
     fn push_front_sorted(&self, st: &mut QueueState, e: Entry) {
         let lane = &mut st.lanes[lane_of(&self.config, &e.msg)];
         let pos = lane.partition_point(|x| x.id < e.id);
-        st.ready_count += 1;
-        st.ready_bytes += e.msg.size() as u64;
+        st.ready.add(&e);
         lane.insert(pos, e);
     }
 
@@ -392,8 +393,7 @@ impl Queue {
                 match head.expires_at {
                     Some(t) if now > t => {
                         if let Some(e) = st.lanes[lane].pop_front() {
-                            st.ready_count -= 1;
-                            st.ready_bytes -= e.msg.size() as u64;
+                            st.ready.remove(&e);
                             st.dead_letters.push((e, DeathReason::Expired));
                         }
                     }
@@ -412,12 +412,12 @@ impl Queue {
 
     /// Hands ready messages to consumers with room for them.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
-        if st.consumers.is_empty() || st.ready_count == 0 {
+        if st.consumers.is_empty() || st.ready.count == 0 {
             return;
         }
         let now = now_ms();
         self.expire_head(st, now);
-        while st.ready_count > 0 {
+        while st.ready.count > 0 {
             let Some(ci) = self.pick_consumer(st) else {
                 break;
             };
@@ -437,7 +437,7 @@ impl Queue {
                 self.note_delivered(&e);
                 c.unacked += 1;
                 let cid = c.id;
-                st.unacked_bytes += e.msg.size() as u64;
+                st.unacked_tally.add(&e);
                 st.unacked.insert(e.id, (e, Some(cid)));
             }
         }
@@ -590,7 +590,7 @@ impl Queue {
                 e.id,
                 e.redelivered,
                 no_ack,
-                st.ready_count as u32,
+                st.ready.count as u32,
                 msg,
             );
             st.delivered += 1;
@@ -598,7 +598,7 @@ impl Queue {
                 self.forget_stored(&e);
             } else {
                 self.note_delivered(&e);
-                st.unacked_bytes += e.msg.size() as u64;
+                st.unacked_tally.add(&e);
                 st.unacked.insert(e.id, (e, None));
             }
             true
@@ -607,7 +607,7 @@ impl Queue {
 
     fn take_unacked(&self, st: &mut QueueState, id: u64) -> Option<Entry> {
         let (e, consumer) = st.unacked.remove(&id)?;
-        st.unacked_bytes -= e.msg.size() as u64;
+        st.unacked_tally.remove(&e);
         if let Some(cid) = consumer
             && let Some(c) = st.consumers.iter_mut().find(|c| c.id == cid)
         {
@@ -684,8 +684,7 @@ impl Queue {
                     }
                 }
             }
-            st.ready_count = 0;
-            st.ready_bytes = 0;
+            st.ready = Tally::default();
             self.forget_many(ids);
             n
         })
@@ -699,10 +698,11 @@ impl Queue {
         for c in st.consumers.drain(..) {
             c.channel.send_cancel(&c.tag);
         }
-        let n = st.ready_count as u32;
+        let n = st.ready.count as u32;
         st.lanes.iter_mut().for_each(|l| l.clear());
         st.unacked.clear();
-        st.ready_count = 0;
+        st.ready = Tally::default();
+        st.unacked_tally = Tally::default();
         if let Some(s) = &self.store {
             s.delete_queue(self.record.uid);
         }
@@ -715,6 +715,18 @@ impl Queue {
         self.on_deleted();
     }
 
+    /// The queue's state as RabbitMQ lists it. A live queue object exists only where the
+    /// queue is served (its owner, or its group's leader), so it is `running` until it is
+    /// deleted or retired; queues not served anywhere are listed from metadata as `down`
+    /// (classic) or `minority` (quorum) by the listing itself.
+    pub fn state(&self) -> &'static str {
+        if self.is_deleted() {
+            "stopped"
+        } else {
+            "running"
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }
@@ -722,10 +734,12 @@ impl Queue {
     pub fn stats(&self) -> QueueStats {
         let st = self.state.lock();
         QueueStats {
-            messages_ready: st.ready_count,
+            messages_ready: st.ready.count,
             messages_unacknowledged: st.unacked.len(),
-            message_bytes_ready: st.ready_bytes,
-            message_bytes_unacknowledged: st.unacked_bytes,
+            message_bytes_ready: st.ready.bytes,
+            message_bytes_unacknowledged: st.unacked_tally.bytes,
+            messages_persistent: st.ready.persistent + st.unacked_tally.persistent,
+            memory: st.ready.memory + st.unacked_tally.memory,
             consumers: st.consumers.len(),
             published: st.published,
             delivered: st.delivered,

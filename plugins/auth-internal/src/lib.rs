@@ -102,6 +102,8 @@ pub fn authenticate_with(
         username: user.name,
         tags: user.tags,
         state: Vec::new(),
+        // A password does not expire.
+        expires_at: None,
     })
 }
 

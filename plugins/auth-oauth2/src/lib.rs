@@ -52,6 +52,7 @@ pub fn authenticate_with(
         username: login.username,
         tags: login.tags,
         state: login.session.encode(),
+        expires_at: u64::try_from(login.session.exp).ok(),
     })
 }
 

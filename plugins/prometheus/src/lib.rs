@@ -27,6 +27,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeMetrics {
     pub node: String,
+    /// The cluster's name (`rabbitmq_cluster` label).
+    pub cluster: String,
     pub connections: u32,
     pub channels: u32,
     pub queues: u32,
@@ -56,6 +58,7 @@ impl From<stats::NodeStats> for NodeMetrics {
     fn from(s: stats::NodeStats) -> Self {
         Self {
             node: s.node,
+            cluster: String::new(),
             connections: s.connections,
             channels: s.channels,
             queues: s.queues,
@@ -143,11 +146,10 @@ pub fn render(node: &NodeMetrics, queues: &[QueueMetrics]) -> String {
         "RabbitMQ node & cluster identity info",
     );
     let node_label = escape_label_value(&node.node);
-    // Warren has no cluster name of its own yet; RabbitMQ's default cluster
-    // name is the node name too.
+    let cluster_label = escape_label_value(&node.cluster);
     let _ = writeln!(
         out,
-        "rabbitmq_identity_info{{rabbitmq_node=\"{node_label}\",rabbitmq_cluster=\"{node_label}\"}} 1"
+        "rabbitmq_identity_info{{rabbitmq_node=\"{node_label}\",rabbitmq_cluster=\"{cluster_label}\"}} 1"
     );
 
     let gauges: [(&str, &str, u64); 4] = [
@@ -339,7 +341,10 @@ pub struct Prometheus;
 impl Guest for Prometheus {
     fn handle(request: Request) -> Response {
         respond(&request.method, &request.path, || {
-            let node = NodeMetrics::from(stats::node());
+            let node = NodeMetrics {
+                cluster: stats::cluster_name(),
+                ..NodeMetrics::from(stats::node())
+            };
             let queues: Vec<QueueMetrics> = stats::queues()
                 .into_iter()
                 .map(QueueMetrics::from)
@@ -358,6 +363,7 @@ mod tests {
     fn sample() -> (NodeMetrics, Vec<QueueMetrics>) {
         let node = NodeMetrics {
             node: "rabbit@host".into(),
+            cluster: "production".into(),
             connections: 3,
             channels: 5,
             queues: 2,
@@ -410,7 +416,7 @@ mod tests {
         let expected_lines = [
             "# HELP rabbitmq_identity_info RabbitMQ node & cluster identity info",
             "# TYPE rabbitmq_identity_info untyped",
-            r#"rabbitmq_identity_info{rabbitmq_node="rabbit@host",rabbitmq_cluster="rabbit@host"} 1"#,
+            r#"rabbitmq_identity_info{rabbitmq_node="rabbit@host",rabbitmq_cluster="production"} 1"#,
             "# TYPE rabbitmq_connections gauge",
             "rabbitmq_connections 3",
             "rabbitmq_channels 5",

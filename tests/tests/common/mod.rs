@@ -434,6 +434,22 @@ impl Raw {
     /// A connection through the whole handshake as guest on vhost `/`, with `frame_max` and
     /// `heartbeat` proposed in tune-ok.
     pub fn handshake_with(port: u16, frame_max: u32, heartbeat: u16) -> Raw {
+        Raw::handshake_as(port, frame_max, heartbeat, "guest", "guest")
+    }
+
+    /// The server-properties table of connection.start (the connection goes no further).
+    pub fn server_properties(port: u16) -> FieldTable {
+        let mut raw = Raw::tcp(port);
+        raw.send(b"AMQP\x00\x00\x09\x01");
+        let start = raw.read_frame().expect("connection.start");
+        match start.method() {
+            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s.server_properties,
+            other => panic!("expected connection.start, got {other:?}"),
+        }
+    }
+
+    /// The handshake logging in as `user` with `pass` (PLAIN).
+    pub fn handshake_as(port: u16, frame_max: u32, heartbeat: u16, user: &str, pass: &str) -> Raw {
         let mut raw = Raw::tcp(port);
         raw.send(b"AMQP\x00\x00\x09\x01");
         let start = raw.read_frame().expect("connection.start");
@@ -451,7 +467,7 @@ impl Raw {
             Args::new()
                 .empty_table()
                 .short("PLAIN")
-                .long(b"\0guest\0guest")
+                .long(format!("\0{user}\0{pass}").as_bytes())
                 .short("en_US"),
         ));
         let tune = raw.read_frame().expect("connection.tune");
