@@ -1451,7 +1451,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn opts(segment_size: u64) -> StoreOptions {
         StoreOptions {
@@ -1894,50 +1893,5 @@ mod tests {
         drop(store);
         let (_store, rec) = MessageStore::open(dir.path(), opts(1024)).unwrap();
         assert_eq!(rec.next_msg_id, 43);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "benchmark; run with --ignored --nocapture --release"]
-    async fn bench_publish_fsync() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = MessageStore::open(dir.path(), StoreOptions::default()).unwrap();
-        const TASKS: u64 = 4;
-        const TOTAL: u64 = 200_000;
-        const WINDOW: usize = 1000;
-        let body = Bytes::from(vec![0x5a; 1024]);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for task in 0..TASKS {
-            let store = store.clone();
-            let body = body.clone();
-            tasks.push(tokio::spawn(async move {
-                // each task behaves like a publisher with `WINDOW` unconfirmed messages
-                let mut inflight = std::collections::VecDeque::with_capacity(WINDOW);
-                for i in 0..TOTAL / TASKS {
-                    let id = task * (TOTAL / TASKS) + i + 1;
-                    inflight.push_back(store.publish(task, id, body.clone()));
-                    if inflight.len() >= WINDOW {
-                        let t = inflight.pop_front().unwrap();
-                        store.wait_synced(t).await.unwrap();
-                    }
-                }
-                if let Some(t) = inflight.pop_back() {
-                    store.wait_synced(t).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = start.elapsed();
-        let stats = store.stats();
-        println!(
-            "{TOTAL} x 1 KiB from {TASKS} tasks, fsync on: {:.0} msgs/s ({:.1} MiB/s), {} fsyncs, {:.2?}",
-            TOTAL as f64 / elapsed.as_secs_f64(),
-            TOTAL as f64 / 1024.0 / elapsed.as_secs_f64(),
-            stats.fsyncs,
-            elapsed
-        );
-        store.close();
     }
 }

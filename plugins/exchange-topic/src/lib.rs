@@ -517,41 +517,4 @@ mod tests {
         }
         assert!(total > 3000, "oracle test too weak: {total} matches");
     }
-
-    /// `cargo test --release -- --ignored --nocapture bench_topic`
-    #[test]
-    #[ignore]
-    fn bench_topic_routing() {
-        let mut r = Topic::default();
-        let none = FieldTable::default();
-        for i in 0..5_000u64 {
-            r.bind(2 * i, &format!("a.{i}.*"), &none).unwrap();
-            r.bind(2 * i + 1, &format!("#.{i}"), &none).unwrap();
-        }
-        // Messages are built up front so the loop measures routing, not allocation.
-        let msgs: Vec<Message> = (0..1_000u64)
-            .map(|i| match i % 4 {
-                0 => format!("a.{}.x", i * 7 % 6_000),
-                1 => format!("b.c.{}", i * 13 % 6_000),
-                2 => format!("a.{}", i),
-                _ => format!("x.y.z.w.{}", i),
-            })
-            .map(|k| msg(&k))
-            .collect();
-        let mut out = Vec::with_capacity(16);
-        let mut matched = 0usize;
-        let n = 1_000_000;
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            out.clear();
-            r.route(&msgs[i % msgs.len()], &mut out);
-            matched += out.len();
-        }
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "topic: {n} routes over 10000 bindings in {secs:.3}s = {:.0} routes/s ({matched} matches)",
-            n as f64 / secs
-        );
-        assert!(matched > 0);
-    }
 }

@@ -18,12 +18,15 @@
 //! --bindings N   bind N keys, --binding-key with {i} replaced by 0..N, round-robin over the
 //!                queues; a -k containing {i} then cycles through the same N values
 //! --binding-key TEMPLATE (default: the routing key)
+//! --bind-sequential  setup sends each queue.bind only after the previous bind-ok (default:
+//!                pipelined, 500 binds written before their bind-oks are read)
 //! --raw          the raw client instead of lapin
 //! --queue-args k=v[,k=v]  queue.declare arguments (PerfTest's -qa); integers as numbers
 //! --quorum-queue x-queue-type=quorum and persistent messages (PerfTest's --quorum-queue)
 //! ```
 //!
-//! Setup (exchange, queues, bindings) always goes through the raw client, pipelined.
+//! Setup (exchange, queues, bindings) always goes through the raw client, pipelined unless
+//! `--bind-sequential`.
 
 #[path = "warren-perf/raw.rs"]
 mod raw;
@@ -58,12 +61,14 @@ struct Args {
     pmessages: u64,
     bindings: usize,
     binding_key: String,
+    /// Setup awaits each queue.bind's bind-ok before sending the next.
+    bind_sequential: bool,
     raw: bool,
     /// Queue declare arguments (PerfTest's --queue-args), in order.
     queue_args: Vec<(String, String)>,
 }
 
-const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]... [-C messages] [--bindings N] [--binding-key TEMPLATE] [--queue-args k=v,...] [--quorum-queue] [--raw]";
+const USAGE: &str = "usage: warren-perf [-x producers] [-y consumers] [-s size] [-u queue] [-f persistent] [-c confirm-window] [-q prefetch] [-a] [-r rate] [-z seconds] [-e exchange] [-t type] [-k routing-key] [--queues N] [--uri URI]... [-C messages] [--bindings N] [--binding-key TEMPLATE] [--bind-sequential] [--queue-args k=v,...] [--quorum-queue] [--raw]";
 
 fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -85,6 +90,7 @@ fn parse() -> anyhow::Result<Args> {
         pmessages: 0,
         bindings: 0,
         binding_key: String::new(),
+        bind_sequential: false,
         raw: false,
         queue_args: Vec::new(),
     };
@@ -117,6 +123,7 @@ fn parse() -> anyhow::Result<Args> {
             "-C" | "--pmessages" => a.pmessages = val()?.parse()?,
             "--bindings" => a.bindings = val()?.parse()?,
             "--binding-key" => a.binding_key = val()?,
+            "--bind-sequential" => a.bind_sequential = true,
             "--raw" => a.raw = true,
             "-qa" | "--queue-args" => {
                 for pair in val()?.split(',').filter(|p| !p.is_empty()) {
