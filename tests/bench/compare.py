@@ -178,12 +178,14 @@ def rabbit_pid(node, env):
 
 
 def check_erl_args(node, env):
-    """The busy-wait flags as the running VM got them (the last occurrence of a flag wins)."""
+    """The busy-wait flags as the running VM got them (the last occurrence of a flag wins).
+    erl hands `+flag` to the emulator as `-flag`, so beam.smp's command line has either."""
     with open(f"/proc/{rabbit_pid(node, env)}/cmdline", "rb") as f:
         argv = f.read().decode(errors="replace").split("\0")
     want = RABBIT_ERL_ARGS.split()
     for flag, value in zip(want[::2], want[1::2]):
-        seen = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == flag]
+        names = (flag, "-" + flag[1:])
+        seen = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] in names]
         if not seen or seen[-1] != value:
             raise SystemExit(f"RabbitMQ node {node} runs with {flag} {seen or 'unset'}, "
                              f"not {value}: RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS did not reach it")
