@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod base;
 pub mod broker;
 pub mod cluster;
 pub mod config;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::message::Message;
+use crate::base::message::Message;
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{NodeConfig, NodeRuntimeFile};
 use crate::meta::MetaStore;

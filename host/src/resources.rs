@@ -8,10 +8,39 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::broker::{Alarms, Broker};
+use tokio::sync::watch;
+
+/// Resource alarms: past them publishers are blocked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alarms {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Alarms {
+    pub fn any(&self) -> bool {
+        self.memory || self.disk
+    }
+    pub fn reason(&self) -> &'static str {
+        match (self.memory, self.disk) {
+            (true, true) => "low on memory and disk",
+            (true, false) => "low on memory",
+            (false, true) => "low on disk",
+            _ => "",
+        }
+    }
+}
+
+/// Whoever holds the alarms (the broker): the monitor sets them, connections read them. A
+/// trait, so that this module stays below the broker instead of importing it.
+pub trait AlarmHolder: Send + Sync + 'static {
+    fn alarms(&self) -> &watch::Sender<Alarms>;
+    /// The memory watermark in bytes, as the monitor last set it.
+    fn memory_limit(&self) -> &AtomicU64;
+}
 
 pub struct Limits {
     pub memory_bytes: u64,
@@ -73,18 +102,18 @@ pub fn memory_used() -> u64 {
 /// Raises the memory alarm at once if the accounted memory is past the watermark: called by
 /// publishing connections between frames. Two atomic loads; without the counting allocator
 /// (RSS would cost a file read per frame) the monitor's tick alone decides.
-pub fn check_memory(broker: &Broker) {
+pub fn check_memory(holder: &dyn AlarmHolder) {
     let Some(used) = crate::memory::allocated() else {
         return;
     };
-    let limit = broker.memory_limit.load(Ordering::Relaxed);
-    if used > limit && !broker.alarms.borrow().memory {
-        set_alarms(broker, |a| a.memory = true);
+    let limit = holder.memory_limit().load(Ordering::Relaxed);
+    if used > limit && !holder.alarms().borrow().memory {
+        set_alarms(holder.alarms(), |a| a.memory = true);
     }
 }
 
-fn set_alarms(broker: &Broker, change: impl FnOnce(&mut Alarms)) {
-    broker.alarms.send_if_modified(|current| {
+fn set_alarms(alarms: &watch::Sender<Alarms>, change: impl FnOnce(&mut Alarms)) {
+    alarms.send_if_modified(|current| {
         let mut next = current.clone();
         change(&mut next);
         if *current == next {
@@ -118,9 +147,9 @@ fn disk_alarm(on: bool, free: u64, limit: u64) -> bool {
     }
 }
 
-pub async fn monitor(broker: Arc<Broker>, limits: Limits) {
-    broker
-        .memory_limit
+pub async fn monitor(holder: Arc<dyn AlarmHolder>, limits: Limits) {
+    holder
+        .memory_limit()
         .store(limits.memory_bytes, Ordering::Relaxed);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,7 +165,7 @@ pub async fn monitor(broker: Arc<Broker>, limits: Limits) {
         }
         n += 1;
         let used = memory_used();
-        set_alarms(&broker, |a| {
+        set_alarms(holder.alarms(), |a| {
             a.memory = memory_alarm(a.memory, used, limits.memory_bytes);
             a.disk = disk_free_now.is_some_and(|f| disk_alarm(a.disk, f, limits.disk_free_bytes));
         });

@@ -62,9 +62,9 @@ pub fn field_table(data: &[u8]) {
 
 /// A message in the store's encoding, as a forwarded publish or a store record brings it.
 pub fn stored_message(data: &[u8]) {
-    let _ = warren::broker::message::Message::decode(Bytes::copy_from_slice(data));
+    let _ = warren::base::message::Message::decode(Bytes::copy_from_slice(data));
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = warren::broker::message::Message::from_wire_text(text);
+        let _ = warren::base::message::Message::from_wire_text(text);
     }
 }
 

@@ -13,10 +13,10 @@ use super::codec::{self, ContentHeader};
 use super::connection::Connection;
 use super::delivery::ChannelHandle;
 use super::direct_reply::{DirectReplies, PSEUDO_QUEUE};
-use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::Outbound;
 use crate::amqp::short_string::short;
-use crate::broker::message::Message;
+use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::base::message::Message;
 use crate::broker::routing::sender_selected_keys;
 use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
@@ -503,7 +503,7 @@ impl Connection {
                 )));
             };
             properties = properties.with_reply_to(DirectReplies::address(key).into());
-            properties_raw = codec::encode_properties(&properties);
+            properties_raw = crate::base::message::encode_properties(&properties);
         }
         let claimed_user = properties.user_id().clone();
         let msg = Message::new(p.exchange, p.routing_key, properties, properties_raw, body);

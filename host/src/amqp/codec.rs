@@ -8,7 +8,7 @@ use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::protocol::{AMQPClass, basic::AMQPProperties, constants};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::error::{AmqpError, ReplyCode};
+use crate::base::error::{AmqpError, ReplyCode};
 
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 pub const FRAME_END: u8 = constants::FRAME_END;
@@ -181,17 +181,6 @@ pub fn decode_content_header(payload: Bytes) -> Result<ContentHeader, AmqpError>
         properties,
         properties_raw,
     })
-}
-
-/// Serialises properties the way a content header carries them (used when Warren itself
-/// changes a message's headers, e.g. x-death when dead-lettering).
-pub fn encode_properties(properties: &AMQPProperties) -> Bytes {
-    let ctx = WriteContext::from(Vec::with_capacity(64));
-    match amq_protocol::protocol::basic::gen_properties(properties)(ctx) {
-        Ok(ctx) => Bytes::from(ctx.write),
-        // Writing into a Vec cannot fail for lack of room; an empty property set is a safe fallback.
-        Err(_) => Bytes::from_static(&[0, 0]),
-    }
 }
 
 /// Appends a method frame.

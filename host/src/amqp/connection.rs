@@ -16,16 +16,16 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use super::channel::Channel;
 use super::codec::{self, FRAME_MIN_SIZE, PROTOCOL_HEADER, RawFrame};
-use super::error::{AmqpError, AmqpResult, ReplyCode};
 use super::outbound::{Outbound, OutboundTx};
 use super::panic_guard::{CatchUnwind, panic_text};
 use super::server_properties::{client_has_capability, server_properties};
 use super::writer::{WriterShared, run_writer};
 use crate::amqp::short_string::short;
 use crate::auth::{parse_amqplain, parse_plain};
+use crate::base::clock::now_ms;
+use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::LoginError;
 use crate::broker::{Broker, ConnectionInfo, VhostRt};
-use crate::queue::now_ms;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -414,7 +414,7 @@ impl Connection {
         loop {
             if self.has_published {
                 // A burst is stopped here, frame by frame, not at the monitor's next tick.
-                crate::resources::check_memory(&self.broker);
+                crate::resources::check_memory(self.broker.as_ref());
                 if alarms.borrow().any()
                     && !self.wait_while_blocked(&mut alarms, info.as_deref()).await
                 {
@@ -518,7 +518,7 @@ impl Connection {
     /// Blocks a publishing connection until the alarm clears. False if the client went away.
     async fn wait_while_blocked(
         &mut self,
-        alarms: &mut tokio::sync::watch::Receiver<crate::broker::Alarms>,
+        alarms: &mut tokio::sync::watch::Receiver<crate::resources::Alarms>,
         info: Option<&ConnectionInfo>,
     ) -> bool {
         let reason = alarms.borrow().reason().to_string();

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 
 use super::outbound::{Outbound, OutboundTx};
 use crate::amqp::short_string::short;
-use crate::broker::message::Message;
-use crate::queue::{Entry, Queue};
+use crate::base::message::Message;
+use crate::queue::{DeliverySink, Entry, Queue};
 
 /// Settles deliveries that came from a queue on another node.
 pub trait RemoteSettle: Send + Sync {
@@ -140,57 +140,6 @@ impl ChannelHandle {
         self.state.lock().global_prefetch = n;
     }
 
-    /// Whether a consumer on this channel may be sent one more message from `queue` now: the
-    /// channel is open with flow on, under its global prefetch, and the connection's socket
-    /// keeps up (else `queue` is kicked when it has drained).
-    pub fn can_deliver(&self, queue: &Arc<Queue>) -> bool {
-        if self.is_closed() || !self.flow_active.load(Ordering::SeqCst) {
-            return false;
-        }
-        {
-            let st = self.state.lock();
-            if st.global_prefetch != 0 && st.global_unacked >= st.global_prefetch {
-                return false;
-            }
-        }
-        self.out.has_room(queue)
-    }
-
-    /// Sends one message to a consumer; records it as unacked unless `no_ack`.
-    pub fn deliver(
-        &self,
-        queue: &Arc<Queue>,
-        consumer_tag: &Arc<str>,
-        consumer: u64,
-        no_ack: bool,
-        entry: &Entry,
-    ) {
-        let (msg_id, redelivered, msg) = (entry.id, entry.redelivered, entry.msg.clone());
-        let mut st = self.state.lock();
-        let tag = st.next_tag;
-        st.next_tag += 1;
-        if !no_ack {
-            st.unacked.insert(
-                tag,
-                Unacked {
-                    queue: Some(queue.clone()),
-                    remote: None,
-                    msg_id,
-                    consumer: Some(consumer),
-                    sent_at: crate::queue::now_ms(),
-                },
-            );
-            st.global_unacked += 1;
-        }
-        let _ = self.out.send(Outbound::Deliver {
-            channel: self.id,
-            consumer_tag: consumer_tag.clone(),
-            delivery_tag: tag,
-            redelivered,
-            msg,
-        });
-    }
-
     /// Sends a message that needs no acknowledgement and belongs to no queue (direct reply-to).
     pub fn deliver_untracked(&self, consumer_tag: &Arc<str>, msg: Arc<Message>) {
         let mut st = self.state.lock();
@@ -201,40 +150,6 @@ impl ChannelHandle {
             consumer_tag: consumer_tag.clone(),
             delivery_tag: tag,
             redelivered: false,
-            msg,
-        });
-    }
-
-    /// Answers a basic.get with one message.
-    pub fn deliver_get(
-        &self,
-        queue: &Arc<Queue>,
-        msg_id: u64,
-        redelivered: bool,
-        no_ack: bool,
-        message_count: u32,
-        msg: Arc<Message>,
-    ) {
-        let mut st = self.state.lock();
-        let tag = st.next_tag;
-        st.next_tag += 1;
-        if !no_ack {
-            st.unacked.insert(
-                tag,
-                Unacked {
-                    queue: Some(queue.clone()),
-                    remote: None,
-                    msg_id,
-                    consumer: None,
-                    sent_at: crate::queue::now_ms(),
-                },
-            );
-        }
-        let _ = self.out.send(Outbound::GetOk {
-            channel: self.id,
-            delivery_tag: tag,
-            redelivered,
-            message_count,
             msg,
         });
     }
@@ -262,7 +177,7 @@ impl ChannelHandle {
                     remote: Some((owner, remote_tag)),
                     msg_id: 0,
                     consumer: consumer_tag.map(|_| 0),
-                    sent_at: crate::queue::now_ms(),
+                    sent_at: crate::base::clock::now_ms(),
                 },
             );
             if consumer_tag.is_some() {
@@ -329,8 +244,95 @@ impl ChannelHandle {
     pub fn prefetch_global(&self) -> u32 {
         self.state.lock().global_prefetch
     }
+}
 
-    pub fn send_cancel(&self, consumer_tag: &str) {
+impl DeliverySink for ChannelHandle {
+    /// Whether a consumer on this channel may be sent one more message from `queue` now: the
+    /// channel is open with flow on, under its global prefetch, and the connection's socket
+    /// keeps up (else `queue` is kicked when it has drained).
+    fn can_deliver(&self, queue: &Arc<Queue>) -> bool {
+        if self.is_closed() || !self.flow_active.load(Ordering::SeqCst) {
+            return false;
+        }
+        {
+            let st = self.state.lock();
+            if st.global_prefetch != 0 && st.global_unacked >= st.global_prefetch {
+                return false;
+            }
+        }
+        self.out.has_room(queue)
+    }
+
+    /// Sends one message to a consumer; records it as unacked unless `no_ack`.
+    fn deliver(
+        &self,
+        queue: &Arc<Queue>,
+        consumer_tag: &Arc<str>,
+        consumer: u64,
+        no_ack: bool,
+        entry: &Entry,
+    ) {
+        let (msg_id, redelivered, msg) = (entry.id, entry.redelivered, entry.msg.clone());
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Some(queue.clone()),
+                    remote: None,
+                    msg_id,
+                    consumer: Some(consumer),
+                    sent_at: crate::base::clock::now_ms(),
+                },
+            );
+            st.global_unacked += 1;
+        }
+        let _ = self.out.send(Outbound::Deliver {
+            channel: self.id,
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag: tag,
+            redelivered,
+            msg,
+        });
+    }
+
+    /// Answers a basic.get with one message.
+    fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        msg_id: u64,
+        redelivered: bool,
+        no_ack: bool,
+        message_count: u32,
+        msg: Arc<Message>,
+    ) {
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Some(queue.clone()),
+                    remote: None,
+                    msg_id,
+                    consumer: None,
+                    sent_at: crate::base::clock::now_ms(),
+                },
+            );
+        }
+        let _ = self.out.send(Outbound::GetOk {
+            channel: self.id,
+            delivery_tag: tag,
+            redelivered,
+            message_count,
+            msg,
+        });
+    }
+
+    fn cancel(&self, consumer_tag: &str) {
         if self.cancel_notify && !self.is_closed() {
             // nowait, as RabbitMQ sends it: the client must not answer with cancel-ok.
             self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
@@ -338,5 +340,9 @@ impl ChannelHandle {
                 nowait: true,
             })));
         }
+    }
+
+    fn listed_as(&self) -> (u16, u64) {
+        (self.id, self.connection)
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::delivery::ChannelHandle;
-use crate::broker::message::Message;
+use crate::base::message::Message;
 
 pub const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";
 const PREFIX: &str = "amq.rabbitmq.reply-to.";

@@ -6,7 +6,6 @@ pub mod codec;
 pub mod connection;
 pub mod delivery;
 pub mod direct_reply;
-pub mod error;
 pub mod methods;
 pub mod outbound;
 pub mod panic_guard;

@@ -15,7 +15,7 @@ use amq_protocol::protocol::AMQPClass;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use crate::broker::message::Message;
+use crate::base::message::Message;
 use crate::queue::Queue;
 
 /// Bytes a connection may have waiting for its socket before queues stop delivering to it.

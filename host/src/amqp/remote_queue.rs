@@ -13,11 +13,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::delivery::{ChannelHandle, RemoteDelivery, RemoteSettle};
+use crate::base::message::Message;
 use crate::broker::Broker;
-use crate::broker::message::Message;
 use crate::broker::proxy::{DeliverBatch, Delivered, OpenRequest, SettleRequest};
 use crate::cluster::ClusterNode;
 use crate::cluster::network::PeerError;
+use crate::queue::DeliverySink;
 
 pub struct RemoteSession {
     pub id: String,
@@ -338,7 +339,7 @@ impl Broker {
         if let Some(s) = self.remote_sessions.remove(session)
             && let Some(tag) = &s.consumer_tag
         {
-            s.channel.send_cancel(tag);
+            s.channel.cancel(tag);
         }
     }
 }

@@ -7,8 +7,9 @@ use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
 use super::Broker;
-use super::message::Message;
-use crate::queue::{DeathReason, Entry, Queue, now_ms};
+use crate::base::clock::now_ms;
+use crate::base::message::Message;
+use crate::queue::{DeathReason, Entry, Queue};
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))

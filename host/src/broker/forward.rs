@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Broker;
 use super::forward_ledger::{Admission, answer_of};
-use super::message::Message;
+use crate::base::message::Message;
 use crate::cluster::network::PeerError;
 use crate::queue::PublishOutcome;
 
@@ -113,7 +113,7 @@ async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver
 /// its previous run's in an owner's ledger.
 fn next_batch_id() -> u64 {
     static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
-    NEXT.get_or_init(|| std::sync::atomic::AtomicU64::new(crate::queue::now_ms() << 20))
+    NEXT.get_or_init(|| std::sync::atomic::AtomicU64::new(crate::base::clock::now_ms() << 20))
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 

@@ -5,7 +5,6 @@
 pub mod dead_letter;
 pub mod forward;
 pub mod forward_ledger;
-pub mod message;
 pub mod permissions;
 pub mod proxy;
 pub mod queue_delete;
@@ -24,6 +23,7 @@ use crate::meta::*;
 use crate::plugins::PluginHost;
 use crate::plugins::exchange::WasmExchangeType;
 use crate::queue::{Entry, Queue, QueueConfig};
+use crate::resources::{AlarmHolder, Alarms};
 use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
 pub use routing::{ExchangeRt, VhostRt};
@@ -43,27 +43,6 @@ pub struct BrokerConfig {
     pub default_vhost: String,
     /// RabbitMQ's consumer_timeout: a delivery unacknowledged for longer closes its channel.
     pub consumer_timeout_ms: Option<u64>,
-}
-
-/// Resource alarms: past them publishers are blocked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Alarms {
-    pub memory: bool,
-    pub disk: bool,
-}
-
-impl Alarms {
-    pub fn any(&self) -> bool {
-        self.memory || self.disk
-    }
-    pub fn reason(&self) -> &'static str {
-        match (self.memory, self.disk) {
-            (true, true) => "low on memory and disk",
-            (true, false) => "low on memory",
-            (false, true) => "low on disk",
-            _ => "",
-        }
-    }
 }
 
 /// A client connection as listings show it.
@@ -117,6 +96,15 @@ pub struct Broker {
     /// This node's members of quorum queue groups.
     pub quorum: crate::quorum::QuorumQueues,
     pub(crate) me: Weak<Broker>,
+}
+
+impl AlarmHolder for Broker {
+    fn alarms(&self) -> &watch::Sender<Alarms> {
+        &self.alarms
+    }
+    fn memory_limit(&self) -> &AtomicU64 {
+        &self.memory_limit
+    }
 }
 
 impl Broker {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::Broker;
-use crate::amqp::error::{AmqpError, ReplyCode};
+use crate::base::error::{AmqpError, ReplyCode};
 use crate::plugins::auth::{AuthedUser, Permission, ResourceKind, WasmAuth};
 
 /// Bumped whenever users or permissions change, so cached answers are dropped.

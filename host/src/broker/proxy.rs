@@ -115,7 +115,7 @@ impl Broker {
                         prefetch: spec.prefetch,
                         // What a relayed consume asked for that the owner acts on.
                         arguments: priority_argument(spec.priority),
-                        ok: None,
+                        on_accepted: None,
                     })
                     .map_err(|e| e.to_string())?;
                 session.consumer = Some(consumer);
@@ -149,7 +149,7 @@ impl Broker {
             .get(session)
             .cloned()
             .ok_or_else(|| format!("unknown session {session}"))?;
-        if !s.queue.get(&s.handle, no_ack) {
+        if !s.queue.get(s.handle.as_ref(), no_ack) {
             return Ok(None);
         }
         let mut rx = s.rx.lock();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 
-use crate::broker::message::Message;
+use crate::base::message::Message;
 use crate::meta::state::string_arg;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord};
 use crate::queue::Queue;

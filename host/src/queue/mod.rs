@@ -4,32 +4,27 @@
 //! (dead-lettering) or the metadata store (auto-delete) runs after the lock is released.
 
 pub mod config;
+mod sink;
 mod tally;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::amqp::delivery::ChannelHandle;
-use crate::amqp::error::AmqpError;
+use crate::base::clock::now_ms;
+use crate::base::error::AmqpError;
+use crate::base::message::Message;
 use crate::broker::Broker;
-use crate::broker::message::Message;
 use crate::meta::QueueRecord;
 use crate::quorum::Proposer;
 use crate::store::message_store::MessageStore;
 pub use config::{Overflow, QueueConfig, QueueType};
+pub use sink::DeliverySink;
 use tally::Tally;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -65,7 +60,7 @@ impl DeathReason {
 pub struct Consumer {
     pub id: u64,
     pub tag: Arc<str>,
-    pub channel: Arc<ChannelHandle>,
+    pub channel: Arc<dyn DeliverySink>,
     pub no_ack: bool,
     pub exclusive: bool,
     pub priority: i32,
@@ -79,15 +74,15 @@ pub struct Consumer {
 /// What a consume asks for.
 pub struct ConsumeRequest {
     pub tag: Arc<str>,
-    pub channel: Arc<ChannelHandle>,
+    pub channel: Arc<dyn DeliverySink>,
     pub no_ack: bool,
     pub exclusive: bool,
     pub priority: i32,
     pub prefetch: u32,
     pub arguments: amq_protocol::types::FieldTable,
-    /// consume-ok, sent under the queue lock so it reaches the client before any delivery
-    /// and only once the consumer is accepted.
-    pub ok: Option<amq_protocol::protocol::AMQPClass>,
+    /// Called under the queue lock once the consumer is accepted, before any delivery: the
+    /// channel sends consume-ok from here, so that it reaches the client first.
+    pub on_accepted: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Debug)]
@@ -530,8 +525,8 @@ impl Queue {
                     self.vhost()
                 )));
             }
-            if let Some(ok) = req.ok {
-                req.channel.send(ok);
+            if let Some(accepted) = req.on_accepted {
+                accepted();
             }
             st.next_consumer_id += 1;
             let id = st.next_consumer_id;
@@ -573,7 +568,7 @@ impl Queue {
         self.timer.notify_one();
     }
 
-    pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
+    pub fn get(self: &Arc<Self>, channel: &dyn DeliverySink, no_ack: bool) -> bool {
         self.touch();
         self.locked(|st| {
             self.expire_head(st, now_ms());
@@ -696,7 +691,7 @@ impl Queue {
         self.timer.notify_one();
         let mut st = self.state.lock();
         for c in st.consumers.drain(..) {
-            c.channel.send_cancel(&c.tag);
+            c.channel.cancel(&c.tag);
         }
         let n = st.ready.count as u32;
         st.lanes.iter_mut().for_each(|l| l.clear());
@@ -753,8 +748,8 @@ impl Queue {
             .iter()
             .map(|c| ConsumerInfo {
                 tag: c.tag.to_string(),
-                channel: c.channel.id,
-                connection: c.channel.connection,
+                channel: c.channel.listed_as().0,
+                connection: c.channel.listed_as().1,
                 ack_required: !c.no_ack,
                 exclusive: c.exclusive,
                 prefetch: c.prefetch,

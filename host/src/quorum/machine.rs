@@ -19,7 +19,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use super::types::{QueueCommand, QueueRaft, QueueReply};
-use crate::broker::message::Message;
+use crate::base::message::Message;
 use crate::cluster::ClusterNode;
 use crate::cluster::store::{NodeId, StorageResult, get_meta, put_meta, read_err, write_err};
 use crate::queue::{PublishOutcome, Queue};

@@ -8,7 +8,7 @@
 
 use amq_protocol::types::FieldTable;
 
-use crate::broker::message::Message;
+use crate::base::message::Message;
 
 /// Identifies one binding of one exchange; the broker maps it to a destination (queue or exchange).
 pub type BindingId = u64;

@@ -10,8 +10,8 @@ use crate::amqp::channel::{PendingPublish, TxAck, requeue_all};
 use crate::amqp::connection::Connection;
 use crate::amqp::delivery::group_by_queue;
 use crate::amqp::direct_reply::PSEUDO_QUEUE;
-use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::amqp::short_string::short;
+use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
 use crate::queue::ConsumeRequest;
@@ -159,7 +159,7 @@ impl Connection {
                 }
                 let q = self.usable_queue(&name)?;
                 let handle = self.channel(id)?.handle.clone();
-                if !q.get(&handle, g.no_ack) {
+                if !q.get(handle.as_ref(), g.no_ack) {
                     self.send(
                         id,
                         AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -250,10 +250,12 @@ impl Connection {
             priority,
             prefetch: ch.prefetch as u32,
             arguments: c.arguments.clone(),
-            ok: (!c.nowait).then(|| {
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+            on_accepted: (!c.nowait).then(|| {
+                let handle = ch.handle.clone();
+                let ok = AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
                     consumer_tag: short(tag.as_str()),
-                }))
+                }));
+                Box::new(move || handle.send(ok)) as Box<dyn FnOnce() + Send>
             }),
         };
         let consumer = q.consume(req)?;
@@ -476,7 +478,7 @@ impl Connection {
         let got = session.get(no_ack).await;
         match got {
             Ok(Some(d)) => {
-                let Some(msg) = crate::broker::message::Message::from_wire_text(&d.message) else {
+                let Some(msg) = crate::base::message::Message::from_wire_text(&d.message) else {
                     return Err(AmqpError::internal(
                         "undecodable message from the owner node",
                     ));

@@ -4,7 +4,7 @@ use amq_protocol::protocol::{AMQPClass, exchange};
 use amq_protocol::types::FieldTable;
 
 use crate::amqp::connection::Connection;
-use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord, MetaCommand, MetaError};
 use crate::routing::exchange_type::{ExchangeType, RouterError};

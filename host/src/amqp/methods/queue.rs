@@ -7,8 +7,8 @@ use base64::Engine;
 
 use super::exchange::meta_error;
 use crate::amqp::connection::Connection;
-use crate::amqp::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::amqp::short_string::short;
+use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::broker::permissions::Access;
 use crate::broker::queue_delete::{DeleteRefusal, DeleteRequest};
 use crate::meta::{

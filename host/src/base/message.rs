@@ -7,7 +7,8 @@ use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::FieldTable;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::amqp::codec::encode_properties;
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::basic::gen_properties;
 
 #[derive(Debug)]
 pub struct Message {
@@ -45,7 +46,7 @@ impl Message {
             headers: properties.headers().clone().map(Box::new),
             properties_raw,
             body,
-            published_at: crate::queue::now_ms(),
+            published_at: super::clock::now_ms(),
             encoded: OnceLock::new(),
         }
     }
@@ -195,6 +196,17 @@ impl Message {
         msg.published_at = published_at;
         let _ = msg.encoded.set(original);
         Some(msg)
+    }
+}
+
+/// Serialises properties the way a content header carries them (used when Warren itself
+/// changes a message's headers, e.g. x-death when dead-lettering).
+pub fn encode_properties(properties: &AMQPProperties) -> Bytes {
+    let ctx = WriteContext::from(Vec::with_capacity(64));
+    match gen_properties(properties)(ctx) {
+        Ok(ctx) => Bytes::from(ctx.write),
+        // Writing into a Vec cannot fail for lack of room; an empty property set is a safe fallback.
+        Err(_) => Bytes::from_static(&[0, 0]),
     }
 }
 

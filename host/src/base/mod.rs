@@ -1,0 +1,7 @@
+//! The base every layer may use and which uses none of them: the message as the broker holds
+//! it, the errors it answers with (AMQP reply codes and RabbitMQ's texts), and the clock.
+//! Nothing here imports another module of the crate.
+
+pub mod clock;
+pub mod error;
+pub mod message;
