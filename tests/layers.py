@@ -38,7 +38,7 @@ KNOWN = {
     ("meta", "cluster"),
     ("node", "amqp"), ("node", "broker"), ("node", "cluster"), ("node", "ctl"), ("node", "meta"),
     ("node", "queue"),
-    ("queue", "broker"), ("queue", "meta"), ("queue", "quorum"),
+    ("queue", "meta"),
     ("quorum", "broker"), ("quorum", "cluster"), ("quorum", "meta"), ("quorum", "queue"),
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use warren::broker::Broker;
 use warren::broker::routing::{Destinations, VhostRt};
 use warren::config::Settings;
 use warren::meta::QueueRecord;
@@ -92,7 +93,13 @@ fn main() {
         node: "bench".into(),
         members: Vec::new(),
     };
-    let q: Arc<Queue> = Queue::new(rec, QueueConfig::default(), None, Weak::new(), Vec::new());
+    let q: Arc<Queue> = Queue::new(
+        rec,
+        QueueConfig::default(),
+        None,
+        Weak::<Broker>::new(),
+        Vec::new(),
+    );
     vhost.queues.write().insert("q".into(), q);
     let mut out = Destinations::default();
     let default_ns = per_call(ROUNDS, || {

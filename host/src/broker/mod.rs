@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::meta::*;
 use crate::plugins::PluginHost;
 use crate::plugins::exchange::WasmExchangeType;
-use crate::queue::{Entry, Queue, QueueConfig};
+use crate::queue::{DeathReason, Entry, Queue, QueueConfig, QueueOwner};
 use crate::resources::{AlarmHolder, Alarms};
 use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
@@ -96,6 +96,15 @@ pub struct Broker {
     /// This node's members of quorum queue groups.
     pub quorum: crate::quorum::QuorumQueues,
     pub(crate) me: Weak<Broker>,
+}
+
+impl QueueOwner for Broker {
+    fn dead_letter(&self, from: &Arc<Queue>, dead: Vec<(Entry, DeathReason)>) {
+        Broker::dead_letter(self, from, dead);
+    }
+    fn delete_queue_later(&self, vhost: String, name: String) {
+        Broker::delete_queue_later(self, vhost, name);
+    }
 }
 
 impl AlarmHolder for Broker {

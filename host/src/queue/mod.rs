@@ -4,6 +4,7 @@
 //! (dead-lettering) or the metadata store (auto-delete) runs after the lock is released.
 
 pub mod config;
+mod owner;
 mod sink;
 mod tally;
 
@@ -18,11 +19,10 @@ use tokio::sync::Notify;
 use crate::base::clock::now_ms;
 use crate::base::error::AmqpError;
 use crate::base::message::Message;
-use crate::broker::Broker;
 use crate::meta::QueueRecord;
-use crate::quorum::Proposer;
 use crate::store::message_store::MessageStore;
 pub use config::{Overflow, QueueConfig, QueueType};
+pub use owner::{QueueOwner, Replica};
 pub use sink::DeliverySink;
 use tally::Tally;
 
@@ -147,8 +147,8 @@ pub struct Queue {
     store: Option<MessageStore>,
     /// A quorum queue's live copy on its group's leader: every change to the
     /// messages goes through the group's log.
-    replica: Option<Proposer>,
-    broker: Weak<Broker>,
+    replica: Option<Box<dyn Replica>>,
+    broker: Weak<dyn QueueOwner>,
     state: Mutex<QueueState>,
     timer: Notify,
     deleted: AtomicBool,
@@ -160,7 +160,7 @@ impl Queue {
         record: QueueRecord,
         config: QueueConfig,
         store: Option<MessageStore>,
-        broker: Weak<Broker>,
+        broker: Weak<dyn QueueOwner>,
         recovered: Vec<Entry>,
     ) -> Arc<Queue> {
         Queue::build(record, config, store, None, broker, recovered)
@@ -170,19 +170,26 @@ impl Queue {
     pub fn new_replicated(
         record: QueueRecord,
         config: QueueConfig,
-        proposer: Proposer,
-        broker: Weak<Broker>,
+        proposer: impl Replica + 'static,
+        broker: Weak<dyn QueueOwner>,
         recovered: Vec<Entry>,
     ) -> Arc<Queue> {
-        Queue::build(record, config, None, Some(proposer), broker, recovered)
+        Queue::build(
+            record,
+            config,
+            None,
+            Some(Box::new(proposer)),
+            broker,
+            recovered,
+        )
     }
 
     fn build(
         record: QueueRecord,
         config: QueueConfig,
         store: Option<MessageStore>,
-        replica: Option<Proposer>,
-        broker: Weak<Broker>,
+        replica: Option<Box<dyn Replica>>,
+        broker: Weak<dyn QueueOwner>,
         recovered: Vec<Entry>,
     ) -> Arc<Queue> {
         let lanes = config.max_priority.map(|p| p as usize + 1).unwrap_or(1);

@@ -59,22 +59,21 @@ pub struct Proposer {
     tx: mpsc::UnboundedSender<Proposal>,
 }
 
-impl Proposer {
-    /// Appends a message; the answer is true once a majority has it on disk.
-    pub fn enqueue(&self, msg: Arc<Message>) -> oneshot::Receiver<bool> {
+impl crate::queue::Replica for Proposer {
+    fn enqueue(&self, msg: Arc<Message>) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         // A closed group drops the sender: the publisher gets a refusal.
         let _ = self.tx.send(Proposal::Enqueue(msg, tx));
         rx
     }
 
-    pub fn settle(&self, ids: Vec<u64>) {
+    fn settle(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
             let _ = self.tx.send(Proposal::Settle(ids));
         }
     }
 
-    pub fn returned(&self, id: u64) {
+    fn returned(&self, id: u64) {
         let _ = self.tx.send(Proposal::Return(id));
     }
 }
