@@ -720,3 +720,87 @@ fn the_walkthrough_verbatim_with_names_without_a_host_part() {
     assert_eq!(names(&s, "disk_nodes"), [one.clone(), two.clone()]);
     assert_eq!(names(&s, "running_nodes"), std::slice::from_ref(&one));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_and_a_get_through_another_node_are_settled_by_the_owner() {
+    let dir = TempDir::new("cluster-relay");
+    let nodes = cluster_of_three(&dir);
+    wait_status(&nodes[0], "running_nodes", &all_names(&nodes));
+
+    // The queue lives on node 1; the client reads it through node 2.
+    let (c1, ch1) = open(&nodes[0].url()).await;
+    declare(&ch1, "relayed", durable(), FieldTable::default()).await;
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for i in 0..10 {
+        publish_confirmed(
+            &ch1,
+            "",
+            "relayed",
+            format!("m{i}").as_bytes(),
+            persistent(),
+        )
+        .await;
+    }
+    let (c2, ch2) = open(&nodes[1].url()).await;
+
+    // basic.get with an ack: the owner's count follows.
+    let got = get_wait(&ch2, "relayed", false).await;
+    assert_eq!(got.delivery.data, b"m0");
+    ch2.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .expect("ack");
+    eventually("the owner has 9 left", || async {
+        ready_count(&ch1, "relayed").await == 9
+    })
+    .await;
+
+    // A consumer with a prefetch of 3: acks, one requeue, and what it holds when its channel
+    // closes goes back to the queue on the owner.
+    ch2.basic_qos(3, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = consume(&ch2, "relayed", "through-two", false).await;
+    let first = next(&mut consumer).await;
+    assert_eq!(body(&first), "m1");
+    ch2.basic_nack(
+        first.delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("nack");
+    let mut seen = Vec::new();
+    let mut redelivered_m1 = false;
+    while seen.len() < 6 {
+        let d = next(&mut consumer).await;
+        if body(&d) == "m1" {
+            redelivered_m1 = d.redelivered;
+        }
+        seen.push(body(&d));
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    assert!(
+        redelivered_m1,
+        "the requeued message came back flagged redelivered: {seen:?}"
+    );
+    // Three more arrive and stay unacked; closing the channel gives them back.
+    for _ in 0..3 {
+        next(&mut consumer).await;
+    }
+    ch2.close(200, "bye".into()).await.expect("close");
+    eventually("the 3 unacked messages are back on the owner", || async {
+        ready_count(&ch1, "relayed").await == 3
+    })
+    .await;
+    let again = get_wait(&ch1, "relayed", true).await;
+    assert!(
+        again.delivery.redelivered,
+        "a returned message is redelivered"
+    );
+    c2.close(200, "bye".into()).await.expect("close");
+    c1.close(200, "bye".into()).await.expect("close");
+}

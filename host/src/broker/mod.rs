@@ -8,6 +8,7 @@ pub mod forward_ledger;
 pub mod permissions;
 pub mod proxy;
 pub mod queue_delete;
+pub mod relay_sink;
 pub mod routing;
 pub mod stats;
 

@@ -1,6 +1,6 @@
 //! Consuming a queue through a node that does not own it. The consuming node
 //! opens a session on the owner; the owner runs an ordinary consumer (or
-//! basic.get) on a channel handle of its own whose deliveries are relayed
+//! basic.get) into a relay sink (`relay_sink.rs`) whose deliveries are relayed
 //! back over the link, and settles acks, nacks and rejects as the consuming
 //! node forwards them. Sessions of a node that stops answering are closed and
 //! their unacked messages requeued.
@@ -13,9 +13,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::Broker;
-use crate::amqp::channel::requeue_all;
-use crate::amqp::delivery::{ChannelHandle, group_by_queue};
-use crate::amqp::outbound::{Outbound, OutboundRx};
+use super::relay_sink::{RelayRx, RelaySink, Relayed};
 use crate::cluster::network::PeerError;
 use crate::queue::{ConsumeRequest, Queue};
 
@@ -63,10 +61,8 @@ pub struct SettleRequest {
 /// The owner's side of one session.
 struct Session {
     queue: Arc<Queue>,
-    handle: Arc<ChannelHandle>,
+    sink: Arc<RelaySink>,
     consumer: Option<u64>,
-    /// For basic.get sessions: the deliveries the handle produced.
-    rx: Mutex<Option<OutboundRx>>,
 }
 
 #[derive(Default)]
@@ -95,20 +91,18 @@ impl Broker {
                     req.queue, req.vhost
                 )
             })?;
-        let (tx, rx) = crate::amqp::outbound::outbound();
-        let handle = Arc::new(ChannelHandle::new(0, 0, tx, true));
+        let (sink, rx) = RelaySink::new();
         let mut session = Session {
             queue: queue.clone(),
-            handle: handle.clone(),
+            sink: sink.clone(),
             consumer: None,
-            rx: Mutex::new(None),
         };
         match &req.consume {
             Some(spec) => {
                 let consumer = queue
                     .consume(ConsumeRequest {
                         tag: Arc::from(req.session.as_str()),
-                        channel: handle,
+                        channel: sink,
                         no_ack: spec.no_ack,
                         exclusive: spec.exclusive,
                         priority: spec.priority,
@@ -126,7 +120,8 @@ impl Broker {
                     rx,
                 ));
             }
-            None => *session.rx.lock() = Some(rx),
+            // A basic.get session: the answer is taken from the sink right away.
+            None => drop(rx),
         }
         self.proxies
             .sessions
@@ -149,45 +144,22 @@ impl Broker {
             .get(session)
             .cloned()
             .ok_or_else(|| format!("unknown session {session}"))?;
-        if !s.queue.get(s.handle.as_ref(), no_ack) {
+        if !s.queue.get(s.sink.as_ref(), no_ack) {
             return Ok(None);
         }
-        let mut rx = s.rx.lock();
-        let Some(rx) = rx.as_mut() else {
-            return Err("not a basic.get session".into());
-        };
-        let item = rx.try_recv();
-        if let Some(i) = &item {
-            rx.release(i.cost());
-        }
-        match item {
-            Some(Outbound::GetOk {
-                delivery_tag,
-                redelivered,
-                message_count,
-                msg,
-                ..
-            }) => Ok(Some(Delivered {
-                tag: delivery_tag,
-                redelivered,
-                message_count,
-                message: msg.to_wire_text(),
-            })),
-            _ => Ok(None),
-        }
+        Ok(s.sink.take_got().map(|g| Delivered {
+            tag: g.tag,
+            redelivered: g.redelivered,
+            message_count: g.message_count,
+            message: g.msg.to_wire_text(),
+        }))
     }
 
     pub fn proxy_settle(&self, req: SettleRequest) {
         let Some(s) = self.proxies.sessions.lock().get(&req.session).cloned() else {
             return;
         };
-        let mut items = Vec::new();
-        for tag in req.tags {
-            if let Some(mut u) = s.handle.take_unacked(tag, false) {
-                items.append(&mut u);
-            }
-        }
-        for (q, ids) in group_by_queue(items, req.requeue) {
+        for (q, ids) in s.sink.take(&req.tags) {
             match req.requeue {
                 None => q.ack(&ids),
                 Some(requeue) => q.reject(&ids, requeue),
@@ -210,11 +182,13 @@ impl Broker {
         let Some(s) = self.proxies.sessions.lock().remove(session) else {
             return;
         };
-        s.handle.mark_closed();
+        s.sink.close();
         if let Some(c) = s.consumer {
             s.queue.cancel(c);
         }
-        requeue_all(&s.handle);
+        for (q, ids) in s.sink.take_all() {
+            q.reject(&ids, true);
+        }
     }
 }
 
@@ -223,35 +197,33 @@ impl Broker {
 /// session's hand-over until the consuming node has taken it and says its
 /// client's connection has room, so a consumer that does not read stops the
 /// owner's queue from delivering to it, as a local one would.
-async fn relay(broker: Weak<Broker>, session: String, node: String, mut rx: OutboundRx) {
+async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx) {
+    let RelayRx { mut rx, credit } = rx;
     let mut items = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut cancelled = false;
         let mut cost = 0;
-        let mut push = |o: Outbound, items: &mut Vec<Delivered>| {
-            cost += o.cost();
-            match o {
-                Outbound::Deliver {
-                    delivery_tag,
+        let mut push = |r: Relayed, items: &mut Vec<Delivered>| {
+            cost += r.cost();
+            match r {
+                Relayed::Deliver {
+                    tag,
                     redelivered,
                     msg,
-                    ..
                 } => items.push(Delivered {
-                    tag: delivery_tag,
+                    tag,
                     redelivered,
                     message_count: 0,
                     message: msg.to_wire_text(),
                 }),
-                // The only method a consumer's handle gets is a server-side basic.cancel.
-                Outbound::Method { .. } => cancelled = true,
-                _ => {}
+                Relayed::Cancelled => cancelled = true,
             }
         };
         push(first, &mut items);
         while items.len() < 256 {
             match rx.try_recv() {
-                Some(o) => push(o, &mut items),
-                None => break,
+                Ok(r) => push(r, &mut items),
+                Err(_) => break,
             }
         }
         let Some(b) = broker.upgrade() else { return };
@@ -285,7 +257,7 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, mut rx: Outb
                 return;
             }
         }
-        rx.release(cost);
+        credit.release(cost);
         if cancelled {
             let _: Result<bool, PeerError> = cluster
                 .peers

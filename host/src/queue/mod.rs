@@ -4,6 +4,7 @@
 //! (dead-lettering) or the metadata store (auto-delete) runs after the lock is released.
 
 pub mod config;
+pub mod credit;
 mod owner;
 mod sink;
 mod tally;
