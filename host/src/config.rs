@@ -391,8 +391,9 @@ impl DiskFreeLimit {
 /// typed values for the keys the node itself uses, named as rabbitmq.conf names them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Every `key = value` of the file, last one winning.
-    pub raw: BTreeMap<String, String>,
+    /// Every `key = value` of the file, last one winning, with the line it was set on (to
+    /// name it in errors found after parsing).
+    pub raw: BTreeMap<String, (usize, String)>,
     /// `listeners.tcp.default`; `WARREN_NODE_PORT` overrides its port.
     pub listeners_tcp_default: Option<TcpListenerSpec>,
     /// `distribution.listener.interface` (RabbitMQ's key): the one address the dist port
@@ -422,8 +423,6 @@ pub struct Settings {
     pub plugins_memory_limit_mb: Option<usize>,
     /// `auth_backends.N` values in the order of N.
     pub auth_backends: Vec<String>,
-    /// The line each key was set on, to name it in errors found after parsing.
-    pub key_lines: BTreeMap<String, usize>,
     /// The file the settings came from (empty for defaults).
     pub file: PathBuf,
 }
@@ -451,7 +450,6 @@ impl Default for Settings {
             plugins_call_timeout_ms: None,
             plugins_memory_limit_mb: None,
             auth_backends: Vec::new(),
-            key_lines: BTreeMap::new(),
             file: PathBuf::new(),
         }
     }
@@ -696,8 +694,7 @@ impl Settings {
         s.auth_backends = backends.into_iter().map(|(_, v)| v).collect();
 
         s.loopback_users = loopback_users(&entries, &invalid)?;
-        s.key_lines = entries.iter().map(|(k, (l, _))| (k.clone(), *l)).collect();
-        s.raw = entries.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        s.raw = entries;
         s.file = file.to_path_buf();
         Ok(s)
     }
@@ -706,12 +703,12 @@ impl Settings {
     /// boot on a key its schema does not know), so that a typo never goes unnoticed.
     /// `plugin_reads` answers for the plugins' declared keys.
     pub fn check_keys(&self, plugin_reads: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
-        for key in self.raw.keys() {
+        for (key, (line, _)) in &self.raw {
             let known = NODE_KEYS.iter().any(|p| key_matches(p, key)) || plugin_reads(key);
             if !known {
                 return Err(ConfigError::UnknownKey {
                     file: self.file.clone(),
-                    line: self.key_lines.get(key).copied().unwrap_or(0),
+                    line: *line,
                     key: key.clone(),
                 });
             }
@@ -721,7 +718,7 @@ impl Settings {
 
     /// A raw value, for keys the node does not type (plugins' keys).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.raw.get(key).map(String::as_str)
+        self.raw.get(key).map(|(_, v)| v.as_str())
     }
 
     /// Whether `user` may connect only from loopback.

@@ -933,24 +933,7 @@ async fn an_oauth2_connection_closes_when_its_token_expires_unless_renewed() {
         let exp = unix_now() + 2;
         let mut short = Raw::handshake_as(port, 4096, 0, "", &hs256_token("short", exp));
         let mut renewed = Raw::handshake_as(port, 4096, 0, "", &hs256_token("renewed", exp));
-        renewed.send(&method_frame(
-            0,
-            10,
-            70,
-            Args::new()
-                .long(hs256_token("renewed", exp + 3600).as_bytes())
-                .short("refresh"),
-        ));
-        let ok = renewed.read_frame().expect("update-secret-ok");
-        assert!(
-            matches!(
-                ok.method(),
-                lapin::protocol::AMQPClass::Connection(
-                    lapin::protocol::connection::AMQPMethod::UpdateSecretOk(_)
-                )
-            ),
-            "{ok:?}"
-        );
+        renewed.update_secret_ok(hs256_token("renewed", exp + 3600).as_bytes(), "refresh");
         let closed = short.expect_connection_close();
         assert!(unix_now() >= exp, "closed before the token expired");
         assert_eq!(closed.code, 403);

@@ -2192,28 +2192,8 @@ async fn update_secret_is_checked_by_the_auth_backend() {
     let port = broker.port;
     tokio::task::spawn_blocking(move || {
         let mut raw = Raw::handshake(port);
-        raw.send(&method_frame(
-            0,
-            10,
-            70,
-            Args::new().long(b"guest").short("token refresh"),
-        ));
-        let ok = raw.read_frame().expect("update-secret-ok");
-        assert!(
-            matches!(
-                ok.method(),
-                lapin::protocol::AMQPClass::Connection(
-                    lapin::protocol::connection::AMQPMethod::UpdateSecretOk(_)
-                )
-            ),
-            "{ok:?}"
-        );
-        raw.send(&method_frame(
-            0,
-            10,
-            70,
-            Args::new().long(b"not-the-password").short("token refresh"),
-        ));
+        raw.update_secret_ok(b"guest", "token refresh");
+        raw.send_update_secret(b"not-the-password", "token refresh");
         let closed = raw.expect_connection_close();
         assert_eq!(closed.code, 530);
         assert_eq!(

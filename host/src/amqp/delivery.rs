@@ -59,7 +59,7 @@ struct DeliveryState {
 /// acks; proxied deliveries are settled with their owner node (`requeue` as in
 /// [`RemoteSettle::settle`]).
 pub fn group_by_queue(items: Vec<Unacked>, requeue: Option<bool>) -> Vec<(Arc<Queue>, Vec<u64>)> {
-    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    let mut local = Vec::new();
     let mut remote: Vec<(Arc<dyn RemoteSettle>, Vec<u64>)> = Vec::new();
     for u in items {
         if let Some((owner, tag)) = u.remote {
@@ -67,18 +67,14 @@ pub fn group_by_queue(items: Vec<Unacked>, requeue: Option<bool>) -> Vec<(Arc<Qu
                 Some((_, tags)) => tags.push(tag),
                 None => remote.push((owner, vec![tag])),
             }
-            continue;
-        }
-        let Some(queue) = u.queue else { continue };
-        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
-            Some((_, ids)) => ids.push(u.msg_id),
-            None => out.push((queue, vec![u.msg_id])),
+        } else if let Some(queue) = u.queue {
+            local.push((queue, u.msg_id));
         }
     }
     for (owner, tags) in remote {
         owner.settle(tags, requeue);
     }
-    out
+    crate::queue::group_by_queue(local)
 }
 
 pub struct ChannelHandle {

@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::base::message::Message;
 use crate::queue::Queue;
-use crate::queue::credit::{Credit, LOW_WATER};
-/// What a method frame is counted as (its encoding is small and bounded).
-const METHOD_COST: u64 = 64;
+use crate::queue::credit::{Credit, LOW_WATER, METHOD_COST, message_cost};
 
 #[derive(Debug)]
 pub enum Outbound {
@@ -53,7 +51,7 @@ impl Outbound {
         match self {
             Outbound::Deliver { msg, .. }
             | Outbound::GetOk { msg, .. }
-            | Outbound::Return { msg, .. } => METHOD_COST + msg.size() as u64,
+            | Outbound::Return { msg, .. } => message_cost(msg),
             Outbound::Method { .. } => METHOD_COST,
             Outbound::Close => 0,
         }

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::base::message::Message;
-use crate::queue::credit::Credit;
-use crate::queue::{DeliverySink, Entry, Queue};
+use crate::queue::credit::{Credit, message_cost};
+use crate::queue::{DeliverySink, Entry, Queue, group_by_queue};
 
 /// What the relay carries to the consuming node.
 pub enum Relayed {
@@ -29,7 +29,7 @@ impl Relayed {
     /// The bytes it is counted for until the consuming node has taken it.
     pub fn cost(&self) -> u64 {
         match self {
-            Relayed::Deliver { msg, .. } => 64 + msg.size() as u64,
+            Relayed::Deliver { msg, .. } => message_cost(msg),
             Relayed::Cancelled => 0,
         }
     }
@@ -93,13 +93,13 @@ impl RelaySink {
     /// Removes the named deliveries from the unacked set, grouped by queue (message ids).
     pub fn take(&self, tags: &[u64]) -> Vec<(Arc<Queue>, Vec<u64>)> {
         let mut st = self.state.lock();
-        group(tags.iter().filter_map(|t| st.unacked.remove(t)))
+        group_by_queue(tags.iter().filter_map(|t| st.unacked.remove(t)))
     }
 
     /// Everything still unacked, grouped by queue (for requeueing when the session ends).
     pub fn take_all(&self) -> Vec<(Arc<Queue>, Vec<u64>)> {
         let all = std::mem::take(&mut self.state.lock().unacked);
-        group(all.into_values())
+        group_by_queue(all.into_values())
     }
 
     fn next_tag(st: &mut State) -> u64 {
@@ -107,17 +107,6 @@ impl RelaySink {
         st.next_tag += 1;
         tag
     }
-}
-
-fn group(items: impl Iterator<Item = (Arc<Queue>, u64)>) -> Vec<(Arc<Queue>, Vec<u64>)> {
-    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for (queue, id) in items {
-        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
-            Some((_, ids)) => ids.push(id),
-            None => out.push((queue, vec![id])),
-        }
-    }
-    out
 }
 
 impl DeliverySink for RelaySink {

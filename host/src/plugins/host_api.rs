@@ -46,7 +46,7 @@ impl PluginCtx {
         if !self.manifest.may_read(key) {
             return None;
         }
-        let value = self.settings.raw.get(key)?.clone();
+        let value = self.settings.get(key)?.to_string();
         if self.manifest.is_file_key(key) {
             return match std::fs::read_to_string(&value) {
                 Ok(text) => Some(text),

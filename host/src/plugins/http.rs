@@ -37,7 +37,7 @@ impl WasmHttp {
         let name = ctx.name.clone();
         let pre = runtime.instance_pre(&name, "http-plugin", component, HttpPluginPre::new)?;
         let port = match &ctx.manifest.listens {
-            Some(l) => match ctx.settings.raw.get(&l.port_key) {
+            Some(l) => match ctx.settings.get(&l.port_key) {
                 Some(v) => v.trim().parse::<u16>().map_err(|_| {
                     PluginError::BadConfig(format!("{} = {v}: not a port number", l.port_key))
                 })?,

@@ -11,12 +11,21 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::Queue;
+use crate::base::message::Message;
 
 /// Bytes a destination may have waiting before queues stop delivering to it. Enough to keep a
 /// fast consumer's socket busy; one message always fits, however big.
 pub const HIGH_WATER: u64 = 4 << 20;
 /// Below this, stopped queues are asked to deliver again.
 pub const LOW_WATER: u64 = 1 << 20;
+
+/// What an item without a message is counted as (a method's encoding is small and bounded).
+pub const METHOD_COST: u64 = 64;
+
+/// What a message on its way out is counted as: its bytes and the method carrying it.
+pub fn message_cost(msg: &Message) -> u64 {
+    METHOD_COST + msg.size() as u64
+}
 
 /// The count of bytes waiting, and the queues waiting for it to fall.
 #[derive(Default)]

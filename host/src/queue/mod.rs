@@ -754,16 +754,19 @@ impl Queue {
         let st = self.state.lock();
         st.consumers
             .iter()
-            .map(|c| ConsumerInfo {
-                tag: c.tag.to_string(),
-                channel: c.channel.listed_as().0,
-                connection: c.channel.listed_as().1,
-                ack_required: !c.no_ack,
-                exclusive: c.exclusive,
-                prefetch: c.prefetch,
-                priority: c.priority,
-                active: st.single_active.is_none_or(|a| a == c.id),
-                arguments: c.arguments.clone(),
+            .map(|c| {
+                let (channel, connection) = c.channel.listed_as();
+                ConsumerInfo {
+                    tag: c.tag.to_string(),
+                    channel,
+                    connection,
+                    ack_required: !c.no_ack,
+                    exclusive: c.exclusive,
+                    prefetch: c.prefetch,
+                    priority: c.priority,
+                    active: st.single_active.is_none_or(|a| a == c.id),
+                    arguments: c.arguments.clone(),
+                }
             })
             .collect()
     }
@@ -790,6 +793,21 @@ impl Queue {
         }
         wait
     }
+}
+
+/// Message ids grouped by their queue, in the order met, so that each queue is locked once
+/// for a batch of settlements.
+pub fn group_by_queue(
+    items: impl IntoIterator<Item = (Arc<Queue>, u64)>,
+) -> Vec<(Arc<Queue>, Vec<u64>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for (queue, id) in items {
+        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+            Some((_, ids)) => ids.push(id),
+            None => out.push((queue, vec![id])),
+        }
+    }
+    out
 }
 
 fn consumer_has_room(queue: &Arc<Queue>, c: &Consumer) -> bool {

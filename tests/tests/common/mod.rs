@@ -559,6 +559,29 @@ impl Raw {
         })
     }
 
+    /// Sends connection.update-secret (class 10, method 70).
+    pub fn send_update_secret(&mut self, secret: &[u8], reason: &str) {
+        self.send(&method_frame(
+            0,
+            10,
+            70,
+            Args::new().long(secret).short(reason),
+        ));
+    }
+
+    /// Sends connection.update-secret and asserts that the broker answers update-secret-ok.
+    pub fn update_secret_ok(&mut self, secret: &[u8], reason: &str) {
+        self.send_update_secret(secret, reason);
+        let ok = self.read_frame().expect("update-secret-ok");
+        assert!(
+            matches!(
+                ok.method(),
+                AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))
+            ),
+            "{ok:?}"
+        );
+    }
+
     /// Reads until the broker's connection.close, answers close-ok and checks that the broker
     /// then closes the socket.
     pub fn expect_connection_close(&mut self) -> Closed {
