@@ -18,6 +18,7 @@ pub mod field_depth;
 pub mod memory;
 pub mod meta;
 pub mod node;
+pub mod peer;
 pub mod plugins;
 pub mod queue;
 pub mod quorum;

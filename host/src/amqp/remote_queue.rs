@@ -13,11 +13,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::delivery::{ChannelHandle, RemoteDelivery, RemoteSettle};
-use crate::base::message::Message;
 use crate::broker::Broker;
+use crate::broker::calls::{ProxyCancel, ProxyClose, ProxyGet, ProxyOpen, ProxySettle};
 use crate::broker::proxy::{DeliverBatch, Delivered, OpenRequest, SettleRequest};
 use crate::cluster::ClusterNode;
-use crate::cluster::network::PeerError;
+use crate::peer::PeerError;
 use crate::queue::DeliverySink;
 
 pub struct RemoteSession {
@@ -236,36 +236,30 @@ async fn run_ops(
                         }
                     }
                 }
-                if let Err(e) = peers
-                    .call::<_, bool>(&owner, "proxy_settle", &req, wait)
-                    .await
-                {
+                if let Err(e) = peers.call(&owner, &ProxySettle(req), wait).await {
                     failed("proxy_settle", e);
                 }
             }
             Op::Get(no_ack, reply) => {
+                let get = ProxyGet {
+                    session: session.clone(),
+                    no_ack,
+                };
                 let got = peers
-                    .call::<_, Option<Delivered>>(
-                        &owner,
-                        "proxy_get",
-                        &(session.clone(), no_ack),
-                        wait,
-                    )
+                    .call(&owner, &get, wait)
                     .await
                     .map_err(|e| e.to_string());
                 let _ = reply.send(got);
             }
             Op::Reopen(req) => {
+                let req = ProxyOpen(req);
                 // The new leader may need a moment to serve the queue.
                 let mut opened = false;
                 for _ in 0..20 {
                     if owner_now.lock().name != owner.name {
                         break;
                     }
-                    match peers
-                        .call::<_, bool>(&owner, "proxy_open", &req, wait)
-                        .await
-                    {
+                    match peers.call(&owner, &req, wait).await {
                         Ok(_) => {
                             opened = true;
                             break;
@@ -282,17 +276,14 @@ async fn run_ops(
             }
             Op::Cancel => {
                 if let Err(e) = peers
-                    .call::<_, bool>(&owner, "proxy_cancel", &session, wait)
+                    .call(&owner, &ProxyCancel(session.clone()), wait)
                     .await
                 {
                     failed("proxy_cancel", e);
                 }
             }
             Op::Close => {
-                if let Err(e) = peers
-                    .call::<_, bool>(&owner, "proxy_close", &session, wait)
-                    .await
-                {
+                if let Err(e) = peers.call(&owner, &ProxyClose(session.clone()), wait).await {
                     failed("proxy_close", e);
                 }
                 return;
@@ -316,16 +307,14 @@ impl Broker {
         }
         let owner = session.settler();
         for item in batch.items {
-            let Some(msg) = Message::from_wire_text(&item.message) else {
-                continue;
-            };
+            let msg = item.message.into_message();
             session.channel.deliver_remote(RemoteDelivery {
                 owner: owner.clone(),
                 remote_tag: item.tag,
                 consumer_tag: session.consumer_tag.clone(),
                 redelivered: item.redelivered,
                 message_count: item.message_count,
-                msg: Arc::new(msg),
+                msg,
                 no_ack: session.no_ack,
             });
         }

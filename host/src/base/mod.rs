@@ -2,6 +2,7 @@
 //! it, the errors it answers with (AMQP reply codes and RabbitMQ's texts), and the clock.
 //! Nothing here imports another module of the crate.
 
+pub mod carried;
 pub mod clock;
 pub mod error;
 pub mod message;

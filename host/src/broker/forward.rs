@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Broker;
+use super::calls::Publish;
 use super::forward_ledger::{Admission, answer_of};
+use crate::base::carried::Carried;
 use crate::base::message::Message;
-use crate::cluster::network::PeerError;
 use crate::queue::PublishOutcome;
 
 const BATCH: usize = 256;
@@ -39,8 +40,7 @@ pub struct PublishBatch {
 pub struct PublishItem {
     pub vhost: String,
     pub queues: Vec<String>,
-    /// The message in the store's encoding, base64.
-    pub message: String,
+    pub message: Carried,
 }
 
 struct Item {
@@ -121,7 +121,7 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
     let Some(cluster) = broker.meta.cluster() else {
         return Vec::new();
     };
-    let request = PublishBatch {
+    let request = Publish(PublishBatch {
         from: broker.config.node.clone(),
         id: next_batch_id(),
         items: batch
@@ -129,10 +129,10 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
             .map(|i| PublishItem {
                 vhost: i.vhost.clone(),
                 queues: i.queues.clone(),
-                message: i.msg.to_wire_text(),
+                message: Carried(i.msg.clone()),
             })
             .collect(),
-    };
+    });
     let mut last_error = None;
     for attempt in 0..2 {
         let Some(peer) = cluster.node_by_name(node) else {
@@ -142,9 +142,9 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
             );
             return Vec::new();
         };
-        let answer: Result<Vec<bool>, PeerError> = cluster
+        let answer = cluster
             .peers
-            .call(&peer, "queue_publish", &request, Duration::from_secs(10))
+            .call(&peer, &request, Duration::from_secs(10))
             .await;
         match answer {
             Ok(a) => return a,
@@ -190,11 +190,7 @@ impl Broker {
         // Quorum queues' answers: (item index, committed?).
         let mut replicating = Vec::new();
         for item in items {
-            let Some(msg) = Message::from_wire_text(&item.message) else {
-                answers.push(false);
-                continue;
-            };
-            let msg = Arc::new(msg);
+            let msg = item.message.into_message();
             let Some(vhost) = self.vhost(&item.vhost) else {
                 answers.push(false);
                 continue;

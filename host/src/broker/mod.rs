@@ -2,6 +2,7 @@
 //! dead-lettering, users and permissions. Metadata changes arrive as events from the metadata
 //! store; the AMQP layer calls in here for everything that is not wire protocol.
 
+pub mod calls;
 pub mod dead_letter;
 pub mod forward;
 pub mod forward_ledger;

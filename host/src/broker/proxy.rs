@@ -13,8 +13,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::Broker;
+use super::calls::{ProxyCancelled, ProxyDeliver};
 use super::relay_sink::{RelayRx, RelaySink, Relayed};
-use crate::cluster::network::PeerError;
+use crate::base::carried::Carried;
+use crate::base::error::AmqpError;
 use crate::queue::{ConsumeRequest, Queue};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,8 +42,7 @@ pub struct Delivered {
     pub tag: u64,
     pub redelivered: bool,
     pub message_count: u32,
-    /// The message in the store's encoding, base64.
-    pub message: String,
+    pub message: Carried,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ pub struct ProxySessions {
 
 impl Broker {
     /// Opens a session on a local queue for another node.
-    pub fn proxy_open(self: &Arc<Self>, req: OpenRequest) -> Result<(), String> {
+    pub fn proxy_open(self: &Arc<Self>, req: OpenRequest) -> Result<(), AmqpError> {
         let existing = self.proxies.sessions.lock().get(&req.session).cloned();
         if let Some(s) = existing {
             if !s.queue.is_deleted() {
@@ -86,10 +87,7 @@ impl Broker {
             .vhost(&req.vhost)
             .and_then(|v| v.queue(&req.queue))
             .ok_or_else(|| {
-                format!(
-                    "NOT_FOUND - no queue '{}' in vhost '{}'",
-                    req.queue, req.vhost
-                )
+                AmqpError::not_found(format!("no queue '{}' in vhost '{}'", req.queue, req.vhost))
             })?;
         let (sink, rx) = RelaySink::new();
         let mut session = Session {
@@ -99,19 +97,17 @@ impl Broker {
         };
         match &req.consume {
             Some(spec) => {
-                let consumer = queue
-                    .consume(ConsumeRequest {
-                        tag: Arc::from(req.session.as_str()),
-                        channel: sink,
-                        no_ack: spec.no_ack,
-                        exclusive: spec.exclusive,
-                        priority: spec.priority,
-                        prefetch: spec.prefetch,
-                        // What a relayed consume asked for that the owner acts on.
-                        arguments: priority_argument(spec.priority),
-                        on_accepted: None,
-                    })
-                    .map_err(|e| e.to_string())?;
+                let consumer = queue.consume(ConsumeRequest {
+                    tag: Arc::from(req.session.as_str()),
+                    channel: sink,
+                    no_ack: spec.no_ack,
+                    exclusive: spec.exclusive,
+                    priority: spec.priority,
+                    prefetch: spec.prefetch,
+                    // What a relayed consume asked for that the owner acts on.
+                    arguments: priority_argument(spec.priority),
+                    on_accepted: None,
+                })?;
                 session.consumer = Some(consumer);
                 tokio::spawn(relay(
                     Arc::downgrade(self),
@@ -151,7 +147,7 @@ impl Broker {
             tag: g.tag,
             redelivered: g.redelivered,
             message_count: g.message_count,
-            message: g.msg.to_wire_text(),
+            message: Carried(g.msg),
         }))
     }
 
@@ -214,7 +210,7 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
                     tag,
                     redelivered,
                     message_count: 0,
-                    message: msg.to_wire_text(),
+                    message: Carried(msg),
                 }),
                 Relayed::Cancelled => cancelled = true,
             }
@@ -234,19 +230,19 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
             b.proxy_close(&session);
             return;
         };
-        let mut batch = DeliverBatch {
+        let mut batch = ProxyDeliver(DeliverBatch {
             session: session.clone(),
             items: std::mem::take(&mut items),
-        };
+        });
         // An empty batch asks only whether the client's connection has room again.
         loop {
-            let has_room: Result<bool, PeerError> = cluster
+            let has_room = cluster
                 .peers
-                .call(&peer, "proxy_deliver", &batch, Duration::from_secs(10))
+                .call(&peer, &batch, Duration::from_secs(10))
                 .await;
             match has_room {
                 Ok(true) => break,
-                Ok(false) => batch.items.clear(),
+                Ok(false) => batch.0.items.clear(),
                 Err(_) => {
                     // The consuming node is gone: give its messages back to the queue.
                     b.proxy_close(&session);
@@ -259,9 +255,13 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
         }
         credit.release(cost);
         if cancelled {
-            let _: Result<bool, PeerError> = cluster
+            let _ = cluster
                 .peers
-                .call(&peer, "proxy_cancelled", &session, Duration::from_secs(5))
+                .call(
+                    &peer,
+                    &ProxyCancelled(session.clone()),
+                    Duration::from_secs(5),
+                )
                 .await;
             b.proxy_close(&session);
             return;

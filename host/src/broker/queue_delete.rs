@@ -9,7 +9,7 @@ use crate::meta::MetaError;
 use crate::meta::command::MetaCommand;
 
 /// A delete as it crosses to the owner.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteRequest {
     pub vhost: String,
     pub name: String,

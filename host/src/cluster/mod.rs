@@ -8,6 +8,7 @@
 //! - `network`: links to peers over their dist ports.
 //! - this module: one node's membership — submit, join, leave, status.
 
+pub mod calls;
 pub mod network;
 pub mod store;
 pub mod types;
@@ -20,13 +21,17 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
-use self::network::{Network, PeerError, Peers};
+use self::network::Network;
 use self::store::{LogStore, MetaMachine, SharedMeta};
 use crate::meta::{MetaCommand, MetaError, MetaOutcome};
+use crate::peer::{PeerError, Peers};
 pub use types::{ClusterNode, MetaReply, TypeConfig, node_id};
 
 /// How long a metadata change may wait for a quorum before it fails.
 pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
+/// What a node that stopped leading answers a forwarded change.
+const NOT_THE_LEADER: &str = "not the leader";
+
 /// How long the leader waits for each reachable node to apply a change.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -255,23 +260,24 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let forwarded: Result<SubmitAnswer, PeerError> =
-                self.peers.call(&leader, "meta_submit", &cmd, left).await;
+            let forwarded = self
+                .peers
+                .call(&leader, &calls::MetaSubmit(cmd.clone()), left)
+                .await;
             match forwarded {
-                Ok(answer) => {
+                Ok(Ok(answer)) => {
                     // Read-your-writes on this node, too.
                     let _ =
                         tokio::time::timeout(APPLY_WAIT, self.shared.wait_applied(answer.index))
                             .await;
                     return answer.reply;
                 }
-                Err(PeerError::Remote(text)) if text.contains("metadata store unavailable") => {
-                    return Err(MetaError::Unavailable(text));
-                }
-                Err(PeerError::Remote(text)) if text.contains("not the leader") => {
+                // It stopped leading since: ask again whoever leads now.
+                Ok(Err(MetaError::Unavailable(text))) if text == NOT_THE_LEADER => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(PeerError::Remote(text)) => return Err(MetaError::Storage(text)),
+                Ok(Err(e)) => return Err(e),
+                Err(PeerError::Remote(f)) => return Err(MetaError::Storage(f.text)),
                 Err(PeerError::Unreachable(_)) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -295,7 +301,7 @@ impl Cluster {
             Err(_) => return Err(self.no_quorum()),
             Ok(Ok(resp)) => resp,
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                return Err(MetaError::Unavailable("not the leader".into()));
+                return Err(MetaError::Unavailable(NOT_THE_LEADER.into()));
             }
             Ok(Err(e)) => return Err(MetaError::Storage(format!("metadata store: {e}"))),
         };
@@ -318,8 +324,8 @@ impl Cluster {
             .map(|n| {
                 let peers = self.peers.clone();
                 async move {
-                    let applied: Result<bool, PeerError> = peers
-                        .call(&n, "meta_wait_applied", &index, APPLY_WAIT)
+                    let applied = peers
+                        .call(&n, &calls::MetaWaitApplied(index), APPLY_WAIT)
                         .await;
                     if !matches!(applied, Ok(true)) {
                         tracing::warn!(node = %n.name, index, "a reachable node did not apply a metadata change in time");
@@ -331,10 +337,9 @@ impl Cluster {
 
     /// On a follower, sends a membership request to the leader and returns its
     /// answer; on the leader, returns None so the caller does the work.
-    async fn on_leader<Q: Serialize>(
+    async fn on_leader<C: crate::peer::Call<Answer = Result<(), MetaError>>>(
         &self,
-        command: &str,
-        payload: &Q,
+        req: C,
     ) -> Option<Result<(), MetaError>> {
         if self.raft.metrics().borrow().state == ServerState::Leader {
             return None;
@@ -343,17 +348,20 @@ impl Cluster {
             return Some(Err(self.no_quorum()));
         };
         Some(
-            self.peers
-                .call::<_, bool>(&leader, command, payload, Duration::from_secs(30))
+            match self
+                .peers
+                .call(&leader, &req, Duration::from_secs(30))
                 .await
-                .map(|_| ())
-                .map_err(|e| MetaError::Unavailable(e.to_string())),
+            {
+                Ok(answer) => answer,
+                Err(e) => Err(MetaError::Unavailable(e.to_string())),
+            },
         )
     }
 
     /// Adds a node (leader side; others forward).
     pub async fn add_member(&self, req: JoinRequest) -> Result<(), MetaError> {
-        if let Some(forwarded) = self.on_leader("cluster_join", &req).await {
+        if let Some(forwarded) = self.on_leader(calls::ClusterJoin(req.clone())).await {
             return forwarded;
         }
         let id = node_id(&req.name);
@@ -388,7 +396,7 @@ impl Cluster {
 
     /// Removes a node from the cluster (leader side; others forward).
     pub async fn remove_member(&self, name: &str) -> Result<(), MetaError> {
-        if let Some(forwarded) = self.on_leader("cluster_leave", &name.to_string()).await {
+        if let Some(forwarded) = self.on_leader(calls::ClusterLeave(name.to_string())).await {
             return forwarded;
         }
         let Some(node) = self.node_by_name(name) else {
@@ -432,7 +440,7 @@ impl Cluster {
             )));
         };
         if let Some(forwarded) = self
-            .on_leader("cluster_set_kind", &(name.to_string(), kind))
+            .on_leader(calls::ClusterSetKind(name.to_string(), kind))
             .await
         {
             return forwarded;
@@ -477,14 +485,8 @@ impl Cluster {
                 let peers = self.peers.clone();
                 let me = me.clone();
                 async move {
-                    let _: Result<bool, PeerError> = peers
-                        .call(
-                            &n,
-                            "peer_app_state",
-                            &(me, running),
-                            Duration::from_millis(1500),
-                        )
-                        .await;
+                    let tell = calls::AppState { node: me, running };
+                    let _ = peers.call(&n, &tell, Duration::from_millis(1500)).await;
                 }
             });
         futures_join_all(calls).await;
@@ -522,8 +524,8 @@ async fn watch_peers(cluster: std::sync::Weak<Cluster>) {
             }
             let peers = c.peers.clone();
             tokio::spawn(async move {
-                let answer: Result<bool, PeerError> = peers
-                    .call(&n, "peer_ping", &(), Duration::from_millis(900))
+                let answer = peers
+                    .call(&n, &calls::Ping, Duration::from_millis(900))
                     .await;
                 if let Ok(app_running) = answer {
                     peers.reachability.set_app_running(&n.name, app_running);

@@ -1,25 +1,8 @@
 //! The Raft type configuration of Warren's metadata cluster.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use crate::meta::{MetaCommand, MetaError, MetaOutcome};
 
-/// A cluster member as Raft knows it: its node name and where its dist port is.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ClusterNode {
-    /// `name@host`.
-    pub name: String,
-    /// `host:port` of the node's dist listener.
-    pub addr: String,
-}
-
-impl fmt::Display for ClusterNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.addr)
-    }
-}
+pub use crate::peer::ClusterNode;
 
 /// The answer to one applied command, carried back to the node that asked.
 pub type MetaReply = Result<MetaOutcome, MetaError>;

@@ -14,6 +14,77 @@ use crate::meta::{BindingRecord, DestinationKind, ExchangeRecord, QueueRecord};
 /// One listing row: field name → value.
 pub(super) type Row = Box<dyn Fn(&str) -> Value>;
 
+/// A node's own queues, asked for by the node that lists the whole cluster's (call id 300):
+/// the same request as `list_queues` with `local_only`, answered with its rows.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct QueueRows {
+    pub args: Vec<String>,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+crate::peer_call!(QueueRows, 300, "misc", Result<Vec<Vec<Cell>>, String>);
+
+/// One value of a listing on the peer wire (which has no self-describing JSON values).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(String),
+    /// An array or an object (arguments, members), as JSON text.
+    Json(String),
+}
+
+impl From<&Value> for Cell {
+    fn from(v: &Value) -> Cell {
+        match v {
+            Value::Null => Cell::Null,
+            Value::Bool(b) => Cell::Bool(*b),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Cell::Int(i),
+                (None, Some(u), _) => Cell::UInt(u),
+                (_, _, f) => Cell::Float(f.unwrap_or(0.0)),
+            },
+            Value::String(s) => Cell::Text(s.clone()),
+            other => Cell::Json(other.to_string()),
+        }
+    }
+}
+
+impl From<Cell> for Value {
+    fn from(c: Cell) -> Value {
+        match c {
+            Cell::Null => Value::Null,
+            Cell::Bool(b) => json!(b),
+            Cell::Int(i) => json!(i),
+            Cell::UInt(u) => json!(u),
+            Cell::Float(f) => json!(f),
+            Cell::Text(s) => json!(s),
+            Cell::Json(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl NodeHandler {
+    /// The answer to [`QueueRows`]: this node's queues only.
+    pub fn queue_rows(&self, ask: QueueRows) -> Result<Vec<Vec<Cell>>, String> {
+        let mut req = Request::new("list_queues").args(ask.args);
+        req.options = ask.options;
+        req.options.insert("local_only".into(), "true".into());
+        let resp = self.list_queues(&req);
+        if !resp.ok {
+            return Err(resp.error.unwrap_or_default());
+        }
+        Ok(resp
+            .rows
+            .unwrap_or_default()
+            .iter()
+            .map(|row| row.iter().map(Cell::from).collect())
+            .collect())
+    }
+}
+
 fn amqp_to_json(v: &AMQPValue) -> Value {
     match v {
         AMQPValue::Boolean(b) => json!(b),
@@ -118,14 +189,20 @@ impl NodeHandler {
             if &n.name == me || !cluster.is_up(&n) {
                 continue;
             }
-            let mut ask = req.clone();
-            ask.options.insert("local_only".into(), "true".into());
-            if let Ok(r) = cluster
+            let ask = QueueRows {
+                args: req.args.clone(),
+                options: req.options.clone(),
+            };
+            if let Ok(Ok(theirs)) = cluster
                 .peers
-                .request(&n, ask, std::time::Duration::from_secs(5))
+                .call(&n, &ask, std::time::Duration::from_secs(5))
                 .await
             {
-                rows.extend(r.rows.unwrap_or_default());
+                rows.extend(
+                    theirs
+                        .into_iter()
+                        .map(|row| row.into_iter().map(Value::from).collect::<Vec<_>>()),
+                );
                 answered.push(n.name.clone());
             }
         }

@@ -2,7 +2,7 @@
 //! (cookie-authenticated, see `protocol`), and the handler that answers its commands.
 
 pub mod handler;
-mod listings;
+pub mod listings;
 pub mod protocol;
 
 use std::net::{IpAddr, SocketAddr};

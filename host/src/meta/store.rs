@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{MetaCommand, MetaEvent, MetaOutcome};
 use super::state::{MetaError, MetaState};
-use crate::cluster::network::Peers;
+use crate::cluster::calls;
 use crate::cluster::store::{SharedMeta, open_db};
 use crate::cluster::{Cluster, ClusterNode, JoinRequest, NodeKind};
+use crate::peer::Peers;
 
 /// The node's runtime (routers, queues) follows applied changes through this.
 pub trait MetaListener: Send + Sync {
@@ -170,9 +171,9 @@ impl MetaStore {
         let mut target = None;
         'ask: while tokio::time::Instant::now() < deadline {
             for p in &peers {
-                let asked: Result<u64, _> = cluster
+                let asked = cluster
                     .peers
-                    .call(p, "meta_applied", &(), Duration::from_millis(500))
+                    .call(p, &calls::MetaApplied, Duration::from_millis(500))
                     .await;
                 if let Ok(index) = asked {
                     target = Some(index);
@@ -243,7 +244,7 @@ impl MetaStore {
         // Ask first, so an unreachable peer leaves this node as it was.
         let status: crate::cluster::Status = self
             .peers
-            .call(&peer, "cluster_info", &(), Duration::from_secs(5))
+            .call(&peer, &calls::ClusterInfo, Duration::from_secs(5))
             .await
             .map_err(|e| MetaError::Unavailable(format!("cannot reach {}: {e}", peer.name)))?;
         if status
@@ -263,10 +264,14 @@ impl MetaStore {
             addr: self.me.addr.clone(),
             kind,
         };
-        let joined: Result<bool, _> = self
+        let joined = match self
             .peers
-            .call(&peer, "cluster_join", &req, Duration::from_secs(40))
-            .await;
+            .call(&peer, &calls::ClusterJoin(req), Duration::from_secs(40))
+            .await
+        {
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = joined {
             // Leave the node usable on its own rather than half-joined.
             self.wipe(NodeKind::Disc, true).await?;
@@ -312,11 +317,18 @@ async fn rejoin(peers: Arc<Peers>, me: ClusterNode, m: Membership) {
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for peer in &m.peers {
-            let joined: Result<bool, _> = peers
-                .call(peer, "cluster_join", &req, Duration::from_secs(30))
+            let joined = peers
+                .call(
+                    peer,
+                    &calls::ClusterJoin(req.clone()),
+                    Duration::from_secs(30),
+                )
                 .await;
             match joined {
-                Ok(_) => return,
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer.name, error = %e, "ram node rejoin refused")
+                }
                 Err(e) => tracing::debug!(peer = %peer.name, error = %e, "ram node rejoin failed"),
             }
         }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::machine::{Contents, QueueMachine};
 use super::network::GroupNetwork;
 use super::types::{QueueCommand, QueueRaft, QueueReply};
+use crate::base::carried::Carried;
 use crate::base::message::Message;
 use crate::broker::Broker;
 use crate::cluster::store::{LogStore, open_db};
@@ -336,12 +337,12 @@ async fn run_proposer(
         };
         let (cmd, senders) = match first {
             Proposal::Enqueue(msg, s) => {
-                let mut texts = vec![msg.to_wire_text()];
+                let mut texts = vec![Carried(msg)];
                 let mut senders = vec![s];
                 while texts.len() < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(Proposal::Enqueue(m, s)) => {
-                            texts.push(m.to_wire_text());
+                            texts.push(Carried(m));
                             senders.push(s);
                         }
                         Ok(other) => {

@@ -148,15 +148,11 @@ fn restore(c: &mut Contents, data: QueueSnapshot) {
 pub fn apply_command(c: &mut Contents, cmd: QueueCommand) -> QueueReply {
     let mut reply = QueueReply::default();
     match cmd {
-        QueueCommand::Enqueue(texts) => {
-            for text in texts {
+        QueueCommand::Enqueue(carried) => {
+            for m in carried {
                 let id = c.next_id;
                 c.next_id += 1;
-                let Some(msg) = Message::from_wire_text(&text) else {
-                    reply.accepted.push(false);
-                    continue;
-                };
-                let msg = Arc::new(msg);
+                let msg = m.into_message();
                 c.messages.insert(
                     id,
                     Held {

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{QuorumGroup, is_quorum};
 use crate::broker::Broker;
-use crate::cluster::network::PeerError;
 use crate::cluster::{NodeKind, node_id};
 use crate::meta::{MetaCommand, QueueRecord};
 
@@ -125,10 +124,9 @@ impl Broker {
                 {
                     Some((c, n)) => c
                         .peers
-                        .call::<_, MemberStatus>(
+                        .call(
                             &n,
-                            "qq_status",
-                            &record.uid,
+                            &super::calls::QqStatus(record.uid),
                             Duration::from_secs(5),
                         )
                         .await
@@ -285,17 +283,16 @@ impl Broker {
         })?;
         cluster
             .peers
-            .call::<_, bool>(
+            .call(
                 &node,
-                "qq_set_voters",
-                &(record.uid, members),
+                &super::calls::QqSetVoters {
+                    group: record.uid,
+                    members: members.to_vec(),
+                },
                 CATCH_UP + Duration::from_secs(10),
             )
             .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                PeerError::Remote(t) | PeerError::Unreachable(t) => MemberError::Unavailable(t),
-            })
+            .map_err(|e| MemberError::Unavailable(e.to_string()))
     }
 
     /// The leader's half of a membership change.

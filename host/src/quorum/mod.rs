@@ -6,6 +6,7 @@
 //! other nodes route publishes and consumers to the leader, and follow it
 //! when it moves.
 
+pub mod calls;
 pub mod group;
 pub mod machine;
 pub mod members;
@@ -77,7 +78,7 @@ impl QuorumQueues {
                         continue;
                     };
                     if c.peers
-                        .call::<_, bool>(&node, "qq_serving", &record.uid, Duration::from_secs(2))
+                        .call(&node, &calls::QqServing(record.uid), Duration::from_secs(2))
                         .await
                         .unwrap_or(false)
                     {
@@ -245,16 +246,14 @@ impl Broker {
                 continue;
             }
             let peers = cluster.peers.clone();
-            let payload = (
-                record.vhost.clone(),
-                record.name.clone(),
-                record.uid,
-                self.config.node.clone(),
-            );
+            let tell = calls::QqLeader {
+                vhost: record.vhost.clone(),
+                name: record.name.clone(),
+                group: record.uid,
+                leader: self.config.node.clone(),
+            };
             tokio::spawn(async move {
-                let _: Result<bool, _> = peers
-                    .call(&node, "qq_leader", &payload, Duration::from_secs(2))
-                    .await;
+                let _ = peers.call(&node, &tell, Duration::from_secs(2)).await;
             });
         }
     }

@@ -1,20 +1,19 @@
-//! A quorum queue group's Raft RPCs: the same cookie-authenticated peer links
-//! as the metadata cluster, one lane per group, the group named in each call.
+//! A quorum queue group's Raft RPCs: typed peer calls (`calls.rs`) on the same links as the
+//! metadata cluster's, one lane per group, the group named in each call.
 
 use std::sync::Arc;
 
+use super::calls::{QqAppend, QqSnapshot, QqVote};
+use super::types::QueueRaft;
+use crate::cluster::ClusterNode;
+use crate::cluster::network::raft_rpc;
+use crate::peer::{Call, Peers};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use super::types::QueueRaft;
-use crate::cluster::ClusterNode;
-use crate::cluster::network::Peers;
 
 type NodeId = u64;
 
@@ -44,27 +43,6 @@ impl RaftNetworkFactory<QueueRaft> for GroupNetwork {
     }
 }
 
-impl GroupLink {
-    async fn rpc<Q: Serialize, A: DeserializeOwned, E: DeserializeOwned + std::error::Error>(
-        &self,
-        command: &str,
-        req: &Q,
-        option: &RPCOption,
-    ) -> Result<A, RPCError<NodeId, ClusterNode, E>> {
-        let lane = format!("qq{}", self.group);
-        self.peers
-            .raft_rpc(
-                &lane,
-                &self.node,
-                self.target,
-                command,
-                &(self.group, req),
-                option,
-            )
-            .await
-    }
-}
-
 impl RaftNetwork<QueueRaft> for GroupLink {
     async fn append_entries(
         &mut self,
@@ -72,7 +50,11 @@ impl RaftNetwork<QueueRaft> for GroupLink {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>>
     {
-        self.rpc("qq_append", &rpc, &option).await
+        let req = QqAppend {
+            group: self.group,
+            rpc,
+        };
+        self.send(&req, &option).await
     }
 
     async fn install_snapshot(
@@ -83,7 +65,11 @@ impl RaftNetwork<QueueRaft> for GroupLink {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc("qq_snapshot", &rpc, &option).await
+        let req = QqSnapshot {
+            group: self.group,
+            rpc,
+        };
+        self.send(&req, &option).await
     }
 
     async fn vote(
@@ -91,6 +77,27 @@ impl RaftNetwork<QueueRaft> for GroupLink {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        self.rpc("qq_vote", &rpc, &option).await
+        let req = QqVote {
+            group: self.group,
+            rpc,
+        };
+        self.send(&req, &option).await
+    }
+}
+
+impl GroupLink {
+    /// Each group's traffic has a link of its own: one queue's snapshot never delays
+    /// another's heartbeats.
+    async fn send<C, A, E>(
+        &self,
+        req: &C,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<NodeId, ClusterNode, E>>
+    where
+        C: Call<Answer = Result<A, E>>,
+        E: std::error::Error,
+    {
+        let lane = format!("qq{}", self.group);
+        raft_rpc(&self.peers, &lane, &self.node, self.target, req, option).await
     }
 }

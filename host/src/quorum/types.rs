@@ -4,14 +4,14 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::carried::Carried;
 use crate::cluster::ClusterNode;
 
 /// A change to a quorum queue's contents, agreed on by its members.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueueCommand {
-    /// Messages (in `Message::to_wire_text` form) appended in order; each
-    /// gets the next id of the queue.
-    Enqueue(Vec<String>),
+    /// Messages appended in order; each gets the next id of the queue.
+    Enqueue(Vec<Carried>),
     /// Acknowledged, dropped or dead-lettered: gone from the queue.
     Settle(Vec<u64>),
     /// Given back to the queue (nack or reject with requeue, a consumer's

@@ -382,29 +382,26 @@ impl Connection {
             .meta
             .cluster()
             .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
-        let opened: Result<bool, crate::cluster::network::PeerError> = cluster
+        let opened = cluster
             .peers
             .call(
                 &owner,
-                "proxy_open",
-                &open,
+                &crate::broker::calls::ProxyOpen(open.clone()),
                 std::time::Duration::from_secs(10),
             )
             .await;
         if let Err(e) = opened {
             session.close();
-            let text = e.to_string();
-            return Err(
-                if text.contains("ACCESS_REFUSED") || text.contains("exclusive") {
-                    AmqpError::access_refused(
-                        text.trim_start_matches("ACCESS_REFUSED - ").to_string(),
-                    )
-                } else if text.contains("NOT_FOUND") {
-                    AmqpError::not_found(text.trim_start_matches("NOT_FOUND - ").to_string())
-                } else {
-                    AmqpError::internal(format!("consuming through node {}: {text}", owner.name))
-                },
-            );
+            use crate::peer::code;
+            return Err(match e {
+                crate::peer::PeerError::Remote(f) if f.code == code::ACCESS_REFUSED => {
+                    AmqpError::access_refused(f.text)
+                }
+                crate::peer::PeerError::Remote(f) if f.code == code::NOT_FOUND => {
+                    AmqpError::not_found(f.text)
+                }
+                e => AmqpError::internal(format!("consuming through node {}: {e}", owner.name)),
+            });
         }
         if !c.nowait {
             self.send(
@@ -454,12 +451,11 @@ impl Connection {
                     queue: name.clone(),
                     consume: None,
                 };
-                let opened: Result<bool, crate::cluster::network::PeerError> = cluster
+                let opened = cluster
                     .peers
                     .call(
                         &owner,
-                        "proxy_open",
-                        &open,
+                        &crate::broker::calls::ProxyOpen(open.clone()),
                         std::time::Duration::from_secs(10),
                     )
                     .await;
@@ -478,11 +474,7 @@ impl Connection {
         let got = session.get(no_ack).await;
         match got {
             Ok(Some(d)) => {
-                let Some(msg) = crate::base::message::Message::from_wire_text(&d.message) else {
-                    return Err(AmqpError::internal(
-                        "undecodable message from the owner node",
-                    ));
-                };
+                let msg = d.message.into_message();
                 let settle = session.settler();
                 handle.deliver_remote(crate::amqp::delivery::RemoteDelivery {
                     owner: settle,
@@ -490,7 +482,7 @@ impl Connection {
                     consumer_tag: None,
                     redelivered: d.redelivered,
                     message_count: d.message_count,
-                    msg: Arc::new(msg),
+                    msg,
                     no_ack,
                 });
             }

@@ -157,8 +157,7 @@ impl Connection {
             .peers
             .call(
                 &owner,
-                "queue_delete",
-                req,
+                &crate::broker::calls::QueueDelete(req.clone()),
                 std::time::Duration::from_secs(10),
             )
             .await
@@ -255,14 +254,13 @@ impl Connection {
                     return Err(self.remote_queue_error(&vhost, &name));
                 };
                 // The owner knows the counts; a declare-ok without them would mislead.
-                let counts: Result<(u32, u32), _> = cluster
+                let ask = crate::broker::calls::QueueCounts {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                };
+                let counts = cluster
                     .peers
-                    .call(
-                        &owner,
-                        "queue_counts",
-                        &(vhost.clone(), name.clone()),
-                        std::time::Duration::from_secs(5),
-                    )
+                    .call(&owner, &ask, std::time::Duration::from_secs(5))
                     .await;
                 let counts = match (counts, held_here) {
                     (Ok(c), _) => c,
@@ -429,14 +427,13 @@ impl Connection {
                             .meta
                             .cluster()
                             .ok_or_else(|| AmqpError::internal("metadata store restarting"))?;
+                        let purge = crate::broker::calls::QueuePurge {
+                            vhost: vhost.clone(),
+                            name: name.clone(),
+                        };
                         cluster
                             .peers
-                            .call::<_, u32>(
-                                &owner,
-                                "queue_purge",
-                                &(vhost.clone(), name.clone()),
-                                std::time::Duration::from_secs(10),
-                            )
+                            .call(&owner, &purge, std::time::Duration::from_secs(10))
                             .await
                             .map_err(|e| {
                                 AmqpError::internal(format!(

@@ -1,6 +1,8 @@
 //! A node: opens its stores, recovers metadata and messages, and runs the AMQP listeners,
 //! the control listener and the resource monitor until it is told to stop.
 
+mod peer_calls;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -265,7 +267,8 @@ impl Node {
         );
         let ctl = crate::ctl::bind(interface, self.config.dist_port, &self)
             .await
-            .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?;
+            .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?
+            .with_peers(Arc::new(peer_calls::router(&self)));
         tokio::spawn(crate::ctl::serve(ctl, self.clone()));
         let caught_up = self.broker.meta.catch_up().await;
         // Messages recovered for a queue the replica does not know are dropped only
