@@ -68,19 +68,36 @@ pub fn stored_message(data: &[u8]) {
     }
 }
 
-/// A line on the dist port after the cookie check, and the payloads peers send in it.
+/// What crosses the dist port after the cookie check: a CLI request line, and peer frames
+/// with every kind of request body a node decodes.
 pub fn peer_request(data: &[u8]) {
-    use serde_json::from_slice;
-    let _ = from_slice::<warren::ctl::protocol::Request>(data);
-    let _ = from_slice::<warren::broker::forward::PublishBatch>(data);
-    let _ = from_slice::<warren::broker::proxy::DeliverBatch>(data);
-    let _ = from_slice::<warren::broker::proxy::OpenRequest>(data);
-    let _ = from_slice::<warren::broker::proxy::SettleRequest>(data);
-    let _ = from_slice::<warren::cluster::JoinRequest>(data);
-    let _ = from_slice::<warren::meta::command::MetaCommand>(data);
-    type Meta = warren::cluster::TypeConfig;
-    let _ = from_slice::<openraft::raft::AppendEntriesRequest<Meta>>(data);
-    let _ = from_slice::<openraft::raft::VoteRequest<u64>>(data);
+    use warren::peer::decode_call;
+    let _ = serde_json::from_slice::<warren::ctl::protocol::Request>(data);
+    let bodies = |body: &[u8]| {
+        use warren::broker::calls::*;
+        use warren::cluster::calls::*;
+        use warren::quorum::calls::*;
+        let _ = decode_call::<MetaAppend>(body);
+        let _ = decode_call::<MetaVote>(body);
+        let _ = decode_call::<MetaSnapshot>(body);
+        let _ = decode_call::<MetaSubmit>(body);
+        let _ = decode_call::<ClusterJoin>(body);
+        let _ = decode_call::<QqAppend>(body);
+        let _ = decode_call::<QqSnapshot>(body);
+        let _ = decode_call::<Publish>(body);
+        let _ = decode_call::<ProxyOpen>(body);
+        let _ = decode_call::<ProxyDeliver>(body);
+        let _ = decode_call::<ProxySettle>(body);
+        let _ = decode_call::<QueueDelete>(body);
+        let _ = decode_call::<warren::ctl::listings::QueueRows>(body);
+    };
+    // The input as one body, and as a stream of frames.
+    bodies(data);
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = warren::peer::frame::parse(rest) {
+        bodies(&frame.body);
+        rest = &rest[used..];
+    }
 }
 
 /// A whole connection: a valid handshake, then the bytes, to a node running in this process

@@ -12,11 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, ContentHeader};
 use super::connection::Connection;
 use super::delivery::ChannelHandle;
-use super::direct_reply::{DirectReplies, PSEUDO_QUEUE};
 use super::outbound::Outbound;
 use crate::amqp::short_string::short;
 use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::base::message::Message;
+use crate::broker::direct_reply::{DirectReplies, PSEUDO_QUEUE};
 use crate::broker::routing::sender_selected_keys;
 use crate::queue::{PublishOutcome, Queue};
 use crate::store::message_store::MessageStore;
@@ -74,7 +74,7 @@ pub struct Channel {
     /// consumer tag → (queue, consumer id in the queue)
     pub consumers: HashMap<String, (Arc<Queue>, u64)>,
     /// Sessions on other nodes' queues: consumers by tag, basic.get by "get:<queue>".
-    pub remote: HashMap<String, Arc<super::remote_queue::RemoteSession>>,
+    pub remote: HashMap<String, Arc<crate::broker::remote_session::RemoteSession>>,
     /// basic.qos global=false: the limit each new consumer gets.
     pub prefetch: u16,
     pub confirm: Option<Confirms>,

@@ -12,26 +12,8 @@ use parking_lot::Mutex;
 use super::outbound::{Outbound, OutboundTx};
 use crate::amqp::short_string::short;
 use crate::base::message::Message;
+pub use crate::broker::channels::{ClientChannel, RemoteDelivery, RemoteSettle};
 use crate::queue::{DeliverySink, Entry, Queue};
-
-/// Settles deliveries that came from a queue on another node.
-pub trait RemoteSettle: Send + Sync {
-    /// `requeue`: None acks; Some(true) requeues; Some(false) drops (or dead-letters).
-    fn settle(&self, tags: Vec<u64>, requeue: Option<bool>);
-}
-
-/// A delivery from a queue on another node (see `deliver_remote`).
-pub struct RemoteDelivery {
-    pub owner: Arc<dyn RemoteSettle>,
-    /// Its delivery tag on the owner.
-    pub remote_tag: u64,
-    /// The client's consumer tag; None answers a basic.get.
-    pub consumer_tag: Option<Arc<str>>,
-    pub redelivered: bool,
-    pub message_count: u32,
-    pub msg: Arc<Message>,
-    pub no_ack: bool,
-}
 
 /// One unacknowledged delivery of this channel.
 pub struct Unacked {
@@ -340,5 +322,48 @@ impl DeliverySink for ChannelHandle {
 
     fn listed_as(&self) -> (u16, u64) {
         (self.id, self.connection)
+    }
+}
+
+/// The broker's view of this channel.
+impl ClientChannel for ChannelHandle {
+    fn is_closed(&self) -> bool {
+        ChannelHandle::is_closed(self)
+    }
+
+    fn deliver_untracked(&self, consumer_tag: &Arc<str>, msg: Arc<Message>) {
+        ChannelHandle::deliver_untracked(self, consumer_tag, msg)
+    }
+
+    fn deliver_remote(&self, d: RemoteDelivery) {
+        ChannelHandle::deliver_remote(self, d)
+    }
+
+    fn room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.out.room())
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.out.pending_bytes()
+    }
+
+    fn unacked_count(&self) -> usize {
+        ChannelHandle::unacked_count(self)
+    }
+
+    fn prefetch(&self) -> u16 {
+        self.prefetch.load(Ordering::Relaxed)
+    }
+
+    fn prefetch_global(&self) -> u32 {
+        ChannelHandle::prefetch_global(self)
+    }
+
+    fn confirm(&self) -> bool {
+        self.confirm.load(Ordering::Relaxed)
+    }
+
+    fn transactional(&self) -> bool {
+        self.transactional.load(Ordering::Relaxed)
     }
 }

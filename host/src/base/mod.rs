@@ -5,4 +5,5 @@
 pub mod carried;
 pub mod clock;
 pub mod error;
+pub mod ids;
 pub mod message;

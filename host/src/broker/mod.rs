@@ -3,13 +3,18 @@
 //! store; the AMQP layer calls in here for everything that is not wire protocol.
 
 pub mod calls;
+pub mod channels;
 pub mod dead_letter;
+pub mod direct_reply;
 pub mod forward;
 pub mod forward_ledger;
 pub mod permissions;
 pub mod proxy;
 pub mod queue_delete;
+pub mod quorum_members;
+pub mod quorum_queues;
 pub mod relay_sink;
+pub mod remote_session;
 pub mod routing;
 pub mod stats;
 
@@ -21,6 +26,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use crate::cluster::MetaStore;
 use crate::meta::*;
 use crate::plugins::PluginHost;
 use crate::plugins::exchange::WasmExchangeType;
@@ -63,7 +69,7 @@ pub struct ConnectionInfo {
     pub auth_mechanism: &'static str,
     /// Whether the connection is held by a resource alarm (it has published).
     pub blocked: std::sync::atomic::AtomicBool,
-    pub channel_handles: Mutex<BTreeMap<u16, Arc<crate::amqp::delivery::ChannelHandle>>>,
+    pub channel_handles: Mutex<BTreeMap<u16, Arc<dyn channels::ClientChannel>>>,
     /// Closing the connection from the broker (vhost deleted, node stopping).
     pub kill: tokio::sync::Notify,
 }
@@ -92,9 +98,9 @@ pub struct Broker {
     /// Sessions other nodes opened on this node's queues.
     pub proxies: proxy::ProxySessions,
     /// Sessions this node's channels opened on other nodes' queues.
-    pub remote_sessions: crate::amqp::remote_queue::RemoteSessions,
+    pub remote_sessions: remote_session::RemoteSessions,
     /// Direct reply-to consumers of this node's channels.
-    pub direct_replies: crate::amqp::direct_reply::DirectReplies,
+    pub direct_replies: direct_reply::DirectReplies,
     /// This node's members of quorum queue groups.
     pub quorum: crate::quorum::QuorumQueues,
     pub(crate) me: Weak<Broker>,

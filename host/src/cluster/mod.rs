@@ -9,6 +9,7 @@
 //! - this module: one node's membership — submit, join, leave, status.
 
 pub mod calls;
+pub mod meta_store;
 pub mod network;
 pub mod store;
 pub mod types;
@@ -25,6 +26,7 @@ use self::network::Network;
 use self::store::{LogStore, MetaMachine, SharedMeta};
 use crate::meta::{MetaCommand, MetaError, MetaOutcome};
 use crate::peer::{PeerError, Peers};
+pub use meta_store::MetaStore;
 pub use types::{ClusterNode, MetaReply, TypeConfig, node_id};
 
 /// How long a metadata change may wait for a quorum before it fails.

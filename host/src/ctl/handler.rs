@@ -7,13 +7,15 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
+use super::lifecycle::Lifecycle;
 use super::listings::{Row, table};
 use super::protocol::{CtlHandler, Request, Response, exit_code};
+use crate::broker::Broker;
 use crate::meta::*;
-use crate::node::Node;
 
 pub struct NodeHandler {
-    pub node: Arc<Node>,
+    pub node: Arc<dyn Lifecycle>,
+    pub broker: Arc<Broker>,
 }
 
 /// Where to reach another node by name: its node.json when it runs on this
@@ -61,9 +63,24 @@ impl NodeHandler {
             .unwrap_or_else(|| "/".to_string())
     }
 
+    /// Returns the node to a fresh state (warrenctl reset): it leaves its
+    /// cluster (telling the others, unless `force`), forgets every vhost with
+    /// its exchanges, queues and messages, and every user, and starts over as
+    /// a single disc node with the default vhost and user.
+    async fn reset(&self, force: bool) -> Result<(), MetaError> {
+        let meta = &self.broker.meta;
+        if !force && let Some(cluster) = meta.cluster() {
+            let (disc, ram) = cluster.members();
+            if disc.len() + ram.len() > 1 {
+                cluster.remove_member(&self.node.config().node_name).await?;
+            }
+        }
+        meta.wipe(crate::cluster::NodeKind::Disc, true).await?;
+        self.broker.seed_defaults().await
+    }
+
     async fn submit(&self, cmd: MetaCommand) -> Result<(), Response> {
-        self.node
-            .broker
+        self.broker
             .meta
             .submit(cmd)
             .await
@@ -73,7 +90,7 @@ impl NodeHandler {
 
     fn status(&self) -> Response {
         let node = &self.node;
-        let broker = &node.broker;
+        let broker = &self.broker;
         let alarms = broker.alarms.borrow().clone();
         let store = broker.store.as_ref().map(|s| s.stats());
         let (mut queues, mut messages) = (0usize, 0usize);
@@ -86,7 +103,7 @@ impl NodeHandler {
                 }
             }
         }
-        let settings = &node.config.settings;
+        let settings = &node.config().settings;
         let shown = |ip: Option<std::net::IpAddr>| match ip {
             Some(ip) if ip.is_ipv6() => format!("[{ip}]"),
             Some(ip) => ip.to_string(),
@@ -95,16 +112,16 @@ impl NodeHandler {
         let amqp_if = shown(settings.listeners_tcp_default.as_ref().and_then(|l| l.ip));
         let dist_if = shown(settings.distribution_listener_interface);
         let data = json!({
-            "node": node.config.node_name,
+            "node": node.config().node_name,
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": node.started_at.elapsed().as_secs(),
-            "running": *node.app_running.borrow(),
+            "uptime_seconds": node.started_at().elapsed().as_secs(),
+            "running": node.app_running(),
             "listeners": [
-                {"protocol": "amqp", "interface": amqp_if, "port": node.config.amqp_port},
-                {"protocol": "clustering", "interface": dist_if, "port": node.config.dist_port},
+                {"protocol": "amqp", "interface": amqp_if, "port": node.config().amqp_port},
+                {"protocol": "clustering", "interface": dist_if, "port": node.config().dist_port},
             ],
-            "data_directory": node.config.data_dir.display().to_string(),
+            "data_directory": node.config().data_dir.display().to_string(),
             "memory_bytes": crate::resources::process_memory(),
             // What the memory alarm compares with its limit (see resources.rs).
             "memory_accounted_bytes": crate::resources::memory_used(),
@@ -119,10 +136,10 @@ impl NodeHandler {
             "Runtime\n\nOS PID: {pid}\nWarren version: {ver}\nUptime (seconds): {up}\n\nData directory\n\n{dir}\n\nListeners\n\nInterface: {amqp_if}, port: {port}, protocol: amqp, purpose: AMQP 0-9-1\nInterface: {dist_if}, port: {dist}, protocol: clustering, purpose: inter-node and CLI tool communication\n\nMemory\n\nTotal memory used: {mem} bytes\nCalculation strategy: {strategy}\nAccounted memory: {accounted} bytes\nMemory high watermark: {limit} bytes\n\nAlarms\n\n{alarms}\n\nTotals\n\nConnection count: {conns}\nQueue count: {queues}\nMessages: {messages}",
             pid = std::process::id(),
             ver = env!("CARGO_PKG_VERSION"),
-            up = node.started_at.elapsed().as_secs(),
-            dir = node.config.data_dir.display(),
-            port = node.config.amqp_port,
-            dist = node.config.dist_port,
+            up = node.started_at().elapsed().as_secs(),
+            dir = node.config().data_dir.display(),
+            port = node.config().amqp_port,
+            dist = node.config().dist_port,
             mem = crate::resources::process_memory(),
             strategy = if crate::memory::allocated().is_some() {
                 "allocated"
@@ -144,10 +161,10 @@ impl NodeHandler {
     }
 
     fn cluster_status(&self) -> Response {
-        let node = &self.node.config.node_name;
-        let running = *self.node.app_running.borrow();
-        let alarms = self.node.broker.alarms.borrow().clone();
-        let status = match self.node.broker.meta.cluster() {
+        let node = &self.node.config().node_name;
+        let running = self.node.app_running();
+        let alarms = self.broker.alarms.borrow().clone();
+        let status = match self.broker.meta.cluster() {
             Some(c) => c.status(),
             None => crate::cluster::Status {
                 disc: vec![node.clone()],
@@ -160,7 +177,7 @@ impl NodeHandler {
         if !running {
             running_nodes.retain(|n| n != node);
         }
-        let cluster_name = self.node.broker.cluster_name();
+        let cluster_name = self.broker.cluster_name();
         let data = json!({
             "cluster_name": cluster_name,
             "disk_nodes": status.disc,
@@ -189,12 +206,12 @@ impl NodeHandler {
 
     /// Cluster membership changes need the app stopped, as in RabbitMQ.
     fn app_must_be_stopped(&self) -> Result<(), Response> {
-        if *self.node.app_running.borrow() {
+        if self.node.app_running() {
             return Err(Response::error(
                 exit_code::SOFTWARE,
                 format!(
                     "Mnesia is still running on node {}. Please stop the node with warrenctl stop_app first.",
-                    self.node.config.node_name
+                    self.node.config().node_name
                 ),
             ));
         }
@@ -202,7 +219,7 @@ impl NodeHandler {
     }
 
     fn cluster(&self) -> Result<Arc<crate::cluster::Cluster>, Response> {
-        self.node.broker.meta.cluster().ok_or_else(|| {
+        self.broker.meta.cluster().ok_or_else(|| {
             Response::error(
                 exit_code::TEMP_FAIL,
                 "the node's metadata store is restarting",
@@ -222,10 +239,10 @@ impl NodeHandler {
     /// The name a cluster member gives itself for `name` (which may use another local host
     /// name for it); `name` unchanged when no member matches.
     fn member_name(&self, name: String) -> String {
-        if crate::config::same_node(&name, &self.node.config.node_name) {
-            return self.node.config.node_name.clone();
+        if crate::config::same_node(&name, &self.node.config().node_name) {
+            return self.node.config().node_name.clone();
         }
-        let Some(cluster) = self.node.broker.meta.cluster() else {
+        let Some(cluster) = self.broker.meta.cluster() else {
             return name;
         };
         let (disc, ram) = cluster.members();
@@ -244,18 +261,18 @@ impl NodeHandler {
     }
 
     async fn dispatch(&self, req: Request) -> Result<Response, Response> {
-        let broker = &self.node.broker;
+        let broker = &self.broker;
         Ok(match req.command.as_str() {
             "status" => self.status(),
             "plugins_list" => {
-                let plugins = &self.node.broker.plugins;
+                let plugins = &self.broker.plugins;
                 Response::data(json!({
-                    "node": self.node.config.node_name,
+                    "node": self.node.config().node_name,
                     "plugins": plugins.list(),
                 }))
             }
             "plugins_enable" | "plugins_disable" => {
-                let plugins = &self.node.broker.plugins;
+                let plugins = &self.broker.plugins;
                 let names = req.args.clone();
                 if names.is_empty() {
                     return Err(usage("at least one plugin name is required"));
@@ -267,7 +284,7 @@ impl NodeHandler {
                 };
                 match changed {
                     Ok(changed) => Response::data(json!({
-                        "node": self.node.config.node_name,
+                        "node": self.node.config().node_name,
                         "changed": changed,
                         "plugins": plugins.list(),
                     })),
@@ -277,14 +294,14 @@ impl NodeHandler {
             // Started means serving AMQP: metadata caught up, listeners bound, app running.
             // "Not yet" is a temporary failure the CLI retries until its --timeout.
             "await_startup" => {
-                let serving = *self.node.serving.borrow();
-                let running = *self.node.app_running.borrow();
+                let serving = self.node.serving();
+                let running = self.node.app_running();
                 if !serving || !running {
                     return Err(Response::error(
                         exit_code::TEMP_FAIL,
                         format!(
                             "node {} is not serving clients yet{}",
-                            self.node.config.node_name,
+                            self.node.config().node_name,
                             if serving {
                                 " (its application is stopped)"
                             } else {
@@ -303,20 +320,19 @@ impl NodeHandler {
                 let node = self.node.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    let _ = node.shutdown.send(true);
+                    node.stop();
                 });
                 Response::data(json!({"pid": std::process::id()}))
             }
             "stop_app" => {
-                let _ = self.node.app_running.send(false);
-                self.node.close_connections();
+                self.node.set_app_running(false);
                 if let Some(c) = broker.meta.cluster() {
                     c.announce_app_state(false).await;
                 }
                 Response::ok()
             }
             "start_app" => {
-                let _ = self.node.app_running.send(true);
+                self.node.set_app_running(true);
                 if let Some(c) = broker.meta.cluster() {
                     c.announce_app_state(true).await;
                 }
@@ -324,8 +340,8 @@ impl NodeHandler {
             }
             "cluster_status" => self.cluster_status(),
             "reset" | "force_reset" => {
-                let node_name = &self.node.config.node_name;
-                if *self.node.app_running.borrow() {
+                let node_name = &self.node.config().node_name;
+                if self.node.app_running() {
                     return Err(Response::error(
                         exit_code::SOFTWARE,
                         format!(
@@ -333,14 +349,13 @@ impl NodeHandler {
                         ),
                     ));
                 }
-                self.node
-                    .reset(req.command == "force_reset")
+                self.reset(req.command == "force_reset")
                     .await
                     .map_err(meta_failure)?;
                 Response::ok()
             }
             "join_cluster" => {
-                let node_name = &self.node.config.node_name;
+                let node_name = &self.node.config().node_name;
                 self.app_must_be_stopped()?;
                 let target = self.node_arg(&req, 0)?;
                 if &target == node_name {
@@ -364,7 +379,7 @@ impl NodeHandler {
             }
             "forget_cluster_node" => {
                 let target = self.node_arg(&req, 0)?;
-                let node_name = &self.node.config.node_name;
+                let node_name = &self.node.config().node_name;
                 if &target == node_name {
                     return Err(Response::error(
                         exit_code::DATA_ERR,
@@ -406,7 +421,7 @@ impl NodeHandler {
                         )));
                     }
                 };
-                let node_name = &self.node.config.node_name;
+                let node_name = &self.node.config().node_name;
                 self.app_must_be_stopped()?;
                 let cluster = self.cluster()?;
                 let (disc, ram) = cluster.members();

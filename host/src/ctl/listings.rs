@@ -178,10 +178,10 @@ impl NodeHandler {
         if !resp.ok {
             return resp;
         }
-        let Some(cluster) = self.node.broker.meta.cluster() else {
+        let Some(cluster) = self.broker.meta.cluster() else {
             return resp;
         };
-        let me = &self.node.config.node_name;
+        let me = &self.node.config().node_name;
         let (disc, ram) = cluster.members();
         let mut answered = vec![me.clone()];
         let mut rows = resp.rows.take().unwrap_or_default();
@@ -216,7 +216,6 @@ impl NodeHandler {
             .filter_map(|r| name_at.and_then(|i| r.get(i)?.as_str().map(String::from)))
             .collect();
         let down: Vec<QueueRecord> = self
-            .node
             .broker
             .meta
             .read()
@@ -232,7 +231,7 @@ impl NodeHandler {
             })
             .cloned()
             .collect();
-        let broker = self.node.broker.clone();
+        let broker = self.broker.clone();
         for r in down {
             rows.push(
                 columns
@@ -290,7 +289,7 @@ impl NodeHandler {
 
     pub(super) fn list_queues(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
-        let broker = &self.node.broker;
+        let broker = &self.broker;
         let Some(v) = broker.vhost(&vhost) else {
             return Response::error(
                 exit_code::DATA_ERR,
@@ -351,7 +350,7 @@ impl NodeHandler {
 
     pub(super) fn list_exchanges(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
-        let state = self.node.broker.meta.read();
+        let state = self.broker.meta.read();
         let rows: Vec<ExchangeRecord> = state
             .exchanges
             .values()
@@ -388,7 +387,7 @@ impl NodeHandler {
 
     pub(super) fn list_bindings(&self, req: &Request) -> Response {
         let vhost = Self::vhost_opt(req);
-        let state = self.node.broker.meta.read();
+        let state = self.broker.meta.read();
         // The default exchange's implicit binding to every queue is listed first, as RabbitMQ does.
         let mut rows: Vec<BindingRecord> = state
             .queues
@@ -446,9 +445,9 @@ impl NodeHandler {
     }
 
     pub(super) fn list_connections(&self, req: &Request) -> Response {
-        let conns = self.node.broker.connection_list();
-        let node = self.node.config.node_name.clone();
-        let alarm = self.node.broker.alarms.borrow().any();
+        let conns = self.broker.connection_list();
+        let node = self.node.config().node_name.clone();
+        let alarm = self.broker.alarms.borrow().any();
         let rows = conns.into_iter().map(|c| {
             let node = node.clone();
             Box::new(move |f: &str| match f {
@@ -479,7 +478,7 @@ impl NodeHandler {
                         .lock()
                         .values()
                         .next()
-                        .map_or(0, |h| h.out.pending_bytes())
+                        .map_or(0, |h| h.pending_bytes())
                 ),
                 "auth_mechanism" => json!(c.auth_mechanism),
                 _ => Value::Null,
@@ -510,7 +509,7 @@ impl NodeHandler {
 
     /// Consumers of every queue in a vhost (or all vhosts), with their queue's name.
     fn consumers(&self, vhost: Option<&str>) -> Vec<(String, String, crate::queue::ConsumerInfo)> {
-        let broker = &self.node.broker;
+        let broker = &self.broker;
         let mut out = Vec::new();
         for vname in broker.vhost_names() {
             if vhost.is_some_and(|v| v != vname) {
@@ -530,12 +529,14 @@ impl NodeHandler {
     fn channel_pid(&self, connection: u64, channel: u16) -> String {
         format!(
             "<{}.{}.{}>",
-            self.node.config.node_name, connection, channel
+            self.node.config().node_name,
+            connection,
+            channel
         )
     }
 
     pub(super) fn list_channels(&self, req: &Request) -> Response {
-        let conns = self.node.broker.connection_list();
+        let conns = self.broker.connection_list();
         let consumers = self.consumers(None);
         let mut rows = Vec::new();
         for c in conns {
@@ -549,10 +550,10 @@ impl NodeHandler {
                 let vhost = c.vhost.clone();
                 let conn_name = c.name.clone();
                 let unacked = h.unacked_count();
-                let prefetch = h.prefetch.load(Ordering::Relaxed);
+                let prefetch = h.prefetch();
                 let global = h.prefetch_global();
-                let confirm = h.confirm.load(Ordering::Relaxed);
-                let tx = h.transactional.load(Ordering::Relaxed);
+                let confirm = h.confirm();
+                let tx = h.transactional();
                 let number = *id;
                 let state = if h.is_closed() { "closing" } else { "running" };
                 rows.push(Box::new(move |f: &str| match f {

@@ -5,9 +5,12 @@ pub mod command;
 pub mod equivalence;
 pub mod model;
 pub mod state;
-pub mod store;
 
 pub use command::{MetaCommand, MetaEvent, MetaOutcome};
 pub use model::*;
 pub use state::{MetaError, MetaState};
-pub use store::{MetaListener, MetaStore};
+
+/// The node's runtime (routers, queues) follows applied changes through this.
+pub trait MetaListener: Send + Sync {
+    fn on_events(&self, state: &MetaState, events: &[MetaEvent]);
+}

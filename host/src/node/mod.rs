@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::base::message::Message;
 use crate::broker::{Broker, BrokerConfig};
+use crate::cluster::MetaStore;
 use crate::config::{NodeConfig, NodeRuntimeFile};
-use crate::meta::MetaStore;
 use crate::plugins::PluginHost;
 use crate::queue::Entry;
 use crate::resources::{self, Limits};
@@ -234,23 +234,36 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-impl Node {
-    /// Returns the node to a fresh state (warrenctl reset): it leaves its
-    /// cluster (telling the others, unless `force`), forgets every vhost with
-    /// its exchanges, queues and messages, and every user, and starts over as
-    /// a single disc node with the default vhost and user.
-    pub async fn reset(&self, force: bool) -> Result<(), crate::meta::MetaError> {
-        let meta = &self.broker.meta;
-        if !force && let Some(cluster) = meta.cluster() {
-            let (disc, ram) = cluster.members();
-            if disc.len() + ram.len() > 1 {
-                cluster.remove_member(&self.config.node_name).await?;
-            }
-        }
-        meta.wipe(crate::cluster::NodeKind::Disc, true).await?;
-        self.broker.seed_defaults().await
+impl crate::ctl::Lifecycle for Node {
+    fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
+    fn started_at(&self) -> std::time::Instant {
+        self.started_at
+    }
+
+    fn app_running(&self) -> bool {
+        *self.app_running.borrow()
+    }
+
+    fn set_app_running(&self, running: bool) {
+        let _ = self.app_running.send(running);
+        if !running {
+            self.close_connections();
+        }
+    }
+
+    fn serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Node {
     /// Closes every client connection (stop_app, shutdown).
     pub fn close_connections(&self) {
         for c in self.broker.connections.lock().values() {
@@ -265,11 +278,15 @@ impl Node {
             interface.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             self.config.dist_port,
         );
-        let ctl = crate::ctl::bind(interface, self.config.dist_port, &self)
+        let handler = crate::ctl::handler(self.clone(), self.broker.clone());
+        let ctl = crate::ctl::bind(interface, self.config.dist_port, &self.cookie, handler)
             .await
             .map_err(|e| NodeError::Listen(dist, std::io::Error::other(e.to_string())))?
             .with_peers(Arc::new(peer_calls::router(&self)));
-        tokio::spawn(crate::ctl::serve(ctl, self.clone()));
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(ctl.run(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        }));
         let caught_up = self.broker.meta.catch_up().await;
         // Messages recovered for a queue the replica does not know are dropped only
         // once the replica is known to be current: after a kill -9 it can lag the

@@ -200,7 +200,8 @@ pub fn router(node: &Arc<Node>) -> Router {
 
     // Listings across the cluster.
     on!(r, node, |n, req: QueueRows| {
-        let handler = crate::ctl::NodeHandler { node: alive(&n)? };
+        let node = alive(&n)?;
+        let handler = crate::ctl::handler(node.clone(), node.broker.clone());
         Ok(handler.queue_rows(req))
     });
     r

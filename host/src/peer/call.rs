@@ -84,6 +84,11 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes, Failure> {
         .map_err(|e| Failure::internal(format!("cannot encode: {e}")))
 }
 
+/// A call's request from a frame's body (what the router does before a handler runs).
+pub fn decode_call<C: Call>(body: &[u8]) -> Result<C, Failure> {
+    decode(body, C::NAME)
+}
+
 pub(super) fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
     postcard::from_bytes(body)
         .map_err(|e| Failure::new(code::FRAME_ERROR, format!("undecodable {what}: {e}")))

@@ -91,26 +91,51 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Frame>> 
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
+    let len = checked_len(len)?;
+    let mut head = [0u8; HEADER];
+    r.read_exact(&mut head).await?;
+    let mut body = BytesMut::zeroed(len - HEADER);
+    r.read_exact(&mut body).await?;
+    assemble(head, body.freeze()).map(Some)
+}
+
+/// Cuts one frame off the front of `buf`: the frame and the bytes it took, `Ok(None)` when
+/// `buf` holds no whole frame yet.
+pub fn parse(buf: &[u8]) -> io::Result<Option<(Frame, usize)>> {
+    let Some(len) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = checked_len([len[0], len[1], len[2], len[3]])?;
+    let Some(frame) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let mut head = [0u8; HEADER];
+    head.copy_from_slice(&frame[..HEADER]);
+    let f = assemble(head, Bytes::copy_from_slice(&frame[HEADER..]))?;
+    Ok(Some((f, 4 + len)))
+}
+
+fn checked_len(len: [u8; 4]) -> io::Result<usize> {
     let len = u32::from_be_bytes(len) as usize;
     if !(HEADER..=MAX_FRAME).contains(&len) {
         return Err(invalid(format!("a frame length of {len} bytes")));
     }
-    let mut head = [0u8; HEADER];
-    r.read_exact(&mut head).await?;
+    Ok(len)
+}
+
+fn assemble(head: [u8; HEADER], body: Bytes) -> io::Result<Frame> {
     let kind =
         Kind::from_byte(head[0]).ok_or_else(|| invalid(format!("frame kind {}", head[0])))?;
     let id = u64::from_be_bytes([
         head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8],
     ]);
     let call = u16::from_be_bytes([head[9], head[10]]);
-    let mut body = BytesMut::zeroed(len - HEADER);
-    r.read_exact(&mut body).await?;
-    Ok(Some(Frame {
+    Ok(Frame {
         kind,
         id,
         call,
-        body: body.freeze(),
-    }))
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -133,6 +158,9 @@ mod tests {
         assert_eq!((back.kind, back.id, back.call), (Kind::Answer, f.id, 513));
         assert_eq!(&back.body[..], b"body");
         assert!(read(&mut r).await.unwrap().is_none());
+        let (parsed, used) = parse(&buf).unwrap().unwrap();
+        assert_eq!((parsed.id, used), (f.id, buf.len()));
+        assert!(parse(&buf[..buf.len() - 1]).unwrap().is_none());
     }
 
     #[tokio::test]

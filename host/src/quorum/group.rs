@@ -11,15 +11,16 @@ use openraft::{Config, Raft, ServerState};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use super::host::GroupHost;
 use super::machine::{Contents, QueueMachine};
 use super::network::GroupNetwork;
 use super::types::{QueueCommand, QueueRaft, QueueReply};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
-use crate::broker::Broker;
 use crate::cluster::store::{LogStore, open_db};
 use crate::cluster::{ClusterNode, node_id};
 use crate::meta::QueueRecord;
+use crate::peer::Peers;
 use crate::queue::Entry;
 
 /// Most messages one log entry carries.
@@ -85,7 +86,7 @@ pub struct QuorumGroup {
     pub contents: Arc<Mutex<Contents>>,
     pub proposer: Proposer,
     pub path: PathBuf,
-    broker: Weak<Broker>,
+    host: Weak<dyn GroupHost>,
     pub(crate) me: String,
 }
 
@@ -99,16 +100,14 @@ impl QuorumGroup {
     /// Opens (or creates) this node's member of the queue's group. The node
     /// that declared the queue initializes a fresh group with every member.
     pub async fn open(
-        broker: &Arc<Broker>,
+        host: Weak<dyn GroupHost>,
+        peers: Arc<Peers>,
+        me: String,
+        data_dir: &std::path::Path,
         record: QueueRecord,
         members: Vec<ClusterNode>,
     ) -> Result<Arc<QuorumGroup>, String> {
-        let cluster = broker
-            .meta
-            .cluster()
-            .ok_or_else(|| "metadata store restarting".to_string())?;
-        let me = broker.config.node.clone();
-        let dir = broker.config.data_dir.join("quorum");
+        let dir = data_dir.join("quorum");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{:016x}.redb", record.uid));
         let fresh = !path.exists();
@@ -121,7 +120,7 @@ impl QuorumGroup {
             node_id(&me),
             Arc::new(config),
             GroupNetwork {
-                peers: cluster.peers.clone(),
+                peers,
                 group: record.uid,
             },
             LogStore::<QueueRaft>::new(db),
@@ -159,7 +158,7 @@ impl QuorumGroup {
             contents,
             proposer: Proposer { tx },
             path,
-            broker: Arc::downgrade(broker),
+            host,
             me,
         });
         let (wtx, wrx) = mpsc::unbounded_channel();
@@ -217,7 +216,7 @@ impl QuorumGroup {
                 return;
             }
         }
-        let Some(broker) = self.broker.upgrade() else {
+        let Some(host) = self.host.upgrade() else {
             return;
         };
         let queue = {
@@ -238,12 +237,12 @@ impl QuorumGroup {
                     stored: true,
                 })
                 .collect();
-            let q = broker.quorum_live_queue(&self.record, entries, self.proposer.clone());
+            let q = host.live_queue(&self.record, entries, self.proposer.clone());
             c.live = Some(q.clone());
             q
         };
         tracing::info!(queue = %self.record.name, vhost = %self.record.vhost, "quorum queue leader here");
-        broker.quorum_leader_changed(&self.record, &self.me, Some(queue));
+        host.leader_changed(&self.record, &self.me, Some(queue));
     }
 
     /// Stops serving the queue here: its consumers on this node are cancelled
@@ -252,8 +251,8 @@ impl QuorumGroup {
         let live = self.contents.lock().live.take();
         if let Some(q) = live {
             tracing::info!(queue = %self.record.name, vhost = %self.record.vhost, "quorum queue leader moved away");
-            if let Some(b) = self.broker.upgrade() {
-                b.quorum_live_gone(&self.record, &q);
+            if let Some(h) = self.host.upgrade() {
+                h.live_gone(&self.record, &q);
             }
             q.retire();
         }
@@ -288,13 +287,13 @@ async fn follow_leader(group: Weak<QuorumGroup>) {
                 let m = g.raft.metrics().borrow().clone();
                 tracing::info!(queue = %g.record.name, leader = ?leader, term = m.current_term, state = ?m.state, "quorum queue leader changed");
             }
-            if let (Some(b), Some(l)) = (g.broker.upgrade(), &leader) {
+            if let (Some(h), Some(l)) = (g.host.upgrade(), &leader) {
                 if leading {
-                    b.announce_quorum_leader(&g.record);
+                    h.announce_leader(&g.record);
                 } else {
                     // Every time, not only on a change: routing heals within
                     // one tick whatever else last wrote it.
-                    b.quorum_leader_changed(&g.record, l, None);
+                    h.leader_changed(&g.record, l, None);
                 }
             }
             last_leader = leader;

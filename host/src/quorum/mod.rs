@@ -8,6 +8,7 @@
 
 pub mod calls;
 pub mod group;
+pub mod host;
 pub mod machine;
 pub mod members;
 pub mod network;
@@ -15,16 +16,13 @@ pub mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 pub use group::{Proposer, QuorumGroup};
+pub use host::GroupHost;
 
-use crate::broker::Broker;
-use crate::cluster::ClusterNode;
 use crate::meta::QueueRecord;
-use crate::queue::{Entry, Queue, QueueConfig, QueueType};
 
 /// RabbitMQ's default group size for a new quorum queue.
 pub const DEFAULT_GROUP_SIZE: usize = 3;
@@ -45,267 +43,22 @@ impl QuorumQueues {
         self.groups.lock().get(&uid).cloned()
     }
 
-    pub fn all(&self) -> Vec<Arc<QuorumGroup>> {
-        self.groups.lock().values().cloned().collect()
+    /// Keeps this node's member of a group; answers the one it replaces, if any.
+    pub fn insert(&self, uid: u64, group: Arc<QuorumGroup>) -> Option<Arc<QuorumGroup>> {
+        self.groups.lock().insert(uid, group)
     }
 
-    /// Waits until some member serves the queue (its live queue is up): this
-    /// node, or another member that says so when asked.
-    pub async fn wait_serving(
-        &self,
-        broker: &Broker,
-        record: &QueueRecord,
-        within: Duration,
-    ) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.serving(record.uid) {
-                return true;
-            }
-            // Ask the member this node believes leads first, then the others.
-            let mut ask: Vec<String> = Vec::new();
-            if let Some(l) = self.get(record.uid).and_then(|g| g.leader()) {
-                ask.push(l);
-            }
-            for m in &record.members {
-                if !ask.contains(m) {
-                    ask.push(m.clone());
-                }
-            }
-            if let Some(c) = broker.meta.cluster() {
-                for name in ask.iter().filter(|n| **n != broker.config.node) {
-                    let Some(node) = c.running_node(name) else {
-                        continue;
-                    };
-                    if c.peers
-                        .call(&node, &calls::QqServing(record.uid), Duration::from_secs(2))
-                        .await
-                        .unwrap_or(false)
-                    {
-                        return true;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+    pub fn remove(&self, uid: u64) -> Option<Arc<QuorumGroup>> {
+        self.groups.lock().remove(&uid)
+    }
+
+    pub fn all(&self) -> Vec<Arc<QuorumGroup>> {
+        self.groups.lock().values().cloned().collect()
     }
 
     /// Whether this node serves the queue of `uid` now.
     pub fn serving(&self, uid: u64) -> bool {
         self.get(uid)
             .is_some_and(|g| g.contents.lock().live.is_some())
-    }
-}
-
-impl Broker {
-    /// A quorum queue was declared (or is known again after a restart): this
-    /// node opens its member of the group if it is one, and routes to the
-    /// declaring node until it learns who leads.
-    pub(crate) fn quorum_queue_added(&self, record: &QueueRecord) {
-        if let Some(v) = self.vhost(&record.vhost)
-            && !v.queues.read().contains_key(&record.name)
-        {
-            v.remote
-                .write()
-                .entry(record.name.clone())
-                .or_insert_with(|| record.node.clone());
-        }
-        if !record.members.contains(&self.config.node) {
-            // No longer a member (delete_member, shrink): this node's copy goes.
-            self.quorum_queue_deleted(record.uid);
-            return;
-        }
-        let Some(broker) = self.me.upgrade() else {
-            return;
-        };
-        if broker.quorum.get(record.uid).is_some() {
-            return;
-        }
-        let record = record.clone();
-        tokio::spawn(async move {
-            // At start-up the metadata replays before the node's cluster
-            // handle is in place.
-            let mut cluster = broker.meta.cluster();
-            for _ in 0..600 {
-                if cluster.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                cluster = broker.meta.cluster();
-            }
-            let Some(cluster) = cluster else {
-                tracing::error!(queue = %record.name, vhost = %record.vhost, "cannot open quorum queue member: the metadata store did not start");
-                return;
-            };
-            let members: Vec<ClusterNode> = record
-                .members
-                .iter()
-                .filter_map(|n| cluster.node_by_name(n))
-                .collect();
-            match QuorumGroup::open(&broker, record.clone(), members).await {
-                Ok(group) => {
-                    let previous = broker.quorum.groups.lock().insert(record.uid, group);
-                    if let Some(old) = previous {
-                        old.close().await;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(queue = %record.name, vhost = %record.vhost, error = %e, "cannot open quorum queue member");
-                }
-            }
-        });
-    }
-
-    /// A quorum queue was deleted: its member here stops and its log goes.
-    pub(crate) fn quorum_queue_deleted(&self, uid: u64) {
-        let Some(group) = self.quorum.groups.lock().remove(&uid) else {
-            return;
-        };
-        tokio::spawn(async move {
-            group.close().await;
-            let _ = std::fs::remove_file(&group.path);
-        });
-    }
-
-    /// The live queue for a quorum queue this node now leads.
-    pub(crate) fn quorum_live_queue(
-        &self,
-        record: &QueueRecord,
-        entries: Vec<Entry>,
-        proposer: Proposer,
-    ) -> Arc<Queue> {
-        let mut config =
-            QueueConfig::parse(&record.arguments, &record.name, &record.vhost).unwrap_or_default();
-        config.queue_type = QueueType::Quorum;
-        Queue::new_replicated(record.clone(), config, proposer, self.me.clone(), entries)
-    }
-
-    /// Who serves a quorum queue changed: route there, and move this node's
-    /// consumers of it that go through another node.
-    pub(crate) fn quorum_leader_changed(
-        &self,
-        record: &QueueRecord,
-        leader: &str,
-        live: Option<Arc<Queue>>,
-    ) {
-        let Some(v) = self.vhost(&record.vhost) else {
-            return;
-        };
-        let current = self.meta.read().queue(&record.vhost, &record.name).cloned();
-        if current.is_none_or(|c| c.uid != record.uid) {
-            return;
-        }
-        match live {
-            Some(q) => {
-                v.queues.write().insert(record.name.clone(), q);
-                v.remote.write().remove(&record.name);
-            }
-            None => {
-                let previous = v
-                    .remote
-                    .write()
-                    .insert(record.name.clone(), leader.to_string());
-                if previous.as_deref() == Some(leader) {
-                    return;
-                }
-                tracing::debug!(queue = %record.name, leader, "quorum queue routed to its leader");
-            }
-        }
-        if let Some(node) = self.meta.cluster().and_then(|c| c.node_by_name(leader)) {
-            self.remote_sessions
-                .follow(self, &record.vhost, &record.name, node);
-        }
-    }
-
-    /// The live queue stopped being served here. Until a new leader is known
-    /// the queue stays routable to this node, which refuses its publishes
-    /// (a negative confirm): a queue that merely routes nowhere would have
-    /// them confirmed and dropped.
-    pub(crate) fn quorum_live_gone(&self, record: &QueueRecord, q: &Arc<Queue>) {
-        if let Some(v) = self.vhost(&record.vhost) {
-            let mut queues = v.queues.write();
-            if queues.get(&record.name).is_some_and(|x| Arc::ptr_eq(x, q)) {
-                queues.remove(&record.name);
-            }
-            v.remote
-                .write()
-                .entry(record.name.clone())
-                .or_insert_with(|| self.config.node.clone());
-        }
-    }
-
-    /// Tells every other running node that this node leads the queue.
-    pub(crate) fn announce_quorum_leader(&self, record: &QueueRecord) {
-        let Some(cluster) = self.meta.cluster() else {
-            return;
-        };
-        let (disc, ram) = cluster.members();
-        for node in disc.into_iter().chain(ram) {
-            if node.name == self.config.node || !cluster.is_up(&node) {
-                continue;
-            }
-            let peers = cluster.peers.clone();
-            let tell = calls::QqLeader {
-                vhost: record.vhost.clone(),
-                name: record.name.clone(),
-                group: record.uid,
-                leader: self.config.node.clone(),
-            };
-            tokio::spawn(async move {
-                let _ = peers.call(&node, &tell, Duration::from_secs(2)).await;
-            });
-        }
-    }
-
-    /// Another node says it leads a quorum queue.
-    pub(crate) fn quorum_leader_announced(&self, vhost: &str, name: &str, uid: u64, leader: &str) {
-        // A member follows its own group's view.
-        if self.quorum.get(uid).is_some() {
-            return;
-        }
-        let Some(record) = self.meta.read().queue(vhost, name).cloned() else {
-            return;
-        };
-        if record.uid != uid {
-            return;
-        }
-        let known = self
-            .vhost(vhost)
-            .and_then(|v| v.remote.read().get(name).cloned());
-        if known.as_deref() != Some(leader) {
-            self.quorum_leader_changed(&record, leader, None);
-        }
-    }
-
-    /// Which of a quorum queue's members are running now (as this node sees them).
-    pub fn quorum_online_of(&self, members: &[String]) -> Vec<String> {
-        let Some(cluster) = self.meta.cluster() else {
-            return Vec::new();
-        };
-        members
-            .iter()
-            .filter(|m| cluster.running_node(m).is_some())
-            .cloned()
-            .collect()
-    }
-
-    /// Where a queue is served now: a quorum queue's leader as this node
-    /// knows it, any other queue's owner.
-    pub fn queue_home(&self, record: &QueueRecord) -> String {
-        if !is_quorum(record) {
-            return record.node.clone();
-        }
-        let Some(v) = self.vhost(&record.vhost) else {
-            return record.node.clone();
-        };
-        if v.queues.read().contains_key(&record.name) {
-            return self.config.node.clone();
-        }
-        v.remote
-            .read()
-            .get(&record.name)
-            .cloned()
-            .unwrap_or_else(|| record.node.clone())
     }
 }

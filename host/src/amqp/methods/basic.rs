@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic};
 
-use super::queue::generated_name;
 use crate::amqp::channel::{PendingPublish, TxAck, requeue_all};
 use crate::amqp::connection::Connection;
 use crate::amqp::delivery::group_by_queue;
-use crate::amqp::direct_reply::PSEUDO_QUEUE;
 use crate::amqp::short_string::short;
 use crate::base::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::base::ids::generated_name;
+use crate::broker::direct_reply::PSEUDO_QUEUE;
 use crate::broker::permissions::Access;
 use crate::meta::equivalence::as_int;
 use crate::queue::ConsumeRequest;
@@ -357,7 +357,7 @@ impl Connection {
         let handle = ch.handle.clone();
         let prefetch = ch.prefetch as u32;
         let session_id = self.session_id(id, &format!("consume/{tag}"));
-        let session = crate::amqp::remote_queue::RemoteSession::new(
+        let session = crate::broker::remote_session::RemoteSession::new(
             &self.broker,
             session_id.clone(),
             owner.clone(),
@@ -436,7 +436,7 @@ impl Connection {
             Some(s) => s,
             None => {
                 let session_id = self.session_id(id, &format!("get/{name}"));
-                let session = crate::amqp::remote_queue::RemoteSession::new(
+                let session = crate::broker::remote_session::RemoteSession::new(
                     &self.broker,
                     session_id.clone(),
                     owner.clone(),
@@ -476,7 +476,7 @@ impl Connection {
             Ok(Some(d)) => {
                 let msg = d.message.into_message();
                 let settle = session.settler();
-                handle.deliver_remote(crate::amqp::delivery::RemoteDelivery {
+                handle.deliver_remote(crate::broker::channels::RemoteDelivery {
                     owner: settle,
                     remote_tag: d.tag,
                     consumer_tag: None,

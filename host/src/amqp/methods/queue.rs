@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, queue};
-use base64::Engine;
 
 use super::exchange::meta_error;
 use crate::amqp::connection::Connection;
@@ -16,14 +15,7 @@ use crate::meta::{
 };
 use crate::queue::{Queue, QueueConfig, QueueType};
 
-/// RabbitMQ's generated names: a prefix and 16 random bytes, base64url without padding.
-pub fn generated_name(prefix: &str) -> String {
-    let bytes: [u8; 16] = rand::random();
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
+use crate::base::ids::generated_name;
 
 impl Connection {
     /// Resolves a queue name ("" = the channel's last declared queue) to a queue this
@@ -295,7 +287,7 @@ impl Connection {
         match m {
             queue::AMQPMethod::Declare(d) => {
                 let mut name = d.queue.as_str().to_string();
-                if d.passive && name == crate::amqp::direct_reply::PSEUDO_QUEUE {
+                if d.passive && name == crate::broker::direct_reply::PSEUDO_QUEUE {
                     // The direct reply-to pseudo-queue always "exists", as in RabbitMQ.
                     self.declare_ok(id, d.nowait, name, 0, 0);
                     return Ok(());
@@ -375,8 +367,7 @@ impl Connection {
                     // Publishes right after declare-ok must find a leader.
                     let serving = self
                         .broker
-                        .quorum
-                        .wait_serving(&self.broker, &record, std::time::Duration::from_secs(10))
+                        .quorum_wait_serving(&record, std::time::Duration::from_secs(10))
                         .await;
                     if !serving {
                         tracing::warn!(queue = %name, "quorum queue has no leader yet");

@@ -11,17 +11,11 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
-use super::command::{MetaCommand, MetaEvent, MetaOutcome};
-use super::state::{MetaError, MetaState};
-use crate::cluster::calls;
-use crate::cluster::store::{SharedMeta, open_db};
-use crate::cluster::{Cluster, ClusterNode, JoinRequest, NodeKind};
+use super::calls;
+use super::store::{SharedMeta, open_db};
+use super::{Cluster, ClusterNode, JoinRequest, NodeKind};
+use crate::meta::{MetaCommand, MetaError, MetaListener, MetaOutcome, MetaState};
 use crate::peer::Peers;
-
-/// The node's runtime (routers, queues) follows applied changes through this.
-pub trait MetaListener: Send + Sync {
-    fn on_events(&self, state: &MetaState, events: &[MetaEvent]);
-}
 
 /// What a node remembers about its cluster outside Raft: its own kind, and
 /// peers to ask when a ram node (whose replica lives in memory) starts again.
@@ -48,7 +42,7 @@ impl MetaStore {
     pub fn new(data_dir: PathBuf, me: ClusterNode, cookie: String) -> MetaStore {
         let peers = Peers::new(me.name.clone(), cookie);
         MetaStore {
-            shared: crate::cluster::store::SharedMeta::new(MetaState::default()),
+            shared: SharedMeta::new(MetaState::default()),
             cluster: Mutex::new(None),
             data_dir,
             me,
@@ -242,7 +236,7 @@ impl MetaStore {
     /// metadata is wiped first: it takes the cluster's.
     pub async fn join(&self, peer: ClusterNode, kind: NodeKind) -> Result<(), MetaError> {
         // Ask first, so an unreachable peer leaves this node as it was.
-        let status: crate::cluster::Status = self
+        let status: super::Status = self
             .peers
             .call(&peer, &calls::ClusterInfo, Duration::from_secs(5))
             .await

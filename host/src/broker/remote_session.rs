@@ -12,13 +12,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::delivery::{ChannelHandle, RemoteDelivery, RemoteSettle};
-use crate::broker::Broker;
+use super::Broker;
+use super::channels::{ClientChannel, RemoteDelivery, RemoteSettle};
 use crate::broker::calls::{ProxyCancel, ProxyClose, ProxyGet, ProxyOpen, ProxySettle};
 use crate::broker::proxy::{DeliverBatch, Delivered, OpenRequest, SettleRequest};
 use crate::cluster::ClusterNode;
 use crate::peer::PeerError;
-use crate::queue::DeliverySink;
 
 pub struct RemoteSession {
     pub id: String,
@@ -29,7 +28,7 @@ pub struct RemoteSession {
     /// Bumped when the session moves to another node: settles of deliveries
     /// made before the move are dropped (the new leader redelivers those).
     epoch: AtomicU64,
-    pub channel: Arc<ChannelHandle>,
+    pub channel: Arc<dyn ClientChannel>,
     /// The client's consumer tag; None for a basic.get session.
     pub consumer_tag: Option<Arc<str>>,
     pub no_ack: bool,
@@ -118,7 +117,7 @@ impl RemoteSession {
         broker: &Arc<Broker>,
         id: String,
         owner: ClusterNode,
-        channel: Arc<ChannelHandle>,
+        channel: Arc<dyn ClientChannel>,
         consumer_tag: Option<Arc<str>>,
         no_ack: bool,
     ) -> Arc<RemoteSession> {
@@ -319,7 +318,7 @@ impl Broker {
             });
         }
         // Under the caller's 10 s timeout, so that a slow reader is not taken for a dead node.
-        let room = tokio::time::timeout(Duration::from_secs(3), session.channel.out.room()).await;
+        let room = tokio::time::timeout(Duration::from_secs(3), session.channel.room()).await;
         Ok(room.is_ok())
     }
 

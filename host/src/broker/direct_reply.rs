@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::delivery::ChannelHandle;
+use super::channels::ClientChannel;
 use crate::base::message::Message;
 
 pub const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";
 const PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 /// A reply consumer: its channel and consumer tag.
-type ReplyConsumer = (Arc<ChannelHandle>, Arc<str>);
+type ReplyConsumer = (Arc<dyn ClientChannel>, Arc<str>);
 
 /// Reply consumers of this node, by the key that `reply_to` carries.
 #[derive(Default)]
@@ -25,8 +25,8 @@ pub struct DirectReplies {
 
 impl DirectReplies {
     /// Registers a channel's reply consumer; returns the key its requests will carry.
-    pub fn register(&self, channel: Arc<ChannelHandle>, tag: Arc<str>) -> String {
-        let key = crate::amqp::methods::queue::generated_name("");
+    pub fn register(&self, channel: Arc<dyn ClientChannel>, tag: Arc<str>) -> String {
+        let key = crate::base::ids::generated_name("");
         self.consumers.lock().insert(key.clone(), (channel, tag));
         key
     }
