@@ -4,8 +4,16 @@
     python3 tests/bench/compare.py                # print the table, write target/bench-compare.txt
     python3 tests/bench/compare.py --write-docs   # ... and put it into docs/benchmarks.md
 
-Environment: BENCH_SECONDS (10) seconds per throughput scenario, BENCH_RUNS (3) rounds,
-BENCH_ONLY=cluster for the three-node scenarios alone.
+Environment: BENCH_SECONDS (10) seconds per throughput scenario, BENCH_CROSS_SECONDS
+(BENCH_SECONDS, at most 5) seconds per cross-node and load-balanced run, BENCH_RUNS (3) rounds,
+BENCH_ONLY=GROUP[,GROUP...] for some scenarios alone: single (single-node scenarios),
+garagemq (the scenarios garagemq also runs, on all three single-node brokers), quorum,
+cross, balanced (three-node scenarios; cluster = all three of them). BENCH_BUILD=0 skips the
+cargo build (binaries from $CARGO_TARGET_DIR/release, default target/release).
+
+garagemq (Debian's package, a Go AMQP broker) runs as a third single-node broker in the
+scenarios of GARAGE_SCENARIOS, after Warren and RabbitMQ in every round, on its own port and
+data directory; without /usr/bin/garagemq it is skipped with a note.
 
 Builds Warren (release), installs Debian's rabbitmq-server with apt-get if it is missing, and
 runs BENCH_RUNS rounds. In each round every scenario runs once against each broker: one
@@ -36,6 +44,7 @@ both brokers. Broker and load tool share this machine's cores: the header line s
 
 import json
 import math
+import struct
 import os
 import re
 import shutil
@@ -49,10 +58,15 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+# The cross-node and load-balanced scenarios: ten more runs per round, shorter by default.
+CROSS_SECONDS = int(os.environ.get("BENCH_CROSS_SECONDS", str(min(SECONDS, 5))))
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 BEGIN, END = "<!-- compare.py: begin -->", "<!-- compare.py: end -->"
-WARREN_PORT, RABBIT_PORT = 5801, 5802
+WARREN_PORT, RABBIT_PORT, GARAGE_PORT = 5801, 5802, 5803
+GARAGE_ADMIN_PORT = 15803
+GARAGE_BIN = "/usr/bin/garagemq"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 RABBIT_NODE = "compare-rabbit@localhost"
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 # RabbitMQ's advice for nodes on shared or small machines: no scheduler busy-waiting.
@@ -90,6 +104,14 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_ticks(pid):
+    """utime + stime of `pid` in clock ticks: fields 14 and 15 of /proc/PID/stat (counted
+    after the parenthesised command name, which may hold spaces)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def warren_bin(name):
@@ -219,6 +241,93 @@ class Rabbit:
         wait_port_free(self.port)
 
 
+class GarageMQ:
+    """garagemq (Debian's package) on its own port, admin port and data directory, started in
+    the foreground as a child of this script (it has no detached mode) and stopped with
+    SIGTERM."""
+    name = "garagemq"
+
+    def __init__(self, work):
+        self.base = os.path.join(work, "garagemq")
+        self.port = GARAGE_PORT
+        self.proc = None
+
+    @staticmethod
+    def installed():
+        return os.access(GARAGE_BIN, os.X_OK)
+
+    def wipe(self):
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def start(self):
+        os.makedirs(self.base, exist_ok=True)
+        config = os.path.join(self.base, "config.yaml")
+        # The package's /etc/garagemq/config.yaml with this script's ports and data directory;
+        # the password is md5("guest"), as in the packaged file.
+        with open(config, "w") as f:
+            f.write(f"""proto: amqp-rabbit
+users:
+  - username: guest
+    password: 084e0343a0486ff05530df6c705c8bb4
+tcp:
+  ip: 127.0.0.1
+  port: {self.port}
+  nodelay: false
+  readBufSize: 196608
+  writeBufSize: 196608
+admin:
+  ip: 127.0.0.1
+  port: {GARAGE_ADMIN_PORT}
+queue:
+  shardSize: 8192
+  maxMessagesInRam: 131072
+db:
+  defaultPath: {os.path.join(self.base, "db")}
+  engine: badger
+vhost:
+  defaultPath: /
+security:
+  passwordCheck: md5
+connection:
+  channelsMax: 4096
+  frameMaxSize: 65536
+""")
+        log = open(os.path.join(self.base, "garagemq.log"), "ab")
+        self.proc = subprocess.Popen([GARAGE_BIN, "--config", config, "--log-level", "warning"],
+                                     cwd=self.base, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.time() + 60
+        while True:
+            if self.proc.poll() is not None:
+                with open(os.path.join(self.base, "garagemq.log"), errors="replace") as f:
+                    tail = f.read()[-2000:]
+                self.proc = None
+                raise SystemExit(f"garagemq exited at start:\n{tail}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit(f"garagemq does not listen on port {self.port} after 60 s")
+                time.sleep(0.3)
+
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        wait_port_free(self.port)
+
+
 SUMMARY = re.compile(r"sending rate avg: (\d+) msg/s, confirmed avg: (\d+) msg/s, "
                      r"receiving rate avg: (\d+) msg/s, .*latency: (\S+)")
 SETUP = re.compile(r"setup: (\d+) ms")
@@ -229,16 +338,16 @@ QUEUED = re.compile(r"queued: (\d+) messages")
 _runs = {}
 
 
-def perf(broker, args, seconds=None):
-    key = (broker.name, tuple(args))
-    if key in _runs:
-        return _runs[key]
-    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
-    out = subprocess.run([warren_bin("warren-perf"), "--uri", uri,
-                          "-z", str(SECONDS if seconds is None else seconds)] + args,
-                         capture_output=True, text=True, env=dict(os.environ, RUST_BACKTRACE="0"))
+def perf_command(port, args, seconds=None):
+    uri = f"amqp://guest:guest@127.0.0.1:{port}/%2f"
+    return [warren_bin("warren-perf"), "--uri", uri,
+            "-z", str(SECONDS if seconds is None else seconds)] + list(args)
+
+
+def perf_parse(out, err, returncode, args, who):
+    """The figures of one warren-perf run: setup ms, queued, summary rates, latency."""
     r = {}
-    for line in out.stdout.splitlines():
+    for line in out.splitlines():
         m = SETUP.search(line)
         if m:
             r["setup_ms"] = int(m.group(1))
@@ -251,8 +360,18 @@ def perf(broker, args, seconds=None):
             lat = [int(x) for x in lat] if len(lat) == 5 else [0] * 5
             r.update({"sent": int(m.group(1)), "confirmed": int(m.group(2)),
                       "received": int(m.group(3)), "p50": lat[1], "p99": lat[4]})
-    if "sent" not in r or out.returncode != 0:
-        raise SystemExit(f"warren-perf {args} against {broker.name} failed:\n{out.stdout}\n{out.stderr}")
+    if "sent" not in r or returncode != 0:
+        raise SystemExit(f"warren-perf {args} against {who} failed:\n{out}\n{err}")
+    return r
+
+
+def perf(broker, args, seconds=None):
+    key = (broker.name, tuple(args))
+    if key in _runs:
+        return _runs[key]
+    out = subprocess.run(perf_command(broker.port, args, seconds), capture_output=True,
+                         text=True, env=dict(os.environ, RUST_BACKTRACE="0"))
+    r = perf_parse(out.stdout, out.stderr, out.returncode, args, broker.name)
     _runs[key] = r
     return r
 
@@ -353,6 +472,21 @@ class WarrenCluster(Warren):
             run([warren_bin("warren-server"), "-detached"], env=self.env_for(i))
             wait_port(self.ports[i])
         join_to_first(self)
+        self.pids = [self.node_pid(i) for i in range(3)]
+
+    def node_pid(self, i):
+        with open(os.path.join(self.base, self.nodes[i], "node.json")) as f:
+            return json.load(f)["pid"]
+
+    def pid(self):
+        return self.node_pid(0)
+
+    def queue_nodes(self):
+        """{queue: node owning it}, as `warrenctl list_queues name node` on node 1 lists them."""
+        out = subprocess.run([warren_bin("warrenctl"), "-n", self.nodes[0], "list_queues",
+                              "name", "node"], env=self.env_for(0), capture_output=True,
+                             text=True, check=True).stdout
+        return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
 
     def stop(self):
         for i in range(3):
@@ -388,9 +522,24 @@ class RabbitCluster(Rabbit):
             wait_port(self.ports[i])
             check_erl_args(self.nodes[i], self.env_for(i))
         join_to_first(self)
+        # beam.smp of each node (stop_app / start_app in the join keep the VM).
+        self.pids = [rabbit_pid(self.nodes[i], self.env_for(i)) for i in range(3)]
 
     def pid(self):
         return rabbit_pid(self.nodes[0], self.env_for(0))
+
+    def queue_nodes(self):
+        """{queue: node of its queue process}, from `rabbitmqctl list_queues name pid`."""
+        out = subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.nodes[0],
+                              "list_queues", "-q", "--no-table-headers", "name", "pid"],
+                             env=self.env_for(0), capture_output=True, text=True,
+                             check=True).stdout
+        nodes = {}
+        for line in out.splitlines():
+            m = re.match(r"(\S+)\s+<(.+?@[^.>]+)\.", line)
+            if m:
+                nodes[m.group(1)] = m.group(2)
+        return nodes
 
     def stop(self):
         for i in range(3):
@@ -399,12 +548,240 @@ class RabbitCluster(Rabbit):
             wait_port_free(self.ports[i])
 
 
+def amqp_delete_queues(port, names):
+    """queue.delete of each of `names` through a plain socket (this script has no AMQP client
+    library): handshake as tests/idle_connections.py does it, channel 1, one delete after
+    the other, connection.close."""
+    s = socket.create_connection(("127.0.0.1", port), 10)
+    s.settimeout(300)  # a queue with a backlog of millions may take a while to go
+
+    def shortstr(b):
+        return bytes([len(b)]) + b
+
+    def send(ch, cls, mth, args=b""):
+        payload = struct.pack(">HH", cls, mth) + args
+        s.sendall(struct.pack(">BHI", 1, ch, len(payload)) + payload + b"\xce")
+
+    def read(n):
+        b = b""
+        while len(b) < n:
+            chunk = s.recv(n - len(b))
+            if not chunk:
+                raise SystemExit(f"port {port} closed the connection while deleting {names}")
+            b += chunk
+        return b
+
+    def expect(cls, mth):
+        while True:
+            t, _, size = struct.unpack(">BHI", read(7))
+            body = read(size + 1)[:-1]
+            if t != 1:
+                continue
+            got = struct.unpack(">HH", body[:4])
+            if got == (cls, mth):
+                return body
+            if got in ((10, 50), (20, 40)):
+                text = body[7:7 + body[6]].decode(errors="replace")
+                raise SystemExit(f"port {port} refused queue.delete of {names}: {text}")
+
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    expect(10, 10)
+    send(0, 10, 11, struct.pack(">I", 0) + shortstr(b"PLAIN")
+         + struct.pack(">I", 12) + b"\0guest\0guest" + shortstr(b"en_US"))
+    tune = expect(10, 30)
+    channel_max, frame_max, _ = struct.unpack(">HIH", tune[4:12])
+    send(0, 10, 31, struct.pack(">HIH", channel_max, frame_max, 0))
+    send(0, 10, 40, shortstr(b"/") + shortstr(b"") + b"\0")
+    expect(10, 41)
+    send(1, 20, 10, shortstr(b""))
+    expect(20, 11)
+    for name in names:
+        send(1, 50, 40, struct.pack(">H", 0) + shortstr(name.encode()) + b"\0")
+        expect(50, 41)
+    send(0, 10, 50, struct.pack(">H", 200) + shortstr(b"") + struct.pack(">HH", 0, 0))
+    expect(10, 51)
+    s.close()
+
+
+def cluster_run(broker, key, clients, delete=(), seconds=SECONDS):
+    """Runs one warren-perf process per (node index, arguments) in `clients` at the same time,
+    each with its clients connected to that node, and sums their rates. Around the run it reads
+    the CPU time (utime + stime) of all three broker node processes: `cpu_us` is their sum
+    over the run divided by the messages received (received rate x seconds). Then deletes
+    the queues `delete` (name, node index of the owner), so that no backlog stays for the
+    scenarios after. One run per key and round, as perf() does."""
+    key = (broker.name, "cluster") + tuple(key)
+    if key in _runs:
+        return _runs[key]
+    env = dict(os.environ, RUST_BACKTRACE="0")
+    before = sum(cpu_ticks(p) for p in broker.pids)
+    procs = [(i, args, subprocess.Popen(perf_command(broker.ports[i], args, seconds), env=env,
+                                        text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE))
+             for i, args in clients]
+    outs = []
+    try:
+        for i, args, p in procs:
+            out, err = p.communicate(timeout=seconds + 300)
+            outs.append((i, args, out, err, p.returncode))
+    finally:
+        for _, _, p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    after = sum(cpu_ticks(p) for p in broker.pids)
+    total = {"sent": 0, "confirmed": 0, "received": 0}
+    for i, args, out, err, rc in outs:
+        r = perf_parse(out, err, rc, args, f"{broker.name} node {i + 1}")
+        for k in total:
+            total[k] += r[k]
+    messages = total["received"] * seconds
+    total["cpu_us"] = (after - before) / CLK_TCK * 1e6 / messages if messages else math.nan
+    by_owner = {}
+    for name, owner in delete:
+        by_owner.setdefault(owner, []).append(name)
+    for owner, names in by_owner.items():
+        amqp_delete_queues(broker.ports[owner], names)
+    _runs[key] = total
+    return total
+
+
+def declare_on(broker, owner, args):
+    """Declares the exchange, queue and binding of warren-perf `args` through node `owner`
+    alone (a setup-only run: no producer, no consumer), so that the queue lives there whichever
+    node the clients connect to later (both brokers place a classic queue on the node the
+    declaring client is connected to)."""
+    out = subprocess.run(perf_command(broker.ports[owner], list(args) + ["-x", "0", "-y", "0"], 0),
+                         capture_output=True, text=True, env=dict(os.environ, RUST_BACKTRACE="0"))
+    perf_parse(out.stdout, out.stderr, out.returncode, args, f"{broker.name} node {owner + 1}")
+
+
+# The classic queues the selected cross-node and load-balanced scenarios need, as
+# (queue, owner node index, warren-perf arguments); main() fills it in.
+PREPARED = []
+
+
+def prepare(broker):
+    """Once per round: declares every queue of PREPARED through its owner node and checks with
+    one CLI call that each lives there. The queues stay idle until their scenario runs."""
+    key = (broker.name, "prepare")
+    if key in _runs:
+        return
+    for name, owner, args in PREPARED:
+        declare_on(broker, owner, args)
+    nodes = broker.queue_nodes()
+    for name, owner, _ in PREPARED:
+        if nodes.get(name) != broker.nodes[owner]:
+            raise SystemExit(f"{broker.name}: queue {name} lives on {nodes.get(name)}, "
+                             f"not on {broker.nodes[owner]} (queues: {nodes})")
+    _runs[key] = True
+
+
 # Scenarios on three nodes of each broker (all six processes on this machine's cores).
-CLUSTER_SCENARIOS = [
+QUORUM = ["--raw", "-s", "1024", "--quorum-queue", "-c", "1000", "-q", "1000", "-u", "qq1",
+          "-e", "cmp-direct"]
+
+
+def quorum_run(b):
+    return cluster_run(b, ["quorum"], [(0, QUORUM)], delete=[("qq1", 0)])
+
+
+# Cross-node: a classic queue declared through node 1 (so owned by node 1), producer and
+# consumer (one warren-perf process) connected either to node 1 ("local", index 0) or to
+# node 2 ("cross", index 1): then every publish goes node 2 -> node 1 and every delivery
+# node 1 -> node 2 over the brokers' own inter-node links. Two variants, as the single-node
+# rows: 1 KiB persistent with confirms (figure: confirmed) and 16 B transient autoack (figure:
+# received). Each (variant, client node) has a queue of its own: xp-1, xp-2, xt-1, xt-2.
+CROSS = {
+    "p": (["--raw", "-s", "1024", "-f", "persistent", "-c", "1000", "-q", "1000", "-e",
+           "cmp-direct"], "confirmed"),
+    "t": (["--raw", "-s", "16", "-a", "-e", "cmp-direct"], "received"),
+}
+
+
+def cross_queue(variant, client):
+    return f"x{variant}-{client + 1}"
+
+
+CROSS_QUEUES = [(cross_queue(v, c), 0, CROSS[v][0] + ["-u", cross_queue(v, c)])
+                for v in CROSS for c in (0, 1)]
+
+
+def cross_run(b, variant, client):
+    prepare(b)
+    q = cross_queue(variant, client)
+    return cluster_run(b, ["cross", variant, client], [(client, CROSS[variant][0] + ["-u", q])],
+                       delete=[(q, 0)], seconds=CROSS_SECONDS)
+
+
+def cross_rate(b, variant, client):
+    return cross_run(b, variant, client)[CROSS[variant][1]]
+
+
+# Load-balanced: three classic queues lb-1, lb-2, lb-3, lb-k declared through (so owned by)
+# node k. For each queue lb-k one producer connected to node k-1 publishes to it and one
+# consumer connected to node k+1 consumes from it (node numbers mod 3):
+#
+#     queue  owner  producer on  consumer on
+#     lb-1   node 1   node 3       node 2
+#     lb-2   node 2   node 1       node 3
+#     lb-3   node 3   node 2       node 1
+#
+# so every node has one producer, one consumer and one queue, and every message crosses two
+# inter-node links (producer's node -> owner -> consumer's node), no message stays on one
+# node. Six warren-perf processes (one client each) run at the same time; the figure is the
+# sum of the three consumers' rates. 16 B transient, autoack, as the single-node 1p/1c row.
+BALANCED = ["--raw", "-s", "16", "-a", "-e", "cmp-direct"]
+
+
+BALANCED_QUEUES = [(f"lb-{k + 1}", k, BALANCED + ["-u", f"lb-{k + 1}"]) for k in range(3)]
+
+
+def balanced_run(b):
+    prepare(b)
+    clients = []
+    for name, k, args in BALANCED_QUEUES:
+        clients.append(((k + 1) % 3, args + ["-x", "0", "-y", "1"]))  # consumer
+    for name, k, args in BALANCED_QUEUES:
+        clients.append(((k - 1) % 3, args + ["-x", "1", "-y", "0"]))  # producer
+    return cluster_run(b, ["balanced"], clients,
+                       delete=[(name, k) for name, k, _ in BALANCED_QUEUES],
+                       seconds=CROSS_SECONDS)
+
+
+CPU = "broker CPU µs per received message, sum of 3 nodes (lower is better)"
+QUORUM_SCENARIOS = [
     ("3 nodes: quorum queue, 1 KiB, confirms 1000, prefetch 1000 [raw]: confirmed msg/s",
-     lambda b: perf(b, ["--raw", "-s", "1024", "--quorum-queue", "-c", "1000", "-q", "1000",
-                        "-u", "qq1", "-e", "cmp-direct"])["confirmed"], True),
+     lambda b: quorum_run(b)["confirmed"], True),
+    (f"3 nodes: quorum queue, 1 KiB, confirms 1000, prefetch 1000 [raw]: {CPU}",
+     lambda b: quorum_run(b)["cpu_us"], False),
 ]
+CROSS_SCENARIOS = []
+for _v, _what in (("p", "classic queue on node 1, 1 KiB persistent, confirms 1000, "
+                        "prefetch 1000 [raw]"),
+                  ("t", "classic queue on node 1, 16 B transient autoack [raw]")):
+    _fig = CROSS[_v][1]
+    CROSS_SCENARIOS += [
+        (f"3 nodes: {_what}, clients on node 1 (local): {_fig} msg/s",
+         lambda b, v=_v: cross_rate(b, v, 0), False),
+        (f"3 nodes: {_what}, clients on node 2 (cross-node): {_fig} msg/s",
+         lambda b, v=_v: cross_rate(b, v, 1), False),
+        (f"3 nodes: {_what}: cross-node / local {_fig} rate",
+         lambda b, v=_v: cross_rate(b, v, 1) / cross_rate(b, v, 0), False),
+        (f"3 nodes: {_what}, clients on node 1 (local): {CPU}",
+         lambda b, v=_v: cross_run(b, v, 0)["cpu_us"], False),
+        (f"3 nodes: {_what}, clients on node 2 (cross-node): {CPU}",
+         lambda b, v=_v: cross_run(b, v, 1)["cpu_us"], False),
+    ]
+BALANCED_SCENARIOS = [
+    ("3 nodes: load-balanced, 3 classic queues (one per node), 3p/3c, each message via 3 "
+     "nodes, 16 B transient autoack [raw]: total received msg/s",
+     lambda b: balanced_run(b)["received"], False),
+    ("3 nodes: load-balanced, 3 classic queues (one per node), 3p/3c, each message via 3 "
+     f"nodes, 16 B transient autoack [raw]: {CPU}",
+     lambda b: balanced_run(b)["cpu_us"], False),
+]
+CLUSTER_SCENARIOS = QUORUM_SCENARIOS + CROSS_SCENARIOS + BALANCED_SCENARIOS
 
 
 def one_round(broker, scenarios, results, label):
@@ -413,6 +790,7 @@ def one_round(broker, scenarios, results, label):
     _runs.clear()
     broker.wipe()
     running = False
+    started = time.time()
     try:
         for name, f, fresh in scenarios:
             if running and fresh:
@@ -424,9 +802,10 @@ def one_round(broker, scenarios, results, label):
             print(f"{label} {broker.name}: {name} ...", flush=True)
             value = f(broker)
             results.setdefault((broker.name, name), []).append(value)
-            print(f"    {value:,.0f}", flush=True)
+            print(f"    {num(value)}", flush=True)
     finally:
         broker.stop()
+    print(f"{label} {broker.name}: done in {time.time() - started:.0f} s", flush=True)
 
 
 def sig(x, digits):
@@ -441,12 +820,20 @@ def sig(x, digits):
     return f"{round(x, places):.0f}"
 
 
+def num(x):
+    """A figure as the table prints it: whole numbers with thousands separators from 100 up,
+    3 significant digits below (ratios, µs per message)."""
+    if not math.isfinite(x) or abs(x) >= 100:
+        return f"{x:,.0f}" if math.isfinite(x) else "?"
+    return sig(x, 3)
+
+
 def spread(values):
     """`median (min–max)` of one broker's runs; a single run is printed alone."""
     med = statistics.median(values)
     if len(values) == 1:
-        return f"{med:,.0f}"
-    return f"{med:,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+        return num(med)
+    return f"{num(med)} ({num(min(values))}–{num(max(values))})"
 
 
 def ratio_text(rabbit, warren, lower_better):
@@ -477,49 +864,102 @@ def write_docs(text):
     print(f"wrote the table into {os.path.relpath(DOCS, ROOT)}")
 
 
+# The single-node scenarios garagemq runs as well (by name, from SCENARIOS).
+GARAGE_SCENARIOS = [
+    "1,000,000 queued 16 B transient messages: bytes per message (lower is better)",
+    "1p/1c 16 B transient autoack [raw]: received msg/s",
+]
+GROUPS = ("single", "garagemq", "quorum", "cross", "balanced")
+
+
+def selected_groups():
+    """BENCH_ONLY as a set of groups (all of them when unset); cluster = the three-node ones."""
+    raw = os.environ.get("BENCH_ONLY", "").replace(" ", "")
+    if not raw:
+        return set(GROUPS)
+    groups = set()
+    for g in raw.split(","):
+        if g == "cluster":
+            groups |= {"quorum", "cross", "balanced"}
+        elif g in GROUPS:
+            groups.add(g)
+        elif g:
+            raise SystemExit(f"BENCH_ONLY: unknown group {g!r} (groups: cluster, "
+                             f"{', '.join(GROUPS)})")
+    return groups
+
+
 def main():
     args = sys.argv[1:]
     if any(a not in ("--write-docs",) for a in args):
         raise SystemExit("usage: python3 tests/bench/compare.py [--write-docs]")
-    run(["cargo", "build", "--release", "-q", "-p", "warren", "--bin", "warren-server",
-         "--bin", "warrenctl", "-p", "warren-tests", "--bin", "warren-perf"], cwd=ROOT)
+    if os.environ.get("BENCH_BUILD", "1") != "0":
+        run(["cargo", "build", "--release", "-q", "-p", "warren", "--bin", "warren-server",
+             "--bin", "warrenctl", "-p", "warren-tests", "--bin", "warren-perf"], cwd=ROOT)
+    groups = selected_groups()
+    garage_note = None
+    if "single" in groups:
+        singles_run = list(SCENARIOS)
+    elif "garagemq" in groups:
+        singles_run = [sc for sc in SCENARIOS if sc[0] in GARAGE_SCENARIOS]
+    else:
+        singles_run = []
+    garage_run = []
+    if "garagemq" in groups:
+        if GarageMQ.installed():
+            garage_run = [sc for sc in singles_run if sc[0] in GARAGE_SCENARIOS]
+        else:
+            garage_note = (f"garagemq is not installed ({GARAGE_BIN} missing; "
+                           f"`apt-get install garagemq`): its scenarios were skipped")
+            print(f"note: {garage_note}", flush=True)
+    PREPARED[:] = ((CROSS_QUEUES if "cross" in groups else [])
+                   + (BALANCED_QUEUES if "balanced" in groups else []))
+    clusters_run = ((QUORUM_SCENARIOS if "quorum" in groups else [])
+                    + (CROSS_SCENARIOS if "cross" in groups else [])
+                    + (BALANCED_SCENARIOS if "balanced" in groups else []))
     work = tempfile.mkdtemp(prefix="warren-compare-")
-    # BENCH_ONLY=cluster runs the three-node scenarios alone.
-    only_cluster = os.environ.get("BENCH_ONLY") == "cluster"
-    singles = [] if only_cluster else [Rabbit(work), Warren(work)]
-    clusters = [RabbitCluster(work), WarrenCluster(work)]
-    scenarios = ([] if only_cluster else list(SCENARIOS)) + list(CLUSTER_SCENARIOS)
+    singles = [Rabbit(work), Warren(work)] if singles_run else []
+    garage = GarageMQ(work) if garage_run else None
+    clusters = [RabbitCluster(work), WarrenCluster(work)] if clusters_run else []
+    scenarios = singles_run + clusters_run
     results = {}
     load_before = os.getloadavg()
     started = time.time()
     try:
         for r in range(RUNS):
-            # Round 1 starts with RabbitMQ, round 2 with Warren, and so on.
+            # Round 1 starts with RabbitMQ, round 2 with Warren, and so on; garagemq after both.
             step = 1 if r % 2 == 0 else -1
             label = f"[round {r + 1}/{RUNS}]"
             for b in singles[::step]:
-                one_round(b, SCENARIOS, results, label)
+                one_round(b, singles_run, results, label)
+            if garage:
+                one_round(garage, garage_run, results, label)
             for b in clusters[::step]:
                 print(f"{label} {b.name}: three clustered nodes", flush=True)
-                one_round(b, CLUSTER_SCENARIOS, results, label)
+                one_round(b, clusters_run, results, label)
     finally:
-        for b in singles + clusters:
+        for b in singles + clusters + ([garage] if garage else []):
             b.stop()
         shutil.rmtree(work, ignore_errors=True)
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
     load_after = os.getloadavg()
-    rabbit_version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"],
-                                    capture_output=True, text=True).stdout.strip() or "?"
+
+    def version(package):
+        return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                              capture_output=True, text=True).stdout.strip() or "?"
+
+    rabbit_version = version("rabbitmq-server")
     commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip() or "?"
     runs = f"{RUNS} runs" if RUNS > 1 else "1 run"
+    cross_note = f" ({CROSS_SECONDS} s per cross-node and load-balanced run)" if PREPARED else ""
     lines = [f"Warren ({commit}: release build, default config) vs RabbitMQ {rabbit_version} "
              f"(Debian package, default config but `loopback_users = none`, Erlang VM flags "
              f"`{RABBIT_ERL_ARGS}`) on "
              f"{os.cpu_count()} cores ({cpu}); broker and load tool share them; {runs} of each "
              f"scenario per broker, alternating which broker goes first; {SECONDS} s per "
-             f"throughput scenario; load tool: warren-perf ([raw] client or [lapin]); whole run "
+             f"throughput scenario{cross_note}; load tool: warren-perf ([raw] client or [lapin]); whole run "
              f"{time.time() - started:.0f} s; load average {load_before[0]:.1f} before, "
              f"{load_after[0]:.1f} after", "",
              "| scenario | RabbitMQ: median (range) | Warren: median (range) "
@@ -528,6 +968,19 @@ def main():
         rabbit, warren = results[("RabbitMQ", name)], results[("Warren", name)]
         lines.append(f"| {name} | {spread(rabbit)} | {spread(warren)} | "
                      f"{ratio_text(rabbit, warren, 'lower is better' in name)} |")
+    if garage_run:
+        lines += ["", f"Third broker, single node: garagemq {version('garagemq')} (Debian "
+                  f"package, Go; the packaged config.yaml with its own port and data "
+                  f"directory), the same rounds, after Warren and RabbitMQ in each; Warren's "
+                  f"column repeats the table above", "",
+                  "| scenario | garagemq: median (range) | Warren: median (range) "
+                  "| Warren advantage over garagemq (range) |", "|---|---|---|---|"]
+        for name, _, _ in garage_run:
+            g, warren = results[("garagemq", name)], results[("Warren", name)]
+            lines.append(f"| {name} | {spread(g)} | {spread(warren)} | "
+                         f"{ratio_text(g, warren, 'lower is better' in name)} |")
+    elif garage_note:
+        lines += ["", f"Note: {garage_note}."]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(TARGET, exist_ok=True)
