@@ -852,6 +852,16 @@ def ratio_text(rabbit, warren, lower_better):
     return f"{sig(med, digits)}x ({sig(worst, digits)}–{sig(best, digits)})"
 
 
+def comparison_rows(results, other, scenarios):
+    """One table row per scenario: `other`'s figures, Warren's, and Warren's advantage."""
+    rows = []
+    for name, _, _ in scenarios:
+        theirs, warren = results[(other, name)], results[("Warren", name)]
+        rows.append(f"| {name} | {spread(theirs)} | {spread(warren)} | "
+                    f"{ratio_text(theirs, warren, 'lower is better' in name)} |")
+    return rows
+
+
 def write_docs(text):
     with open(DOCS) as f:
         doc = f.read()
@@ -964,10 +974,7 @@ def main():
              f"{load_after[0]:.1f} after", "",
              "| scenario | RabbitMQ: median (range) | Warren: median (range) "
              "| Warren advantage (range) |", "|---|---|---|---|"]
-    for name, _, _ in scenarios:
-        rabbit, warren = results[("RabbitMQ", name)], results[("Warren", name)]
-        lines.append(f"| {name} | {spread(rabbit)} | {spread(warren)} | "
-                     f"{ratio_text(rabbit, warren, 'lower is better' in name)} |")
+    lines += comparison_rows(results, "RabbitMQ", scenarios)
     if garage_run:
         lines += ["", f"Third broker, single node: garagemq {version('garagemq')} (Debian "
                   f"package, Go; the packaged config.yaml with its own port and data "
@@ -975,10 +982,7 @@ def main():
                   f"column repeats the table above", "",
                   "| scenario | garagemq: median (range) | Warren: median (range) "
                   "| Warren advantage over garagemq (range) |", "|---|---|---|---|"]
-        for name, _, _ in garage_run:
-            g, warren = results[("garagemq", name)], results[("Warren", name)]
-            lines.append(f"| {name} | {spread(g)} | {spread(warren)} | "
-                         f"{ratio_text(g, warren, 'lower is better' in name)} |")
+        lines += comparison_rows(results, "garagemq", garage_run)
     elif garage_note:
         lines += ["", f"Note: {garage_note}."]
     text = "\n".join(lines) + "\n"
