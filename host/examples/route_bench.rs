@@ -9,14 +9,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use warren::broker::Broker;
-use warren::broker::routing::{Destinations, VhostRt};
+use warren::bench::{
+    Broker, Destinations, ExchangeType, PluginHost, Queue, QueueConfig, QueueRecord, RouteInput,
+    VhostRt,
+};
 use warren::config::Settings;
-use warren::meta::QueueRecord;
-use warren::plugins::PluginHost;
-use warren::queue::Queue;
-use warren::queue::config::QueueConfig;
-use warren::routing::exchange_type::{ExchangeType, RouteInput};
 
 const ROUNDS: u32 = 300_000;
 

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
-use warren::store::message_store::{MessageStore, StoreOptions};
+use warren::bench::{MessageStore, StoreOptions};
 
 const TASKS: u64 = 4;
 const TOTAL: u64 = 200_000;

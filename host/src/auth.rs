@@ -1,15 +1,15 @@
-//! Credentials and permissions, compatible with RabbitMQ's internal auth backend.
+//! Credentials, compatible with RabbitMQ's internal auth backend.
 //!
 //! * Password hashes use `rabbit_password_hashing_sha256`, so hashes exported
 //!   from RabbitMQ definitions (`password_hash` with
 //!   `hashing_algorithm: rabbit_password_hashing_sha256`) verify unchanged.
 //! * SASL PLAIN and AMQPLAIN responses are parsed into username/password.
-//! * Permissions are three regexes per user and vhost, applied like
-//!   `rabbit_auth_backend_internal:check_resource_access/4`.
+//!
+//! Checking passwords and permissions is the auth backends' work (plugins, see
+//! `plugins/auth.rs`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use regex::Regex;
 use sha2::{Digest, Sha256};
 
 const SALT_LEN: usize = 4;
@@ -30,31 +30,6 @@ fn salted_hash(salt: &[u8; SALT_LEN], password: &str) -> [u8; SALT_LEN + DIGEST_
 pub fn hash_password(password: &str) -> String {
     let salt: [u8; SALT_LEN] = rand::random();
     STANDARD.encode(salted_hash(&salt, password))
-}
-
-/// Verifies `password` against a stored hash in the format of [`hash_password`].
-/// Malformed hashes (bad base64, wrong length, and the empty string RabbitMQ
-/// uses to disable password login) never match.
-pub fn check_password(password: &str, password_hash_b64: &str) -> bool {
-    let Ok(stored) = STANDARD.decode(password_hash_b64) else {
-        return false;
-    };
-    let Ok(stored) = <[u8; SALT_LEN + DIGEST_LEN]>::try_from(stored.as_slice()) else {
-        return false;
-    };
-    let mut salt = [0u8; SALT_LEN];
-    salt.copy_from_slice(&stored[..SALT_LEN]);
-    constant_time_eq(&salted_hash(&salt, password), &stored)
-}
-
-/// Compares without an early exit so timing doesn't reveal how many leading
-/// bytes of a guess were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// Parses a SASL PLAIN response, `authzid \0 authcid \0 password` (RFC 4616),
@@ -152,65 +127,36 @@ pub fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-/// A user's permissions on one vhost, as three regular expressions.
-///
-/// Semantics follow `rabbit_auth_backend_internal`: an empty pattern is
-/// replaced by `^$`, and a pattern is otherwise searched for *unanchored*
-/// in the resource name (`re:run(Name, Regex)`), so `^amq\.` style patterns
-/// anchor themselves, `foo` allows `xfooy`, `.*` allows everything and `""`
-/// allows only the empty name.
-///
-/// The caller must apply RabbitMQ's name substitution before checking: the
-/// default exchange `""` is checked as `"amq.default"`
-/// (`rabbit_access_control:check_resource_access/4`), so a user with an empty
-/// write pattern still cannot publish to it.
-///
-/// Patterns use the `regex` crate rather than PCRE; common patterns behave
-/// the same, but look-around and back-references are refused at compile time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Permission {
-    pub configure: String,
-    pub write: String,
-    pub read: String,
-}
-
-/// [`Permission`] with its patterns compiled, ready for per-operation checks.
-#[derive(Debug, Clone)]
-pub struct CompiledPermission {
-    configure: Regex,
-    write: Regex,
-    read: Regex,
-}
-
-fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(if pattern.is_empty() { "^$" } else { pattern })
-}
-
-impl CompiledPermission {
-    pub fn new(p: &Permission) -> Result<Self, regex::Error> {
-        Ok(Self {
-            configure: compile(&p.configure)?,
-            write: compile(&p.write)?,
-            read: compile(&p.read)?,
-        })
-    }
-
-    pub fn can_configure(&self, name: &str) -> bool {
-        self.configure.is_match(name)
-    }
-
-    pub fn can_write(&self, name: &str) -> bool {
-        self.write.is_match(name)
-    }
-
-    pub fn can_read(&self, name: &str) -> bool {
-        self.read.is_match(name)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // What a backend that checks passwords does with `hash_password`'s format (the internal
+    // backend plugin has its own copy): here it checks that the format is RabbitMQ's.
+    /// Verifies `password` against a stored hash in the format of [`hash_password`].
+    /// Malformed hashes (bad base64, wrong length, and the empty string RabbitMQ
+    /// uses to disable password login) never match.
+    fn check_password(password: &str, password_hash_b64: &str) -> bool {
+        let Ok(stored) = STANDARD.decode(password_hash_b64) else {
+            return false;
+        };
+        let Ok(stored) = <[u8; SALT_LEN + DIGEST_LEN]>::try_from(stored.as_slice()) else {
+            return false;
+        };
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&stored[..SALT_LEN]);
+        constant_time_eq(&salted_hash(&salt, password), &stored)
+    }
+
+    /// Compares without an early exit so timing doesn't reveal how many leading
+    /// bytes of a guess were right.
+    fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
 
     #[test]
     fn verifies_hash_exported_by_rabbitmq() {
@@ -389,67 +335,5 @@ mod tests {
         entry(&mut bad_utf8, "PASSWORD", b'S', &longstr(b"x"));
         assert_eq!(parse_amqplain(&bad_utf8), None);
         assert_eq!(parse_amqplain(&[]), None);
-    }
-
-    fn perm(configure: &str, write: &str, read: &str) -> CompiledPermission {
-        CompiledPermission::new(&Permission {
-            configure: configure.into(),
-            write: write.into(),
-            read: read.into(),
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn empty_pattern_allows_only_the_empty_name() {
-        let p = perm("", "", "");
-        for name in ["q", "amq.default", " "] {
-            assert!(!p.can_configure(name));
-            assert!(!p.can_write(name));
-            assert!(!p.can_read(name));
-        }
-        assert!(p.can_read(""));
-    }
-
-    #[test]
-    fn dot_star_allows_everything() {
-        let p = perm(".*", ".*", ".*");
-        for name in ["", "q", "amq.default", "a\nb"] {
-            assert!(p.can_configure(name) && p.can_write(name) && p.can_read(name));
-        }
-    }
-
-    #[test]
-    fn patterns_are_unanchored_searches() {
-        let p = perm("foo", "^amq\\.", "^(orders|audit)$");
-        assert!(p.can_configure("foo"));
-        assert!(p.can_configure("xfooy"));
-        assert!(!p.can_configure("fo"));
-        assert!(p.can_write("amq.topic"));
-        assert!(!p.can_write("x.amq.topic"));
-        assert!(!p.can_write("amqXtopic"));
-        assert!(p.can_read("orders"));
-        assert!(!p.can_read("orders2"));
-        assert!(!p.can_read("my-audit"));
-    }
-
-    #[test]
-    fn each_operation_uses_its_own_pattern() {
-        let p = perm("^c$", "^w$", "^r$");
-        assert!(p.can_configure("c") && !p.can_write("c") && !p.can_read("c"));
-        assert!(!p.can_configure("w") && p.can_write("w") && !p.can_read("w"));
-        assert!(!p.can_configure("r") && !p.can_write("r") && p.can_read("r"));
-    }
-
-    #[test]
-    fn invalid_patterns_are_errors() {
-        for bad in ["(", "[a-", "(?<=a)b", "(a)\\1"] {
-            let p = Permission {
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: bad.into(),
-            };
-            assert!(CompiledPermission::new(&p).is_err(), "{bad}");
-        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use warren::ctl::protocol::{
+use warren::cli::{
     CtlError, CtlHandler, CtlServer, PeerInfo, Request, Response, client_connect, serve_connection,
 };
 
@@ -254,7 +254,7 @@ async fn default_addresses_bind_ipv4_and_ipv6_side_by_side() {
         .unwrap()
         .port();
     let server = CtlServer::bind(
-        &warren::ctl::protocol::default_bind_addrs(port),
+        &warren::cli::default_bind_addrs(port),
         NODE,
         COOKIE,
         Arc::new(Echo),
@@ -274,7 +274,7 @@ async fn default_addresses_bind_ipv4_and_ipv6_side_by_side() {
     assert!(c.call(&Request::new("status")).await.unwrap().ok);
     // A second node on the same port fails with the reason instead of starting half-bound.
     let err = CtlServer::bind(
-        &warren::ctl::protocol::default_bind_addrs(port),
+        &warren::cli::default_bind_addrs(port),
         NODE,
         COOKIE,
         Arc::new(Echo),

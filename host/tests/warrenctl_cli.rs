@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::oneshot;
+use warren::cli::{CtlHandler, CtlServer, Request, Response};
 use warren::config::short_hostname;
-use warren::ctl::protocol::{CtlHandler, CtlServer, Request, Response};
 
 const COOKIE: &str = "CLITESTCOOKIECLITEST";
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use warren::amqp::codec;
+use warren::fuzzing::codec;
 
 /// A target's body: returns for any input, panics only on a finding.
 pub type Target = fn(&[u8]);
@@ -55,28 +55,26 @@ pub fn content_header(data: &[u8]) {
 
 /// A field table: the nesting check, and amq-protocol's parser only for what passes it.
 pub fn field_table(data: &[u8]) {
-    if warren::field_depth::check_table(data).is_ok() {
+    if warren::fuzzing::check_table(data).is_ok() {
         let _ = amq_protocol::types::parsing::parse_field_table(data);
     }
 }
 
 /// A message in the store's encoding, as a forwarded publish or a store record brings it.
 pub fn stored_message(data: &[u8]) {
-    let _ = warren::base::message::Message::decode(Bytes::copy_from_slice(data));
+    let _ = warren::fuzzing::Message::decode(Bytes::copy_from_slice(data));
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = warren::base::message::Message::from_wire_text(text);
+        let _ = warren::fuzzing::Message::from_wire_text(text);
     }
 }
 
 /// What crosses the dist port after the cookie check: a CLI request line, and peer frames
 /// with every kind of request body a node decodes.
 pub fn peer_request(data: &[u8]) {
-    use warren::peer::decode_call;
-    let _ = serde_json::from_slice::<warren::ctl::protocol::Request>(data);
+    use warren::fuzzing::decode_call;
+    let _ = serde_json::from_slice::<warren::cli::Request>(data);
     let bodies = |body: &[u8]| {
-        use warren::broker::calls::*;
-        use warren::cluster::calls::*;
-        use warren::quorum::calls::*;
+        use warren::fuzzing::calls::*;
         let _ = decode_call::<MetaAppend>(body);
         let _ = decode_call::<MetaVote>(body);
         let _ = decode_call::<MetaSnapshot>(body);
@@ -89,12 +87,12 @@ pub fn peer_request(data: &[u8]) {
         let _ = decode_call::<ProxyDeliver>(body);
         let _ = decode_call::<ProxySettle>(body);
         let _ = decode_call::<QueueDelete>(body);
-        let _ = decode_call::<warren::ctl::listings::QueueRows>(body);
+        let _ = decode_call::<warren::fuzzing::QueueRows>(body);
     };
     // The input as one body, and as a stream of frames.
     bodies(data);
     let mut rest = data;
-    while let Ok(Some((frame, used))) = warren::peer::frame::parse(rest) {
+    while let Ok(Some((frame, used))) = warren::fuzzing::frame::parse(rest) {
         bodies(&frame.body);
         rest = &rest[used..];
     }
@@ -202,7 +200,7 @@ fn in_process_node() -> u16 {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let node = warren::node::open(config, "fuzz-cookie".to_string())
+                let node = warren::open(config, "fuzz-cookie".to_string())
                     .await
                     .expect("fuzz node");
                 let _ = node.run().await;

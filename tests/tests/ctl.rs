@@ -473,6 +473,26 @@ async fn status_reports_the_node() {
 }
 
 #[tokio::test]
+async fn await_startup_answers_once_the_node_serves_and_not_while_its_app_is_stopped() {
+    let broker = TestBroker::start();
+    let out = broker.node.ctl(&["await_startup", "-t", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    broker.ctl_ok(&["stop_app"]);
+    let out = broker.node.ctl(&["await_startup", "-t", "1"]);
+    // Not started within the timeout: unavailable, with the node's reason.
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("its application is stopped"),
+        "{}",
+        stderr(&out)
+    );
+    broker.ctl_ok(&["start_app"]);
+    let out = broker.node.ctl(&["await_startup", "-t", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let _conn = connect(&broker.url()).await;
+}
+
+#[tokio::test]
 async fn the_dist_port_listens_only_where_distribution_listener_interface_says() {
     let broker = TestBroker::start_with_config("distribution.listener.interface = 127.0.0.2\n");
     let dist = broker.port + 20000;

@@ -6,12 +6,13 @@
 //! file changes, after the plugin was checked to load.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
+use warren::cli::{self as ctl_protocol, CtlError, Request, exit_code};
 use warren::config::{self, NodeConfig};
-use warren::ctl::protocol::{self as ctl_protocol, CtlError, Request, exit_code};
-use warren::plugins::{self, PluginStatus};
+use warren::{PluginError, PluginStatus, edit_offline};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +31,10 @@ struct Cli {
     /// Output format
     #[arg(long, global = true, value_enum, default_value_t = Formatter::Table)]
     formatter: Formatter,
+    /// Operation timeout in seconds (default 60 for list; 300 for enable and disable, which
+    /// compile plugins on the node)
+    #[arg(short = 't', long = "timeout", global = true, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +97,12 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` ends the program quietly, as it ends any Unix
+    // tool, instead of a panic on the broken pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -124,6 +135,15 @@ fn main() -> ExitCode {
         }
     };
     exit(code)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| "the timeout is too large".to_string())
+        }
+        _ => Err("expected a positive number of seconds".to_string()),
+    }
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -177,6 +197,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                     Command::List { .. } => {}
                 }
             }
+            client.set_request_timeout(cli.timeout.unwrap_or(match &cli.command {
+                Command::List { .. } => ctl_protocol::DEFAULT_REQUEST_TIMEOUT,
+                // A large component (a Python plugin is tens of MB) takes a while to compile.
+                Command::Enable { .. } | Command::Disable { .. } => Duration::from_secs(300),
+            }));
             let resp = client
                 .call(&request)
                 .await
@@ -207,9 +232,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
 async fn offline(cli: &Cli, node: &str) -> Result<(), Failure> {
     let cfg = NodeConfig::for_node(Some(node))
         .map_err(|e| Failure::new(exit_code::USAGE, e.to_string()))?;
-    let host =
-        warren::node::plugin_host(&cfg).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
-    let fail = |e: plugins::PluginError| Failure::new(e.exit_code(), e.to_string());
+    let host = warren::plugin_host(&cfg).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
+    let fail = |e: PluginError| Failure::new(e.exit_code(), e.to_string());
     match &cli.command {
         Command::List { .. } => {
             host.read_configuration().map_err(fail)?;
@@ -224,7 +248,7 @@ async fn offline(cli: &Cli, node: &str) -> Result<(), Failure> {
                     names.join("\n")
                 );
             }
-            plugins::edit_offline(&host, enable, names).map_err(fail)?;
+            edit_offline(&host, enable, names).map_err(fail)?;
             report_change(cli, node, &host.list(), &[], false);
         }
     }

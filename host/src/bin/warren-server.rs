@@ -81,7 +81,7 @@ fn run_foreground() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let node = warren::node::open(config, cookie).await?;
+        let node = warren::open(config, cookie).await?;
         node.run().await?;
         Ok::<(), anyhow::Error>(())
     })?;

@@ -9,10 +9,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use warren::cli::{self as ctl_protocol, CtlClient, CtlError, Request, Response, exit_code};
 use warren::config::{self, ConfigError, CtlTarget};
-use warren::ctl::protocol::{
-    self as ctl_protocol, CtlClient, CtlError, Request, Response, exit_code,
-};
 
 /// How long `await_startup` and `stop` wait unless `-t` says otherwise (RabbitMQ's default for
 /// await_startup).
@@ -271,6 +269,12 @@ fn one_line(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` ends the program quietly, as it ends any Unix
+    // tool, instead of a panic on the broken pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return exit(usage_error(e)),

@@ -12,8 +12,31 @@ use super::types::TypeConfig;
 use super::{JoinRequest, NodeKind, Status, SubmitAnswer};
 use crate::meta::{MetaCommand, MetaError};
 use crate::peer_call;
+use crate::raft::{NodeId, RaftCalls};
 
-type NodeId = u64;
+/// The metadata Raft's RPCs travel as `MetaAppend`, `MetaVote` and `MetaSnapshot`, on the
+/// "raft" lane.
+#[derive(Clone)]
+pub struct MetaRaftCalls;
+
+impl RaftCalls<TypeConfig> for MetaRaftCalls {
+    type Append = MetaAppend;
+    type Vote = MetaVote;
+    type Snapshot = MetaSnapshot;
+
+    fn append(&self, rpc: AppendEntriesRequest<TypeConfig>) -> MetaAppend {
+        MetaAppend(rpc)
+    }
+    fn vote(&self, rpc: VoteRequest<NodeId>) -> MetaVote {
+        MetaVote(rpc)
+    }
+    fn snapshot(&self, rpc: InstallSnapshotRequest<TypeConfig>) -> MetaSnapshot {
+        MetaSnapshot(rpc)
+    }
+    fn lane(&self) -> String {
+        "raft".into()
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 pub struct MetaAppend(pub AppendEntriesRequest<TypeConfig>);

@@ -12,10 +12,11 @@ use parking_lot::{Mutex, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
 use super::calls;
-use super::store::{SharedMeta, open_db};
+use super::machine::SharedMeta;
 use super::{Cluster, ClusterNode, JoinRequest, NodeKind};
 use crate::meta::{MetaCommand, MetaError, MetaListener, MetaOutcome, MetaState};
 use crate::peer::Peers;
+use crate::raft::log::open_db;
 
 /// What a node remembers about its cluster outside Raft: its own kind, and
 /// peers to ask when a ram node (whose replica lives in memory) starts again.

@@ -1,17 +1,17 @@
 //! Clustering: nodes join into one broker. Metadata is one Raft state machine
-//! (openraft 0.9, the stable line) whose commands are `meta::MetaCommand`s;
+//! (on the node's shared Raft plumbing, `raft`) whose commands are `meta::MetaCommand`s;
 //! disc nodes are voters that persist the log and snapshots in redb, ram
 //! nodes are learners with an in-memory replica.
 //!
-//! - `types`: the Raft type configuration and node ids.
-//! - `store`: the log (redb) and the state machine (`MetaState`).
-//! - `network`: links to peers over their dist ports.
+//! - `types`: the Raft type configuration.
+//! - `machine`: the state machine (`MetaState`) and the state every part of the node reads.
+//! - `calls`: what nodes ask each other about the metadata, Raft's RPCs among them.
+//! - `meta_store`: the node's handle on it all (submit, join, wipe).
 //! - this module: one node's membership — submit, join, leave, status.
 
 pub mod calls;
+pub mod machine;
 pub mod meta_store;
-pub mod network;
-pub mod store;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Config, Raft, ServerState};
+use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
-use self::network::Network;
-use self::store::{LogStore, MetaMachine, SharedMeta};
+use self::calls::MetaRaftCalls;
+use self::machine::{MetaMachine, SharedMeta};
 use crate::meta::{MetaCommand, MetaError, MetaOutcome};
 use crate::peer::{PeerError, Peers};
 pub use meta_store::MetaStore;
@@ -85,18 +85,12 @@ pub struct Cluster {
     pub shared: Arc<SharedMeta>,
 }
 
-fn raft_config() -> Config {
-    Config {
-        cluster_name: "warren".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
-        // Metadata is small: keep snapshots frequent so a joining node gets one.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-        max_in_snapshot_log_to_keep: 100,
-        ..Default::default()
-    }
-}
+/// Metadata is small: snapshots are frequent, so a joining node gets one.
+const SIZING: crate::raft::Sizing = crate::raft::Sizing {
+    snapshot_every: 500,
+    keep_after_snapshot: 100,
+    max_payload_entries: 300,
+};
 
 impl Cluster {
     /// Starts Raft on `db` (already holding this node's log, or fresh).
@@ -107,19 +101,14 @@ impl Cluster {
         peers: Arc<Peers>,
     ) -> Result<Arc<Cluster>, MetaError> {
         let id = node_id(&me.name);
-        let machine = MetaMachine::open(db.clone(), shared.clone())
-            .map_err(|e| MetaError::Storage(format!("metadata store: {e}")))?;
-        let config = raft_config()
-            .validate()
-            .map_err(|e| MetaError::Storage(format!("raft config: {e}")))?;
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            Network {
-                peers: peers.clone(),
-            },
-            LogStore::new(db),
-            machine,
+        let raft = crate::raft::start(
+            "warren",
+            SIZING,
+            &me.name,
+            db,
+            MetaMachine(shared.clone()),
+            MetaRaftCalls,
+            peers.clone(),
         )
         .await
         .map_err(|e| MetaError::Storage(format!("metadata store: {e}")))?;
@@ -376,7 +365,7 @@ impl Cluster {
         };
         tokio::time::timeout(
             Duration::from_secs(30),
-            self.raft.add_learner(id, node, true),
+            patiently(|| self.raft.add_learner(id, node.clone(), true)),
         )
         .await
         .map_err(|_| self.no_quorum())?
@@ -386,8 +375,10 @@ impl Cluster {
             ids.insert(id);
             tokio::time::timeout(
                 Duration::from_secs(30),
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(ids), true),
+                patiently(|| {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(ids.clone()), true)
+                }),
             )
             .await
             .map_err(|_| self.no_quorum())?
@@ -423,7 +414,7 @@ impl Cluster {
         };
         let resp = tokio::time::timeout(
             Duration::from_secs(30),
-            self.raft.change_membership(change, false),
+            patiently(|| self.raft.change_membership(change.clone(), false)),
         )
         .await
         .map_err(|_| self.no_quorum())?
@@ -465,7 +456,7 @@ impl Cluster {
         };
         tokio::time::timeout(
             Duration::from_secs(30),
-            self.raft.change_membership(change, true),
+            patiently(|| self.raft.change_membership(change.clone(), true)),
         )
         .await
         .map_err(|_| self.no_quorum())?
@@ -510,7 +501,29 @@ impl Cluster {
 /// committed: once in the log, every node has to apply it, also after a restart.
 fn check_storable(cmd: &MetaCommand) -> Result<(), MetaError> {
     cmd.check_nesting()?;
-    store::check_round_trip(cmd)
+    machine::check_round_trip(cmd)
+}
+
+/// Runs a membership change, again while the previous one is still being committed: one
+/// change at a time is Raft's rule, and a change right after another (a node turned into a
+/// disc node and rejoining, members forgotten one after the other) is the operator's normal
+/// sequence, not an error. The caller bounds the whole wait.
+async fn patiently<T, F, Fut>(
+    mut change: F,
+) -> Result<T, RaftError<u64, ClientWriteError<u64, ClusterNode>>>
+where
+    F: FnMut() -> Fut,
+    Fut:
+        std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, ClusterNode>>>>,
+{
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ))) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => return other,
+        }
+    }
 }
 
 /// Pings every other member each second, so that who is up (cluster_status,

@@ -1,11 +1,28 @@
 //! The control side of a node: the listener on the dist port that `warrenctl` talks to
-//! (cookie-authenticated, see `protocol`), and the handler that answers its commands. What
-//! the commands need of the node itself is the `Lifecycle` trait.
+//! (cookie-authenticated, see `protocol`), and its commands: read into a typed `Command`
+//! (`command`), routed by `handler`, and run by area, each area a file of functions that an
+//! HTTP API can call as well:
+//!
+//! - `lifecycle`: status, stop, stop_app / start_app, await_startup, reset (and the
+//!   `Lifecycle` trait, what the commands need of the node itself);
+//! - `membership`: cluster_status, join / forget / change type, the cluster's name;
+//! - `quorum_members`: quorum_status, add / delete member, grow / shrink;
+//! - `access`: users, vhosts, permissions;
+//! - `plugins`: list, enable, disable;
+//! - `listings`: queues, exchanges, bindings, connections, channels, consumers.
+//!
+//! Why a command is refused is a `Refused` (`refusal`), an exit code for the CLI.
 
+pub mod access;
+pub mod command;
 pub mod handler;
 pub mod lifecycle;
 pub mod listings;
+pub mod membership;
+pub mod plugins;
 pub mod protocol;
+pub mod quorum_members;
+pub mod refusal;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

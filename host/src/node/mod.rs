@@ -248,7 +248,7 @@ impl crate::ctl::Lifecycle for Node {
     }
 
     fn set_app_running(&self, running: bool) {
-        let _ = self.app_running.send(running);
+        self.app_running.send_replace(running);
         if !running {
             self.close_connections();
         }
@@ -259,7 +259,7 @@ impl crate::ctl::Lifecycle for Node {
     }
 
     fn stop(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
     }
 }
 
@@ -303,7 +303,7 @@ impl Node {
         for l in listeners {
             tokio::spawn(accept_loop(l, self.clone()));
         }
-        let _ = self.serving.send(true);
+        self.serving.send_replace(true);
         if let Some(c) = self.broker.meta.cluster() {
             c.announce_app_state(true).await;
         }

@@ -19,7 +19,6 @@ pub trait Call: Serialize + DeserializeOwned + Send + Sync + 'static {
 pub mod code {
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_FOUND: u16 = 404;
-    pub const RESOURCE_LOCKED: u16 = 405;
     pub const PRECONDITION_FAILED: u16 = 406;
     pub const FRAME_ERROR: u16 = 501;
     pub const NOT_IMPLEMENTED: u16 = 540;

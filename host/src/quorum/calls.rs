@@ -11,8 +11,42 @@ use serde::{Deserialize, Serialize};
 use super::members::MemberStatus;
 use super::types::QueueRaft;
 use crate::peer_call;
+use crate::raft::{NodeId, RaftCalls};
 
-type NodeId = u64;
+/// A group's Raft RPCs travel as `QqAppend`, `QqVote` and `QqSnapshot`, naming the group,
+/// on a lane of the group's own: one queue's snapshot never delays another's heartbeats.
+#[derive(Clone)]
+pub struct GroupCalls {
+    pub group: u64,
+}
+
+impl RaftCalls<QueueRaft> for GroupCalls {
+    type Append = QqAppend;
+    type Vote = QqVote;
+    type Snapshot = QqSnapshot;
+
+    fn append(&self, rpc: AppendEntriesRequest<QueueRaft>) -> QqAppend {
+        QqAppend {
+            group: self.group,
+            rpc,
+        }
+    }
+    fn vote(&self, rpc: VoteRequest<NodeId>) -> QqVote {
+        QqVote {
+            group: self.group,
+            rpc,
+        }
+    }
+    fn snapshot(&self, rpc: InstallSnapshotRequest<QueueRaft>) -> QqSnapshot {
+        QqSnapshot {
+            group: self.group,
+            rpc,
+        }
+    }
+    fn lane(&self) -> String {
+        format!("qq{}", self.group)
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 pub struct QqAppend {

@@ -7,17 +7,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use openraft::{Config, Raft, ServerState};
+use openraft::{Raft, ServerState};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use super::calls::GroupCalls;
 use super::host::GroupHost;
 use super::machine::{Contents, QueueMachine};
-use super::network::GroupNetwork;
 use super::types::{QueueCommand, QueueRaft, QueueReply};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
-use crate::cluster::store::{LogStore, open_db};
 use crate::cluster::{ClusterNode, node_id};
 use crate::meta::QueueRecord;
 use crate::peer::Peers;
@@ -25,6 +24,9 @@ use crate::queue::Entry;
 
 /// Most messages one log entry carries.
 const MAX_BATCH: usize = 512;
+/// Entries being committed at once: enough to keep the followers' disks busy, few enough
+/// that what arrives meanwhile gathers into the next entry.
+const IN_FLIGHT: usize = 4;
 /// How long a publisher waits for its message to be committed before it is refused.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
 /// How long a restarted member listens before it may stand for election.
@@ -32,20 +34,13 @@ const RESTART_QUIET: Duration = Duration::from_secs(3);
 /// A leader that has not heard from a majority for this long refuses publishes at once.
 const QUORUM_SILENCE_MS: u64 = 3000;
 
-fn raft_config() -> Config {
-    Config {
-        cluster_name: "warren-quorum-queue".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 1000,
-        // An append must be answered within the heartbeat interval (openraft
-        // drops it otherwise): a follower catching up gets small ones.
-        max_payload_entries: 64,
-        ..Default::default()
-    }
-}
+const SIZING: crate::raft::Sizing = crate::raft::Sizing {
+    snapshot_every: 20_000,
+    keep_after_snapshot: 1000,
+    // An append must be answered within the heartbeat interval (openraft
+    // drops it otherwise): a follower catching up gets small ones.
+    max_payload_entries: 64,
+};
 
 /// What the live queue asks its group to agree on.
 pub enum Proposal {
@@ -94,7 +89,12 @@ type CommitReceiver =
     <<QueueRaft as openraft::RaftTypeConfig>::Responder as openraft::raft::responder::Responder<
         QueueRaft,
     >>::Receiver;
-type Waiting = (CommitReceiver, Vec<oneshot::Sender<bool>>);
+/// An entry being committed: who waits for its publishes, and its place in the pipeline.
+type Waiting = (
+    CommitReceiver,
+    Vec<oneshot::Sender<bool>>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 impl QuorumGroup {
     /// Opens (or creates) this node's member of the queue's group. The node
@@ -111,20 +111,17 @@ impl QuorumGroup {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{:016x}.redb", record.uid));
         let fresh = !path.exists();
-        let db = open_db(Some(&path)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let db = crate::raft::log::open_db(Some(&path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let contents = Arc::new(Mutex::new(Contents::default()));
-        let machine =
-            QueueMachine::open(db.clone(), contents.clone()).map_err(|e| e.to_string())?;
-        let config = raft_config().validate().map_err(|e| e.to_string())?;
-        let raft = Raft::new(
-            node_id(&me),
-            Arc::new(config),
-            GroupNetwork {
-                peers,
-                group: record.uid,
-            },
-            LogStore::<QueueRaft>::new(db),
-            machine,
+        let raft = crate::raft::start(
+            "warren-quorum-queue",
+            SIZING,
+            &me,
+            db,
+            QueueMachine(contents.clone()),
+            GroupCalls { group: record.uid },
+            peers,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -318,84 +315,63 @@ fn can_accept(raft: &Raft<QueueRaft>) -> bool {
             .is_none_or(|ms| ms <= QUORUM_SILENCE_MS)
 }
 
-/// Turns proposals into log entries, in order: consecutive publishes travel
-/// in one entry, consecutive settles in another.
+/// Turns proposals into log entries, in order. At most `IN_FLIGHT` entries are being
+/// committed at a time; what the live queue asks meanwhile (publishes, settles, returns)
+/// travels in the next entry, so entries grow with the load instead of their number (each
+/// costs a replication round, a commit and an apply).
 async fn run_proposer(
     raft: Raft<QueueRaft>,
     mut rx: mpsc::UnboundedReceiver<Proposal>,
     waiting: mpsc::UnboundedSender<Waiting>,
 ) {
-    let mut next: Option<Proposal> = None;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
-        let first = match next.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
         };
-        let (cmd, senders) = match first {
-            Proposal::Enqueue(msg, s) => {
-                let mut texts = vec![Carried(msg)];
-                let mut senders = vec![s];
-                while texts.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Proposal::Enqueue(m, s)) => {
-                            texts.push(Carried(m));
-                            senders.push(s);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let (mut enqueue, mut senders, mut settle, mut returned) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match p {
+                Proposal::Enqueue(m, s) => {
+                    enqueue.push(Carried(m));
+                    senders.push(s);
                 }
-                if !can_accept(&raft) {
-                    tracing::debug!(
-                        messages = senders.len(),
-                        "quorum queue publishes refused: not a leader with a majority"
-                    );
-                    for s in senders {
-                        let _ = s.send(false);
-                    }
-                    continue;
-                }
-                (QueueCommand::Enqueue(texts), senders)
+                Proposal::Settle(ids) => settle.extend(ids),
+                Proposal::Return(id) => returned.push(id),
             }
-            Proposal::Settle(mut ids) => {
-                while ids.len() < 4 * MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Proposal::Settle(more)) => ids.extend(more),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                (QueueCommand::Settle(ids), Vec::new())
+            if enqueue.len() < MAX_BATCH && settle.len() + returned.len() < 4 * MAX_BATCH {
+                next = rx.try_recv().ok();
             }
-            Proposal::Return(id) => {
-                let mut ids = vec![id];
-                while ids.len() < 4 * MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Proposal::Return(more)) => ids.push(more),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                (QueueCommand::Return(ids), Vec::new())
+        }
+        if !enqueue.is_empty() && !can_accept(&raft) {
+            tracing::debug!(
+                messages = senders.len(),
+                "quorum queue publishes refused: not a leader with a majority"
+            );
+            for s in senders.drain(..) {
+                let _ = s.send(false);
             }
+            enqueue.clear();
+        }
+        let cmd = match (enqueue.is_empty(), settle.is_empty(), returned.is_empty()) {
+            (true, true, true) => continue,
+            (false, true, true) => QueueCommand::Enqueue(enqueue),
+            (true, false, true) => QueueCommand::Settle(settle),
+            (true, true, false) => QueueCommand::Return(returned),
+            _ => QueueCommand::Changes {
+                settle,
+                returned,
+                enqueue,
+            },
         };
         match raft.client_write_ff(cmd).await {
             Ok(responder) => {
-                if !senders.is_empty() {
-                    let _ = waiting.send((responder, senders));
-                }
+                let _ = waiting.send((responder, senders, permit));
             }
             Err(_) => {
                 for s in senders {
@@ -408,7 +384,7 @@ async fn run_proposer(
 
 /// Answers publishers, in order, once their entry is committed and applied.
 async fn run_waiter(mut rx: mpsc::UnboundedReceiver<Waiting>) {
-    while let Some((responder, senders)) = rx.recv().await {
+    while let Some((responder, senders, permit)) = rx.recv().await {
         let accepted: Vec<bool> = match tokio::time::timeout(COMMIT_WAIT, responder).await {
             Ok(Ok(Ok(written))) => {
                 let reply: QueueReply = written.data;
@@ -427,5 +403,6 @@ async fn run_waiter(mut rx: mpsc::UnboundedReceiver<Waiting>) {
         for (i, s) in senders.into_iter().enumerate() {
             let _ = s.send(accepted.get(i).copied().unwrap_or(false));
         }
+        drop(permit);
     }
 }

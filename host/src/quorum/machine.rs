@@ -1,28 +1,19 @@
 //! A quorum queue's state machine: the messages its members agreed on, with
 //! their delivery counts. On the leader the same apply also hands each new
-//! message to the live queue that serves clients.
-
-// openraft's storage traits fix the error type (`StorageError`, ~224 bytes).
-#![allow(clippy::result_large_err)]
+//! message to the live queue that serves clients. Raft drives it through the
+//! node's shared plumbing (`raft::Machine`).
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StoredMembership,
-};
 use parking_lot::Mutex;
-use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use super::types::{QueueCommand, QueueRaft, QueueReply};
+use crate::base::carried::Carried;
 use crate::base::message::Message;
-use crate::cluster::ClusterNode;
-use crate::cluster::store::{NodeId, StorageResult, get_meta, put_meta, read_err, write_err};
 use crate::queue::{PublishOutcome, Queue};
+use crate::raft::Machine;
 
 /// One message the group holds.
 pub struct Held {
@@ -39,235 +30,206 @@ pub struct Contents {
     pub live: Option<Arc<Queue>>,
 }
 
+/// The contents at one applied index. Messages are shared, not copied, until the snapshot
+/// is written (raw bytes in postcard; in the JSON of earlier versions, the same base64 text
+/// as before).
 #[derive(Serialize, Deserialize)]
-struct QueueSnapshot {
+pub struct QueueSnapshot {
     next_id: u64,
-    /// (id, message in wire form, returns).
-    messages: Vec<(u64, String, u32)>,
+    /// (id, message, returns).
+    messages: Vec<(u64, Carried, u32)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, ClusterNode>,
-    data: QueueSnapshot,
-}
+/// The state machine: a handle on the group's contents.
+#[derive(Clone)]
+pub struct QueueMachine(pub Arc<Mutex<Contents>>);
 
-pub struct QueueMachine {
-    contents: Arc<Mutex<Contents>>,
-    db: Arc<Database>,
-    last_applied: Option<LogId<NodeId>>,
-    last_membership: StoredMembership<NodeId, ClusterNode>,
-    snapshot_seq: u64,
-    /// A snapshot builder's copy of the contents, taken when Raft asked for
-    /// the builder: Raft builds in another task while applying goes on, and
-    /// the snapshot must hold exactly what `last_applied` says.
-    frozen: Option<Frozen>,
-}
+impl Machine<QueueRaft> for QueueMachine {
+    type Snapshot = QueueSnapshot;
 
-/// (next id, (id, message, returns)...) at one applied index.
-type Frozen = (u64, Vec<(u64, Arc<Message>, u32)>);
-
-fn freeze(c: &Contents) -> Frozen {
-    (
-        c.next_id,
-        c.messages
-            .iter()
-            .map(|(id, h)| (*id, h.msg.clone(), h.returns))
-            .collect(),
-    )
-}
-
-impl QueueMachine {
-    /// Restores the contents from the last snapshot in `db`; Raft re-applies
-    /// the log after it.
-    pub fn open(db: Arc<Database>, contents: Arc<Mutex<Contents>>) -> StorageResult<QueueMachine> {
-        let stored: Option<StoredSnapshot> = get_meta(&db, "snapshot")?;
-        let (last_applied, last_membership) = match stored {
-            Some(s) => {
-                restore(&mut contents.lock(), s.data);
-                (s.meta.last_log_id, s.meta.last_membership)
-            }
-            None => (None, StoredMembership::default()),
-        };
-        Ok(QueueMachine {
-            contents,
-            db,
-            last_applied,
-            last_membership,
-            snapshot_seq: 0,
-            frozen: None,
-        })
+    fn apply(&mut self, cmd: QueueCommand) -> QueueReply {
+        apply_command(&mut self.0.lock(), cmd)
     }
 
-    fn snapshot_now(&mut self) -> StorageResult<(StoredSnapshot, Vec<u8>)> {
-        self.snapshot_seq += 1;
-        let (next_id, messages) = match self.frozen.take() {
-            Some(f) => f,
-            None => freeze(&self.contents.lock()),
-        };
-        let data = QueueSnapshot {
-            next_id,
-            messages: messages
-                .into_iter()
-                .map(|(id, msg, returns)| (id, msg.to_wire_text(), returns))
+    fn no_command(&self) -> QueueReply {
+        QueueReply::default()
+    }
+
+    fn freeze(&self) -> QueueSnapshot {
+        let c = self.0.lock();
+        QueueSnapshot {
+            next_id: c.next_id,
+            messages: c
+                .messages
+                .iter()
+                .map(|(id, h)| (*id, Carried(h.msg.clone()), h.returns))
                 .collect(),
-        };
-        let snapshot_id = match self.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
-            None => format!("0-0-{}", self.snapshot_seq),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            snapshot_id,
-        };
-        let bytes = serde_json::to_vec(&data).map_err(write_err)?;
-        Ok((StoredSnapshot { meta, data }, bytes))
+        }
     }
-}
 
-fn restore(c: &mut Contents, data: QueueSnapshot) {
-    c.next_id = data.next_id;
-    c.messages = data
-        .messages
-        .into_iter()
-        .filter_map(|(id, text, returns)| {
-            let msg = Message::from_wire_text(&text)?;
-            Some((
-                id,
-                Held {
-                    msg: Arc::new(msg),
-                    returns,
-                },
-            ))
-        })
-        .collect();
+    fn restore(&mut self, data: QueueSnapshot) {
+        let mut c = self.0.lock();
+        c.next_id = data.next_id;
+        c.messages = data
+            .messages
+            .into_iter()
+            .map(|(id, carried, returns)| {
+                (
+                    id,
+                    Held {
+                        msg: carried.0,
+                        returns,
+                    },
+                )
+            })
+            .collect();
+    }
 }
 
 /// Applies one command to the contents (and to the live queue, on the leader).
 pub fn apply_command(c: &mut Contents, cmd: QueueCommand) -> QueueReply {
     let mut reply = QueueReply::default();
     match cmd {
-        QueueCommand::Enqueue(carried) => {
-            for m in carried {
-                let id = c.next_id;
-                c.next_id += 1;
-                let msg = m.into_message();
-                c.messages.insert(
-                    id,
-                    Held {
-                        msg: msg.clone(),
-                        returns: 0,
-                    },
-                );
-                let accepted = match &c.live {
-                    Some(q) => !matches!(q.enqueue_committed(msg, id, 0), PublishOutcome::Rejected),
-                    None => true,
-                };
-                reply.accepted.push(accepted);
-            }
-        }
-        QueueCommand::Settle(ids) => {
-            for id in ids {
-                c.messages.remove(&id);
-            }
-        }
-        QueueCommand::Return(ids) => {
-            for id in ids {
-                if let Some(h) = c.messages.get_mut(&id) {
-                    h.returns += 1;
-                }
-            }
+        QueueCommand::Enqueue(carried) => enqueue(c, carried, &mut reply),
+        QueueCommand::Settle(ids) => settle(c, ids),
+        QueueCommand::Return(ids) => returned(c, ids),
+        QueueCommand::Changes {
+            settle: settled,
+            returned: given_back,
+            enqueue: carried,
+        } => {
+            // Settles and returns name messages committed in earlier entries, so their order
+            // against this entry's new messages does not matter; a message returned and then
+            // settled in the same window is gone either way.
+            returned(c, given_back);
+            settle(c, settled);
+            enqueue(c, carried, &mut reply);
         }
     }
     reply
 }
 
-impl RaftSnapshotBuilder<QueueRaft> for QueueMachine {
-    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<QueueRaft>> {
-        let (stored, bytes) = self.snapshot_now()?;
-        put_meta(&self.db, "snapshot", &stored)?;
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+fn enqueue(c: &mut Contents, carried: Vec<Carried>, reply: &mut QueueReply) {
+    for m in carried {
+        let id = c.next_id;
+        c.next_id += 1;
+        let msg = m.into_message();
+        c.messages.insert(
+            id,
+            Held {
+                msg: msg.clone(),
+                returns: 0,
+            },
+        );
+        let accepted = match &c.live {
+            Some(q) => !matches!(q.enqueue_committed(msg, id, 0), PublishOutcome::Rejected),
+            None => true,
+        };
+        reply.accepted.push(accepted);
     }
 }
 
-impl RaftStateMachine<QueueRaft> for QueueMachine {
-    type SnapshotBuilder = QueueMachine;
-
-    async fn applied_state(
-        &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>)> {
-        Ok((self.last_applied, self.last_membership.clone()))
+fn settle(c: &mut Contents, ids: Vec<u64>) {
+    for id in ids {
+        c.messages.remove(&id);
     }
+}
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<QueueReply>>
-    where
-        I: IntoIterator<Item = Entry<QueueRaft>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut replies = Vec::new();
-        for e in entries {
-            self.last_applied = Some(e.log_id);
-            let reply = match e.payload {
-                EntryPayload::Blank => QueueReply::default(),
-                EntryPayload::Normal(cmd) => apply_command(&mut self.contents.lock(), cmd),
-                EntryPayload::Membership(m) => {
-                    self.last_membership = StoredMembership::new(Some(e.log_id), m);
-                    QueueReply::default()
-                }
-            };
-            replies.push(reply);
-        }
-        Ok(replies)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        QueueMachine {
-            contents: self.contents.clone(),
-            db: self.db.clone(),
-            last_applied: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            snapshot_seq: self.snapshot_seq + 1,
-            frozen: Some(freeze(&self.contents.lock())),
+fn returned(c: &mut Contents, ids: Vec<u64>) {
+    for id in ids {
+        if let Some(h) = c.messages.get_mut(&id) {
+            h.returns += 1;
         }
     }
+}
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Replicated, codec, log::open_db};
+    use bytes::Bytes;
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+
+    fn message(body: &[u8]) -> Carried {
+        let props = amq_protocol::protocol::basic::AMQPProperties::default().with_delivery_mode(2);
+        let raw = crate::base::message::encode_properties(&props);
+        Carried(Arc::new(Message::new(
+            "".into(),
+            "q".into(),
+            props,
+            raw,
+            Bytes::copy_from_slice(body),
+        )))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, ClusterNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StorageResult<()> {
-        let data: QueueSnapshot = serde_json::from_slice(snapshot.get_ref()).map_err(read_err)?;
-        // Kept as received, so this node can pass it on and restart from it.
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        put_meta(&self.db, "snapshot", &stored)?;
-        restore(&mut self.contents.lock(), stored.data);
-        self.last_applied = meta.last_log_id;
-        self.last_membership = meta.last_membership.clone();
-        Ok(())
+    fn bodies(c: &Contents) -> Vec<(u64, Vec<u8>, u32)> {
+        c.messages
+            .iter()
+            .map(|(id, h)| (*id, h.msg.body.to_vec(), h.returns))
+            .collect()
     }
 
-    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<QueueRaft>>> {
-        let stored: Option<StoredSnapshot> = get_meta(&self.db, "snapshot")?;
-        Ok(match stored {
-            Some(s) => {
-                let bytes = serde_json::to_vec(&s.data).map_err(read_err)?;
-                Some(Snapshot {
-                    meta: s.meta,
-                    snapshot: Box::new(Cursor::new(bytes)),
-                })
-            }
-            None => None,
-        })
+    #[tokio::test]
+    async fn a_snapshot_carries_the_contents_to_another_member() {
+        let contents = Arc::new(Mutex::new(Contents::default()));
+        let mut machine = QueueMachine(contents.clone());
+        machine.apply(QueueCommand::Enqueue(vec![
+            message(b"one"),
+            message(b"two"),
+            message(&[0u8; 2048]),
+        ]));
+        machine.apply(QueueCommand::Return(vec![1]));
+        machine.apply(QueueCommand::Settle(vec![0]));
+        let mut leader = Replicated::open(open_db(None).unwrap(), machine).unwrap();
+        let snapshot = leader.build_snapshot().await.unwrap();
+        let bytes = snapshot.snapshot.get_ref().clone();
+        // Bodies as bytes: the 2 KiB body is in there once, not as base64.
+        assert!(bytes.len() < 2048 + 256, "{} bytes", bytes.len());
+
+        let other = Arc::new(Mutex::new(Contents::default()));
+        let db = open_db(None).unwrap();
+        let mut follower = Replicated::open(db.clone(), QueueMachine(other.clone())).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(bodies(&other.lock()), bodies(&contents.lock()));
+        assert_eq!(other.lock().next_id, 3);
+
+        // It restarts from the snapshot it kept.
+        let again = Arc::new(Mutex::new(Contents::default()));
+        let _restarted = Replicated::open(db, QueueMachine(again.clone())).unwrap();
+        assert_eq!(bodies(&again.lock()), bodies(&contents.lock()));
+    }
+
+    #[test]
+    fn one_entry_of_changes_settles_returns_and_enqueues() {
+        let contents = Arc::new(Mutex::new(Contents::default()));
+        let mut machine = QueueMachine(contents.clone());
+        machine.apply(QueueCommand::Enqueue(vec![message(b"a"), message(b"b")]));
+        let reply = machine.apply(QueueCommand::Changes {
+            settle: vec![0],
+            returned: vec![1, 0],
+            enqueue: vec![message(b"c")],
+        });
+        // Only the new message answers: its publisher waits for it.
+        assert_eq!(reply.accepted, vec![true]);
+        assert_eq!(
+            bodies(&contents.lock()),
+            vec![(1, b"b".to_vec(), 1), (2, b"c".to_vec(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_written_as_json_by_an_earlier_version_still_reads() {
+        let old = serde_json::json!({
+            "next_id": 5,
+            "messages": [[4, message(b"kept").0.to_wire_text(), 2]],
+        });
+        let data: QueueSnapshot = codec::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        let contents = Arc::new(Mutex::new(Contents::default()));
+        QueueMachine(contents.clone()).restore(data);
+        assert_eq!(bodies(&contents.lock()), vec![(4, b"kept".to_vec(), 2)]);
     }
 }

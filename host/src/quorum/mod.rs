@@ -1,4 +1,5 @@
-//! Replicated (quorum) queues. Each is its own Raft group (openraft) over
+//! Replicated (quorum) queues. Each is its own Raft group (on the node's shared Raft
+//! plumbing, `raft`) over
 //! `x-quorum-initial-group-size` disc nodes, with its log on each member's
 //! disk. The group's leader serves the queue: a live `Queue` built from what
 //! the group holds, whose every change (publish, settle, return) goes
@@ -11,7 +12,6 @@ pub mod group;
 pub mod host;
 pub mod machine;
 pub mod members;
-pub mod network;
 pub mod types;
 
 use std::collections::HashMap;

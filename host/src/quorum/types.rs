@@ -17,6 +17,14 @@ pub enum QueueCommand {
     /// Given back to the queue (nack or reject with requeue, a consumer's
     /// channel closing): their delivery counts go up by one.
     Return(Vec<u64>),
+    /// Everything the live queue asked for while the previous entries were being committed,
+    /// in one entry: settles and returns (of messages committed before) and then new
+    /// messages. What one entry costs (replication, commit, apply) is paid once for all.
+    Changes {
+        settle: Vec<u64>,
+        returned: Vec<u64>,
+        enqueue: Vec<Carried>,
+    },
 }
 
 /// What applying a command gave, as the leader saw it.

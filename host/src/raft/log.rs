@@ -1,0 +1,367 @@
+//! The Raft log and vote in redb, for every Raft on the node: the metadata cluster's (a file
+//! on disc nodes, memory on ram nodes) and each quorum queue's (a file of its own). Values
+//! are written with `codec`.
+//!
+//! Appends are group-committed: each append is written at once without an fsync, and Raft is
+//! told it is on disk only after a durable commit that follows it (redb makes every earlier
+//! commit durable with it). One fsync then covers every append made while the previous one
+//! ran; a leader that appends each client write on its own no longer pays an fsync apiece.
+
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); the helpers
+// here return the same type so `?` needs no conversions.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, RaftTypeConfig, StorageError,
+    StorageIOError, Vote,
+};
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec;
+use super::{ClusterNode, NodeId};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+pub type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+pub fn read_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::read(AnyError::error(e.to_string())).into()
+}
+
+pub fn write_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write(AnyError::error(e.to_string())).into()
+}
+
+/// Opens a Raft database: a file, or memory when `path` is None.
+pub fn open_db(path: Option<&std::path::Path>) -> Result<Arc<Database>, redb::Error> {
+    let db = match path {
+        Some(p) => Database::create(p)?,
+        None => Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?,
+    };
+    let tx = db.begin_write()?;
+    tx.open_table(LOG)?;
+    tx.open_table(META)?;
+    tx.commit()?;
+    Ok(Arc::new(db))
+}
+
+/// One value of the database's small key-value table (vote, purge point, snapshot).
+pub fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> StorageResult<Option<T>> {
+    let tx = db.begin_read().map_err(read_err)?;
+    let table = tx.open_table(META).map_err(read_err)?;
+    match table.get(key).map_err(read_err)? {
+        Some(v) => codec::decode(v.value()).map(Some).map_err(read_err),
+        None => Ok(None),
+    }
+}
+
+/// Writes one value of the key-value table, durably.
+pub fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
+    put_meta_with(db, key, value, redb::Durability::Immediate)
+}
+
+fn put_meta_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: redb::Durability,
+) -> StorageResult<()> {
+    let bytes = codec::encode(value).map_err(write_err)?;
+    let mut tx = db.begin_write().map_err(write_err)?;
+    tx.set_durability(durability).map_err(write_err)?;
+    {
+        let mut table = tx.open_table(META).map_err(write_err)?;
+        table.insert(key, bytes.as_slice()).map_err(write_err)?;
+    }
+    tx.commit().map_err(write_err)
+}
+
+/// Appends written but not yet durable, and whether a flush is under way.
+struct Flushes<C: RaftTypeConfig> {
+    waiting: Vec<LogFlushed<C>>,
+    running: bool,
+}
+
+/// The Raft log and vote of one Raft, whatever its state machine.
+pub struct LogStore<C: RaftTypeConfig> {
+    db: Arc<Database>,
+    flushes: Arc<Mutex<Flushes<C>>>,
+    _config: PhantomData<C>,
+}
+
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            flushes: self.flushes.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> LogStore<C> {
+    pub fn new(db: Arc<Database>) -> LogStore<C> {
+        LogStore {
+            db,
+            flushes: Arc::new(Mutex::new(Flushes {
+                waiting: Vec::new(),
+                running: false,
+            })),
+            _config: PhantomData,
+        }
+    }
+
+    /// Tells Raft about `callback`'s append once a durable commit has followed it.
+    fn once_durable(&self, callback: LogFlushed<C>) {
+        let start = {
+            let mut f = self.flushes.lock();
+            f.waiting.push(callback);
+            !std::mem::replace(&mut f.running, true)
+        };
+        if start {
+            let (db, flushes) = (self.db.clone(), self.flushes.clone());
+            // The fsync blocks: off the runtime's workers.
+            tokio::task::spawn_blocking(move || flush_until_idle(&db, &flushes));
+        }
+    }
+}
+
+/// Durable commits, each covering every append made before it began, until none waits.
+fn flush_until_idle<C: RaftTypeConfig>(db: &Database, flushes: &Mutex<Flushes<C>>) {
+    loop {
+        let batch = {
+            let mut f = flushes.lock();
+            if f.waiting.is_empty() {
+                f.running = false;
+                return;
+            }
+            std::mem::take(&mut f.waiting)
+        };
+        let result = durable_commit(db).map_err(|e| e.to_string());
+        for callback in batch {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
+}
+
+/// An empty commit with Durability::Immediate: redb makes the non-durable commits before it
+/// durable with it.
+fn durable_commit(db: &Database) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::Immediate)?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<C>>> {
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(LOG).map_err(read_err)?;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for row in table.range(start..).map_err(read_err)? {
+            let (k, v) = row.map_err(read_err)?;
+            if !range.contains(&k.value()) {
+                break;
+            }
+            out.push(codec::decode(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+{
+    type LogReader = LogStore<C>;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
+        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, "last_purged")?;
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(LOG).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, v)) => {
+                let e: Entry<C> = codec::decode(v.value()).map_err(read_err)?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        put_meta(&self.db, "vote", vote)
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        get_meta(&self.db, "vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Only a hint for a faster restart (Raft re-learns it): no fsync of
+        // its own, it reaches the disk with the next log append.
+        put_meta_with(&self.db, "committed", &committed, redb::Durability::None)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, "committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut tx = self.db.begin_write().map_err(write_err)?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(write_err)?;
+        {
+            let mut table = tx.open_table(LOG).map_err(write_err)?;
+            for e in entries {
+                let bytes = codec::encode(&e).map_err(write_err)?;
+                table
+                    .insert(e.log_id.index, bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        tx.commit().map_err(write_err)?;
+        // The entries are on disk before Raft counts this node's vote for them: Raft hears
+        // of them after the durable commit that follows.
+        self.once_durable(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = tx.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+        }
+        tx.commit().map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        put_meta(&self.db, "last_purged", &Some(log_id))?;
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = tx.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+        }
+        tx.commit().map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::TypeConfig;
+    use crate::meta::{MetaCommand, VhostRecord};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, vhost: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            payload: EntryPayload::Normal(MetaCommand::AddVhost(VhostRecord {
+                name: vhost.into(),
+                description: String::new(),
+            })),
+        }
+    }
+
+    /// What a node of an earlier version left in its Raft database: JSON values.
+    fn write_json_like_before(db: &Database, entries: &[Entry<TypeConfig>], vote: &Vote<NodeId>) {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            for e in entries {
+                let bytes = serde_json::to_vec(e).unwrap();
+                log.insert(e.log_id.index, bytes.as_slice()).unwrap();
+            }
+            let mut meta = tx.open_table(META).unwrap();
+            let bytes = serde_json::to_vec(vote).unwrap();
+            meta.insert("vote", bytes.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_written_as_json_reads_and_grows_in_postcard() {
+        let db = open_db(None).unwrap();
+        let vote = Vote::new_committed(3, 1);
+        write_json_like_before(&db, &[entry(1, "a"), entry(2, "b")], &vote);
+        let mut store = LogStore::<TypeConfig>::new(db.clone());
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
+
+        // New entries are written in postcard, next to the JSON ones.
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            let bytes = codec::encode(&entry(3, "c")).unwrap();
+            assert_ne!(bytes.first(), Some(&b'{'));
+            log.insert(3, bytes.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        let read = store.try_get_log_entries(1..=3).await.unwrap();
+        let names: Vec<String> = read
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(MetaCommand::AddVhost(v)) => v.name.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        store.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_entry_is_a_storage_error() {
+        let db = open_db(None).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            log.insert(1, [0x01u8, 0xff, 0xff].as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        let mut store = LogStore::<TypeConfig>::new(db);
+        assert!(store.try_get_log_entries(1..=1).await.is_err());
+        assert!(store.get_log_state().await.is_err());
+    }
+}
