@@ -6,11 +6,17 @@
 //! told it is on disk only after a durable commit that follows it (redb makes every earlier
 //! commit durable with it). One fsync then covers every append made while the previous one
 //! ran; a leader that appends each client write on its own no longer pays an fsync apiece.
+//!
+//! The newest entries are also kept in memory (`Recent`): right after an append the leader
+//! sends them to every follower and then applies them, and each of those reads would
+//! otherwise be a redb read and a decode (a copy of every message body) of what was just
+//! written.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); the helpers
 // here return the same type so `?` needs no conversions.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -86,6 +92,70 @@ fn put_meta_with<T: Serialize>(
     tx.commit().map_err(write_err)
 }
 
+/// How many of the newest entries stay in memory: a follower a little behind, and the
+/// state machine, read them from here.
+const RECENT_ENTRIES: usize = 1024;
+
+/// The newest entries of the log, a contiguous run that always ends at its last entry (every
+/// append goes through it; a gap starts it afresh). Empty after a restart until appends
+/// come; reads it cannot answer in whole go to redb.
+struct Recent<C: RaftTypeConfig> {
+    entries: VecDeque<Entry<C>>,
+}
+
+impl<C> Recent<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Entry = Entry<C>>,
+    C::D: Clone,
+{
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry<C>) {
+        if self.last_index().map(|i| i + 1) != Some(entry.log_id.index) {
+            self.entries.clear();
+        }
+        self.entries.push_back(entry);
+        while self.entries.len() > RECENT_ENTRIES {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Drops the entries from `index` on (a truncated log).
+    fn truncate(&mut self, index: u64) {
+        while self.last_index().is_some_and(|i| i >= index) {
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to `index` (a purged log).
+    fn purge(&mut self, index: u64) {
+        while self.first_index().is_some_and(|i| i <= index) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The entries of `start..=end` (`end` None: to the last), if all of them are here.
+    fn range(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<C>>> {
+        let (first, last) = (self.first_index()?, self.last_index()?);
+        let end = end.unwrap_or(last);
+        if start < first || end > last {
+            return None;
+        }
+        if start > end {
+            return Some(Vec::new());
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(self.entries.range(from..=to).cloned().collect())
+    }
+}
+
 /// Appends written but not yet durable, and whether a flush is under way.
 struct Flushes<C: RaftTypeConfig> {
     waiting: Vec<LogFlushed<C>>,
@@ -95,6 +165,7 @@ struct Flushes<C: RaftTypeConfig> {
 /// The Raft log and vote of one Raft, whatever its state machine.
 pub struct LogStore<C: RaftTypeConfig> {
     db: Arc<Database>,
+    recent: Arc<Mutex<Recent<C>>>,
     flushes: Arc<Mutex<Flushes<C>>>,
     _config: PhantomData<C>,
 }
@@ -103,6 +174,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             db: self.db.clone(),
+            recent: self.recent.clone(),
             flushes: self.flushes.clone(),
             _config: PhantomData,
         }
@@ -113,6 +185,9 @@ impl<C: RaftTypeConfig> LogStore<C> {
     pub fn new(db: Arc<Database>) -> LogStore<C> {
         LogStore {
             db,
+            recent: Arc::new(Mutex::new(Recent {
+                entries: VecDeque::new(),
+            })),
             flushes: Arc::new(Mutex::new(Flushes {
                 waiting: Vec::new(),
                 running: false,
@@ -166,18 +241,28 @@ fn durable_commit(db: &Database) -> Result<(), redb::Error> {
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+    C::D: Clone,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<C>>> {
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let table = tx.open_table(LOG).map_err(read_err)?;
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => Some(i - 1),
+            Bound::Unbounded => None,
+        };
+        if let Some(entries) = self.recent.lock().range(start, end) {
+            return Ok(entries);
+        }
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(LOG).map_err(read_err)?;
         let mut out = Vec::new();
         for row in table.range(start..).map_err(read_err)? {
             let (k, v) = row.map_err(read_err)?;
@@ -193,11 +278,14 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig<NodeId = NodeId, Node = ClusterNode, Entry = Entry<C>>,
+    C::D: Clone,
 {
     type LogReader = LogStore<C>;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
-        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, "last_purged")?;
+        // Written as an Option (see `purge`): read as one. JSON wrote `Some(id)` as `id`, so
+        // the two read alike there; postcard tags it, and reading a bare LogId would misread.
+        let last_purged = get_meta::<Option<LogId<NodeId>>>(&self.db, "last_purged")?.flatten();
         let tx = self.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
@@ -243,6 +331,7 @@ where
         let mut tx = self.db.begin_write().map_err(write_err)?;
         tx.set_durability(redb::Durability::None)
             .map_err(write_err)?;
+        let mut written = Vec::new();
         {
             let mut table = tx.open_table(LOG).map_err(write_err)?;
             for e in entries {
@@ -250,9 +339,16 @@ where
                 table
                     .insert(e.log_id.index, bytes.as_slice())
                     .map_err(write_err)?;
+                written.push(e);
             }
         }
         tx.commit().map_err(write_err)?;
+        {
+            let mut recent = self.recent.lock();
+            for e in written {
+                recent.push(e);
+            }
+        }
         // The entries are on disk before Raft counts this node's vote for them: Raft hears
         // of them after the durable commit that follows.
         self.once_durable(callback);
@@ -267,10 +363,13 @@ where
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(write_err)?;
         }
-        tx.commit().map_err(write_err)
+        tx.commit().map_err(write_err)?;
+        self.recent.lock().truncate(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.recent.lock().purge(log_id.index);
         put_meta(&self.db, "last_purged", &Some(log_id))?;
         let tx = self.db.begin_write().map_err(write_err)?;
         {
@@ -349,6 +448,84 @@ mod tests {
             store.read_vote().await.unwrap(),
             Some(Vote::new_committed(4, 1))
         );
+    }
+
+    fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn the_recent_entries_are_the_log_s_newest_run_and_answer_only_what_they_hold_in_whole() {
+        let mut recent = Recent::<TypeConfig> {
+            entries: VecDeque::new(),
+        };
+        assert!(recent.range(1, None).is_none());
+        for i in 5..=9 {
+            recent.push(entry(i, "v"));
+        }
+        assert_eq!(
+            recent.range(6, Some(8)).map(|e| indexes(&e)),
+            Some(vec![6, 7, 8])
+        );
+        assert_eq!(
+            recent.range(7, None).map(|e| indexes(&e)),
+            Some(vec![7, 8, 9])
+        );
+        assert_eq!(recent.range(10, None).map(|e| indexes(&e)), Some(vec![]));
+        // Older than the run, or past its end: redb answers.
+        assert!(recent.range(4, Some(6)).is_none());
+        assert!(recent.range(8, Some(10)).is_none());
+
+        // A new leader's log replaces the tail from 8 on.
+        recent.truncate(8);
+        recent.push(entry(8, "w"));
+        assert_eq!(
+            recent.range(5, None).map(|e| indexes(&e)),
+            Some(vec![5, 6, 7, 8])
+        );
+        // A gap (a snapshot installed) starts the run afresh.
+        recent.push(entry(20, "x"));
+        assert_eq!(recent.range(20, None).map(|e| indexes(&e)), Some(vec![20]));
+        assert!(recent.range(8, None).is_none());
+        recent.purge(20);
+        assert!(recent.range(20, None).is_none());
+
+        for i in 21..(21 + RECENT_ENTRIES as u64 + 10) {
+            recent.push(entry(i, "y"));
+        }
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
+        assert!(recent.range(21, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_purged_log_reopens_with_its_purge_point_and_the_entries_after_it() {
+        // A Raft purges its log after each snapshot; the node must start from it after.
+        let db = open_db(None).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            for i in 1..=5 {
+                let bytes = codec::encode(&entry(i, "v")).unwrap();
+                log.insert(i, bytes.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let mut store = LogStore::<TypeConfig>::new(db.clone());
+        let purge_point = entry(3, "v").log_id;
+        store.purge(purge_point).await.unwrap();
+
+        let mut reopened = LogStore::<TypeConfig>::new(db);
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purge_point));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        let left = reopened.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(indexes(&left), vec![4, 5]);
+
+        // Purged up to the last entry: the purge point is the last log id.
+        reopened.purge(entry(5, "v").log_id).await.unwrap();
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        assert!(reopened.try_get_log_entries(0..).await.unwrap().is_empty());
     }
 
     #[tokio::test]

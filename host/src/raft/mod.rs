@@ -96,6 +96,7 @@ where
             Entry = Entry<C>,
             SnapshotData = std::io::Cursor<Vec<u8>>,
         >,
+    C::D: Clone,
     M: Machine<C>,
     R: RaftCalls<C>,
 {
