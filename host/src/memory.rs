@@ -88,24 +88,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
-/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t` of mimalloc.h, v3, which
-/// keeps deprecated options in place so the numbers stay stable).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// How long freed pages stay mapped before mimalloc returns them to the system. Its default
-/// (10 ms) gives back the pages of a large buffer between two batches, and the next batch
-/// faults them in and zeroes them again: in a quorum queue run that was 43% of the leader's
-/// samples (clear_page in the kernel). After a second of no use they still go back.
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
-
 impl CountingAllocator {
-    /// Marks the allocator as the process's ([`allocated`] answers only then) and sets
-    /// mimalloc's purge delay, unless the operator set `MIMALLOC_PURGE_DELAY`.
+    /// Marks the allocator as the process's: [`allocated`] answers only then.
     pub fn mark_installed() {
         INSTALLED.store(true, Ordering::Relaxed);
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // SAFETY: sets one integer option; safe at any time.
-            unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-        }
     }
 }
 
@@ -133,20 +119,6 @@ pub fn give_back() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_purge_delay_is_the_option_mimalloc_reads() {
-        // SAFETY: reads and sets integer options.
-        unsafe {
-            // Its documented default, at the place the constant names.
-            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10);
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-            assert_eq!(
-                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
-                PURGE_DELAY_MS
-            );
-        }
-    }
 
     #[test]
     fn balances_flush_in_steps_and_stay_close() {
