@@ -370,9 +370,14 @@ where
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.recent.lock().purge(log_id.index);
-        put_meta(&self.db, "last_purged", &Some(log_id))?;
+        // The purge point and the removal in one commit (one fsync, and never one without
+        // the other).
+        let bytes = codec::encode(&Some(log_id)).map_err(write_err)?;
         let tx = self.db.begin_write().map_err(write_err)?;
         {
+            let mut meta = tx.open_table(META).map_err(write_err)?;
+            meta.insert("last_purged", bytes.as_slice())
+                .map_err(write_err)?;
             let mut table = tx.open_table(LOG).map_err(write_err)?;
             table
                 .retain_in(..=log_id.index, |_, _| false)
