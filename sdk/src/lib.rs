@@ -117,6 +117,10 @@ pub trait ExchangeType: Sized + 'static {
     const NEEDS_HEADERS: bool = false;
     /// Set when `route` reads `message.properties`; otherwise the host leaves them out.
     const NEEDS_PROPERTIES: bool = false;
+    /// Set when `route`'s answer depends only on the routing key and the bindings (no
+    /// randomness, no rotation): the host then remembers it per routing key until a
+    /// binding changes, and most publishes do not call into the plugin at all.
+    const SAME_KEY_SAME_ROUTE: bool = false;
 
     /// Validates the exchange's declare arguments; an error refuses the
     /// declare with 406 PRECONDITION_FAILED and the text.
@@ -157,6 +161,7 @@ macro_rules! export_exchange_type {
                 $crate::exchange::exports::warren::plugin::exchange_type::TypeInfo {
                     needs_headers: <$ty as $crate::ExchangeType>::NEEDS_HEADERS,
                     needs_properties: <$ty as $crate::ExchangeType>::NEEDS_PROPERTIES,
+                    same_key_same_route: <$ty as $crate::ExchangeType>::SAME_KEY_SAME_ROUTE,
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! Publishes to queues owned by other cluster nodes. One forwarder task per
 //! peer keeps a channel's messages in order and batches whatever queued up
-//! while the previous batch was on the wire; the owner enqueues them (and,
-//! for persistent messages, writes them to disk) before it answers, so a
-//! publisher confirm can wait for every owner.
+//! while earlier batches were on the wire (a few at once, so the owner's disk
+//! write of one overlaps the next one's trip); the owner enqueues each batch in
+//! the order it came and answers once its messages are on disk (persistent) or
+//! committed (quorum), so a publisher confirm can wait for every owner.
 //!
 //! A batch whose answer does not come (a link that went stale when the peer
 //! restarted, a partition that healed) is sent once more on a fresh link under
@@ -16,16 +17,21 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Broker;
 use super::calls::Publish;
 use super::forward_ledger::{Admission, answer_of};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
+use crate::peer::Sent;
 use crate::queue::PublishOutcome;
 
 const BATCH: usize = 256;
+/// Batches a forwarder keeps on the wire at once: the owner's fsync of one overlaps the
+/// next one's trip, where one at a time waited for both in turn.
+const IN_FLIGHT: usize = 4;
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One forwarder's batch: `id` is unique for the sending node's run, so that a
 /// repeat is recognised (see `forward_ledger`).
@@ -90,9 +96,13 @@ impl Forwarders {
 }
 
 async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver<Item>) {
-    let mut batch: Vec<Item> = Vec::new();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        // While every slot is taken, what comes in joins the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(i) => batch.push(i),
@@ -100,12 +110,27 @@ async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver
             }
         }
         let Some(b) = broker.upgrade() else { return };
-        let accepted = forward(&b, &node, &batch).await;
-        for (i, item) in batch.drain(..).enumerate() {
-            if let Some(done) = item.done {
-                let _ = done.send(accepted.get(i).copied().unwrap_or(false));
+        let request = request(&b, &batch);
+        // Sent here, in order; answered in its own task, so the next batch need not wait.
+        let sent = send(&b, &node, &request).await;
+        let node = node.clone();
+        tokio::spawn(async move {
+            let answered = match sent {
+                Some(sent) => sent.answer().await.ok(),
+                None => None,
+            };
+            let accepted = match answered {
+                Some(a) => a,
+                // Once more under the same batch id, on a fresh link if need be.
+                None => forward(&b, &node, &request).await,
+            };
+            for (i, item) in batch.into_iter().enumerate() {
+                if let Some(done) = item.done {
+                    let _ = done.send(accepted.get(i).copied().unwrap_or(false));
+                }
             }
-        }
+            drop(slot);
+        });
     }
 }
 
@@ -117,11 +142,8 @@ fn next_batch_id() -> u64 {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
-    let Some(cluster) = broker.meta.cluster() else {
-        return Vec::new();
-    };
-    let request = Publish(PublishBatch {
+fn request(broker: &Broker, batch: &[Item]) -> Publish {
+    Publish(PublishBatch {
         from: broker.config.node.clone(),
         id: next_batch_id(),
         items: batch
@@ -132,7 +154,23 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
                 message: Carried(i.msg.clone()),
             })
             .collect(),
-    });
+    })
+}
+
+/// Puts a batch on the wire to `node`; `None` if it could not be (the caller then
+/// [`forward`]s it, which tries a fresh link).
+async fn send(broker: &Broker, node: &str, request: &Publish) -> Option<Sent<Publish>> {
+    let cluster = broker.meta.cluster()?;
+    let peer = cluster.node_by_name(node)?;
+    cluster.peers.send(&peer, request, TIMEOUT).await.ok()
+}
+
+/// Sends a batch and waits for its answer, once more on a fresh link if the first try gets
+/// none: the owner's ledger answers a repeat without enqueueing it twice.
+async fn forward(broker: &Broker, node: &str, request: &Publish) -> Vec<bool> {
+    let Some(cluster) = broker.meta.cluster() else {
+        return Vec::new();
+    };
     let mut last_error = None;
     for attempt in 0..2 {
         let Some(peer) = cluster.node_by_name(node) else {
@@ -142,10 +180,7 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
             );
             return Vec::new();
         };
-        let answer = cluster
-            .peers
-            .call(&peer, &request, Duration::from_secs(10))
-            .await;
+        let answer = cluster.peers.call(&peer, request, TIMEOUT).await;
         match answer {
             Ok(a) => return a,
             Err(e) => {
@@ -157,37 +192,47 @@ async fn forward(broker: &Broker, node: &str, batch: &[Item]) -> Vec<bool> {
         }
     }
     if let Some(e) = last_error {
-        tracing::warn!(node, error = %e, messages = batch.len(), "forwarding publishes failed: refused");
+        tracing::warn!(node, error = %e, messages = request.0.items.len(), "forwarding publishes failed: refused");
     }
     Vec::new()
 }
 
 impl Broker {
-    /// The owner's half of a batch: run it once, however often it is sent.
-    pub async fn accept_forward_batch(self: &Arc<Self>, batch: PublishBatch) -> Vec<bool> {
+    /// The owner's half of a batch, run once however often it is sent. Its messages are
+    /// enqueued before this returns, so batches taken in the order they came (see
+    /// `peer::Router::on_ordered`) keep the publishers' order; the future answers once they
+    /// are on disk (persistent) or committed (quorum queues).
+    pub fn accept_forward_batch(
+        self: &Arc<Self>,
+        batch: PublishBatch,
+    ) -> impl Future<Output = Vec<bool>> + Send + use<> {
         let n = batch.items.len();
-        match self.forward_ledger.admit(&batch.from, batch.id) {
-            Admission::Seen(answer) => answer_of(answer, n).await,
+        let run = match self.forward_ledger.admit(&batch.from, batch.id) {
+            Admission::Seen(answer) => Err(answer),
             Admission::First(done) => {
-                // Its own task: a link that drops mid-run must not stop the run halfway,
-                // its answer is what a repeat gets.
+                let enqueued = self.enqueue_forwarded(batch.items);
+                // Its own task: a link that drops before the answer must not keep it from
+                // the ledger, where a repeat of the batch finds it.
                 let me = self.clone();
-                let run = tokio::spawn(async move {
-                    let answers = me.accept_forwarded(batch.items).await;
+                Ok(tokio::spawn(async move {
+                    let answers = enqueued.settled(&me).await;
                     done.send_replace(Some(answers.clone()));
                     answers
-                });
-                run.await.unwrap_or_else(|_| vec![false; n])
+                }))
+            }
+        };
+        async move {
+            match run {
+                Err(answer) => answer_of(answer, n).await,
+                Ok(run) => run.await.unwrap_or_else(|_| vec![false; n]),
             }
         }
     }
 
-    /// Enqueues forwarded messages into local queues; each answer is true once
-    /// the message is in all its queues (on disk if persistent).
-    async fn accept_forwarded(&self, items: Vec<PublishItem>) -> Vec<bool> {
+    /// Enqueues forwarded messages into local queues.
+    fn enqueue_forwarded(&self, items: Vec<PublishItem>) -> Enqueued {
         let mut answers = Vec::with_capacity(items.len());
         let mut ticket = None;
-        // Quorum queues' answers: (item index, committed?).
         let mut replicating = Vec::new();
         for item in items {
             let msg = item.message.into_message();
@@ -214,12 +259,33 @@ impl Broker {
             }
             answers.push(ok);
         }
-        if let (Some(t), Some(store)) = (ticket, &self.store)
+        Enqueued {
+            answers,
+            ticket,
+            replicating,
+        }
+    }
+}
+
+/// A forwarded batch in its queues, not yet on disk or committed everywhere it must be.
+struct Enqueued {
+    answers: Vec<bool>,
+    /// The store ticket of its last persistent write.
+    ticket: Option<u64>,
+    /// Quorum queues' answers: (item index, committed?).
+    replicating: Vec<(usize, oneshot::Receiver<bool>)>,
+}
+
+impl Enqueued {
+    /// One answer per message: true once it is in all its queues (on disk if persistent).
+    async fn settled(self, broker: &Broker) -> Vec<bool> {
+        let mut answers = self.answers;
+        if let (Some(t), Some(store)) = (self.ticket, &broker.store)
             && store.wait_synced(t).await.is_err()
         {
             return answers.iter().map(|_| false).collect();
         }
-        for (i, answer) in replicating {
+        for (i, answer) in self.replicating {
             if !answer.await.unwrap_or(false) {
                 answers[i] = false;
             }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-/// Batches remembered per sending node: far more than a forwarder has in flight (one).
+/// Batches remembered per sending node: far more than a forwarder has in flight (four).
 const REMEMBERED: usize = 64;
 
 /// A batch's answer: one verdict per message, once it is known.

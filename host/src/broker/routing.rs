@@ -85,17 +85,35 @@ impl VhostRt {
             headers,
             message,
         };
-        let mut visited: Vec<String> = Vec::new();
-        let mut pending = vec![exchange.to_string()];
+        // The exchange published to, then any reached through exchange bindings and
+        // alternate exchanges; nothing is allocated for a message that goes no further.
+        let Some(first) = self.exchange(exchange) else {
+            return Ok(());
+        };
+        let mut next = Some(first.clone());
+        let mut first_seen = false;
+        // Those after the first.
+        let mut visited: Vec<Arc<ExchangeRt>> = Vec::new();
+        let mut pending: Vec<String> = Vec::new();
         let mut ids: Vec<BindingId> = Vec::new();
-        while let Some(name) = pending.pop() {
-            if visited.contains(&name) {
-                continue;
-            }
-            let Some(x) = self.exchange(&name) else {
-                continue;
+        loop {
+            let x = match next.take() {
+                Some(x) => x,
+                None => match pending.pop() {
+                    Some(name) => match self.exchange(&name) {
+                        Some(x) => x,
+                        None => continue,
+                    },
+                    None => break,
+                },
             };
-            visited.push(name);
+            if first_seen {
+                if Arc::ptr_eq(&x, &first) || visited.iter().any(|v| Arc::ptr_eq(v, &x)) {
+                    continue;
+                }
+                visited.push(x.clone());
+            }
+            first_seen = true;
             let before = dest.local.len() + dest.remote.len();
             let mut reached_exchange = false;
             {
@@ -103,12 +121,14 @@ impl VhostRt {
                 ids.clear();
                 // An exchange whose type plugin is disabled routes nowhere.
                 if let Some(router) = &routing.router {
-                    router.route(&input, &mut ids).map_err(|e| {
-                        format!(
-                            "INTERNAL_ERROR - routing on exchange '{}' in vhost '{}': {e}",
-                            x.record.name, self.name
-                        )
-                    })?;
+                    routing
+                        .matched(router.as_ref(), &input, &mut ids)
+                        .map_err(|e| {
+                            format!(
+                                "INTERNAL_ERROR - routing on exchange '{}' in vhost '{}': {e}",
+                                x.record.name, self.name
+                            )
+                        })?;
                 }
                 for id in &ids {
                     match routing.destinations.get(id) {
@@ -163,9 +183,48 @@ pub fn sender_selected_keys(headers: Option<&FieldTable>) -> Vec<String> {
     keys
 }
 
+/// Routing keys whose matches an exchange remembers: enough for any key space a workload
+/// repeats, small enough that one of unique keys (forgotten wholesale when full) costs little.
+const REMEMBERED_KEYS: usize = 1024;
+
 struct Routing {
     router: Option<Box<dyn ExchangeRouter>>,
     destinations: HashMap<BindingId, (DestinationKind, String)>,
+    /// The bindings each routing key matched, for a type whose answer depends on the key
+    /// alone (see `ExchangeRouter::same_key_same_route`): a publish with a known key does
+    /// not call into the plugin, which costs more than the rest of routing together.
+    /// Emptied whenever the bindings or the router change, under the write lock that
+    /// keeps `route` out meanwhile.
+    known: RwLock<HashMap<String, Box<[BindingId]>>>,
+}
+
+impl Routing {
+    fn matched(
+        &self,
+        router: &dyn ExchangeRouter,
+        input: &RouteInput<'_>,
+        ids: &mut Vec<BindingId>,
+    ) -> Result<(), String> {
+        if !router.same_key_same_route() {
+            return router.route(input, ids);
+        }
+        if let Some(known) = self.known.read().get(input.routing_key) {
+            ids.extend_from_slice(known);
+            return Ok(());
+        }
+        let from = ids.len();
+        router.route(input, ids)?;
+        let mut known = self.known.write();
+        if known.len() >= REMEMBERED_KEYS {
+            known.clear();
+        }
+        known.insert(input.routing_key.to_string(), ids[from..].into());
+        Ok(())
+    }
+
+    fn forget_keys(&mut self) {
+        self.known.get_mut().clear();
+    }
 }
 
 pub struct ExchangeRt {
@@ -182,6 +241,7 @@ impl ExchangeRt {
             routing: RwLock::new(Routing {
                 router,
                 destinations: HashMap::new(),
+                known: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -192,6 +252,7 @@ impl ExchangeRt {
 
     /// Tells the router (if the type is enabled) and records the destination.
     fn apply_binding(&self, r: &mut Routing, id: BindingId, b: &BindingRecord) {
+        r.forget_keys();
         let accepted = match r.router.as_mut() {
             Some(router) => router.bind(id, &b.routing_key, &b.arguments),
             None => Ok(()),
@@ -213,6 +274,7 @@ impl ExchangeRt {
             router.unbind(id);
         }
         r.destinations.remove(&id);
+        r.forget_keys();
     }
 
     /// Gives the exchange a router (its type plugin was enabled), replaying its
@@ -224,10 +286,137 @@ impl ExchangeRt {
     ) {
         let mut r = self.routing.write();
         r.router = router;
+        r.forget_keys();
         if r.router.is_some() {
             for (id, b) in bindings {
                 self.apply_binding(&mut r, *id, b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A direct exchange that counts how often it is asked.
+    struct CountingDirect {
+        keys: HashMap<BindingId, String>,
+        calls: Arc<AtomicUsize>,
+        same_key_same_route: bool,
+    }
+
+    impl ExchangeRouter for CountingDirect {
+        fn bind(&mut self, id: BindingId, key: &str, _: &FieldTable) -> Result<(), RouterError> {
+            self.keys.insert(id, key.to_string());
+            Ok(())
+        }
+        fn unbind(&mut self, id: BindingId) {
+            self.keys.remove(&id);
+        }
+        fn route(&self, msg: &RouteInput<'_>, out: &mut Vec<BindingId>) -> Result<(), String> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            out.extend(
+                self.keys
+                    .iter()
+                    .filter(|(_, k)| *k == msg.routing_key)
+                    .map(|(id, _)| *id),
+            );
+            Ok(())
+        }
+        fn same_key_same_route(&self) -> bool {
+            self.same_key_same_route
+        }
+    }
+
+    fn vhost_with_exchange(same_key_same_route: bool) -> (VhostRt, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let router = CountingDirect {
+            keys: HashMap::new(),
+            calls: calls.clone(),
+            same_key_same_route,
+        };
+        let record = ExchangeRecord {
+            vhost: "/".into(),
+            name: "x".into(),
+            kind: "direct".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        };
+        let v = VhostRt::new("/");
+        v.exchanges.write().insert(
+            "x".into(),
+            Arc::new(ExchangeRt::new(record, Some(Box::new(router)))),
+        );
+        for q in ["q1", "q2"] {
+            v.remote.write().insert(q.into(), "n9@h".into());
+        }
+        (v, calls)
+    }
+
+    fn binding(queue: &str, key: &str) -> BindingRecord {
+        BindingRecord {
+            vhost: "/".into(),
+            source: "x".into(),
+            destination: queue.into(),
+            destination_kind: DestinationKind::Queue,
+            routing_key: key.into(),
+            arguments: FieldTable::default(),
+        }
+    }
+
+    fn queues(v: &VhostRt, key: &str) -> Vec<String> {
+        let mut dest = Destinations::default();
+        v.route("x", key, None, None, &mut dest).unwrap();
+        let mut names: Vec<String> = dest.remote.into_iter().map(|(_, q)| q).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_known_key_is_not_routed_again_until_the_bindings_change() {
+        let (v, calls) = vhost_with_exchange(true);
+        let x = v.exchange("x").unwrap();
+        assert!(queues(&v, "k").is_empty());
+        x.bind(1, &binding("q1", "k"));
+        assert_eq!(queues(&v, "k"), ["q1"], "a bind must be seen at once");
+        assert_eq!(queues(&v, "k"), ["q1"]);
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "the repeat came from memory"
+        );
+        x.bind(2, &binding("q2", "k"));
+        assert_eq!(queues(&v, "k"), ["q1", "q2"]);
+        x.unbind(1);
+        assert_eq!(queues(&v, "k"), ["q2"], "an unbind must be seen at once");
+        x.set_router(None, &[]);
+        assert!(queues(&v, "k").is_empty(), "a disabled type routes nowhere");
+    }
+
+    #[test]
+    fn a_type_that_does_not_promise_it_is_asked_every_time() {
+        let (v, calls) = vhost_with_exchange(false);
+        v.exchange("x").unwrap().bind(1, &binding("q1", "k"));
+        for _ in 0..3 {
+            assert_eq!(queues(&v, "k"), ["q1"]);
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn an_exchange_bound_to_itself_routes_once() {
+        let (v, calls) = vhost_with_exchange(false);
+        let x = v.exchange("x").unwrap();
+        x.bind(1, &binding("q1", "k"));
+        let mut to_itself = binding("x", "k");
+        to_itself.destination_kind = DestinationKind::Exchange;
+        x.bind(2, &to_itself);
+        assert_eq!(queues(&v, "k"), ["q1"]);
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 }

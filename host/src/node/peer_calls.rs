@@ -143,10 +143,14 @@ pub fn router(node: &Arc<Node>) -> Router {
     });
 
     // The data plane.
-    on!(r, node, |n, req: Publish| Ok(alive(&n)?
-        .broker
-        .accept_forward_batch(req.0)
-        .await));
+    {
+        // In the read loop: a peer's batches are enqueued in the order they came.
+        let weak = node.clone();
+        r.on_ordered(move |req: Publish| {
+            let accepting = alive(&weak).map(|n| n.broker.accept_forward_batch(req.0));
+            async move { Ok(accepting?.await) }
+        });
+    }
     on!(r, node, |n, req: ProxyOpen| alive(&n)?
         .broker
         .proxy_open(req.0)

@@ -82,14 +82,25 @@ impl Link {
         body: Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, Lost> {
+        self.send(call, body, deadline).await?.reply(deadline).await
+    }
+
+    /// Writes one request into the link's outbox and returns what waits for its reply:
+    /// requests sent one after another by one task reach the peer in that order.
+    pub(super) async fn send(
+        &self,
+        call: u16,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Pending, Lost> {
         if !self.is_alive() {
             return Err(Lost::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().insert(id, tx);
-        // Forgets the id however this future ends, so a late answer finds nobody.
-        let _forget = Forget(&self.waiting, id);
+        // Forgets the id however this ends, so a late answer finds nobody.
+        let forget = Forget(self.waiting.clone(), id);
         // The reader may have closed between the first check and the insert.
         if !self.is_alive() {
             return Err(Lost::Closed);
@@ -102,11 +113,25 @@ impl Link {
         };
         let sent = tokio::time::timeout_at(deadline, self.outbox.send(frame)).await;
         match sent {
-            Err(_) => return Err(Lost::Timeout),
-            Ok(Err(_)) => return Err(Lost::Closed),
-            Ok(Ok(())) => {}
+            Err(_) => Err(Lost::Timeout),
+            Ok(Err(_)) => Err(Lost::Closed),
+            Ok(Ok(())) => Ok(Pending {
+                rx,
+                _forget: forget,
+            }),
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+    }
+}
+
+/// A request on the wire whose reply has not come yet.
+pub(super) struct Pending {
+    rx: oneshot::Receiver<Reply>,
+    _forget: Forget,
+}
+
+impl Pending {
+    pub(super) async fn reply(self, deadline: tokio::time::Instant) -> Result<Reply, Lost> {
+        match tokio::time::timeout_at(deadline, self.rx).await {
             Err(_) => Err(Lost::Timeout),
             // The reader dropped every waiter: the connection is gone.
             Ok(Err(_)) => Err(Lost::Closed),
@@ -115,9 +140,9 @@ impl Link {
     }
 }
 
-struct Forget<'a>(&'a Waiting, u64);
+struct Forget(Waiting, u64);
 
-impl Drop for Forget<'_> {
+impl Drop for Forget {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
     }

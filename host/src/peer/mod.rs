@@ -23,7 +23,7 @@ mod peers;
 mod router;
 
 pub use call::{Call, Failure, PeerError, code, decode_call};
-pub use peers::{ClusterNode, Peers};
+pub use peers::{ClusterNode, Peers, Sent};
 pub use router::{Router, serve};
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::call::{self, Call, Failure, PeerError};
 use super::handshake::CONNECT_TIMEOUT;
-use super::link::{Link, Lost, Reply};
+use super::link::{Link, Lost, Pending, Reply};
 
 /// A cluster member as Raft knows it: its node name and where its dist port is.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -159,17 +160,7 @@ impl Peers {
                 Err(e) => break Err(e),
             };
             match link.request(C::ID, body.clone(), deadline).await {
-                Ok(Reply::Answer(bytes)) => {
-                    break call::decode::<C::Answer>(&bytes, C::NAME).map_err(|f| {
-                        PeerError::Remote(Failure::internal(format!(
-                            "bad answer to {} from node {}: {}",
-                            C::NAME,
-                            node.name,
-                            f.text
-                        )))
-                    });
-                }
-                Ok(Reply::Failure(f)) => break Err(PeerError::Remote(f)),
+                Ok(reply) => break answer_of::<C>(reply, node),
                 // A kept link that closes under us went stale (the peer restarted since):
                 // the request is sent once more on a fresh connection before anyone is told
                 // the peer is unreachable.
@@ -196,6 +187,78 @@ impl Peers {
             _ => self.reachability.mark(&node.name, true),
         }
         result
+    }
+
+    /// Sends `req` to `node` now and returns what waits for its answer. Calls sent one
+    /// after another by one task reach the peer in that order, so a caller can keep several
+    /// in flight and still have them handled in order (the forwarder's batches). A link that
+    /// turns out stale is not tried again: the caller knows whether a repeat is safe.
+    pub async fn send<C: Call>(
+        self: &Arc<Self>,
+        node: &ClusterNode,
+        req: &C,
+        timeout: Duration,
+    ) -> Result<Sent<C>, PeerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let body = call::encode(req).map_err(PeerError::Remote)?;
+        let (link, _) = self.link(C::LANE, node, deadline, timeout).await?;
+        match link.send(C::ID, body, deadline).await {
+            Ok(pending) => Ok(Sent {
+                peers: self.clone(),
+                node: node.clone(),
+                pending,
+                deadline,
+                timeout,
+                call: PhantomData,
+            }),
+            Err(Lost::Closed) => Err(PeerError::Unreachable(format!(
+                "node {}: the connection closed before {} was sent",
+                node.name,
+                C::NAME
+            ))),
+            Err(Lost::Timeout) => Err(no_answer(node, timeout)),
+        }
+    }
+}
+
+/// A call on the wire (see [`Peers::send`]).
+pub struct Sent<C> {
+    peers: Arc<Peers>,
+    node: ClusterNode,
+    pending: Pending,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    call: PhantomData<fn() -> C>,
+}
+
+impl<C: Call> Sent<C> {
+    pub async fn answer(self) -> Result<C::Answer, PeerError> {
+        let result = match self.pending.reply(self.deadline).await {
+            Ok(reply) => answer_of::<C>(reply, &self.node),
+            Err(Lost::Closed) => Err(PeerError::Unreachable(format!(
+                "node {}: the connection closed before {} was answered",
+                self.node.name,
+                C::NAME
+            ))),
+            Err(Lost::Timeout) => Err(no_answer(&self.node, self.timeout)),
+        };
+        let ok = !matches!(result, Err(PeerError::Unreachable(_)));
+        self.peers.reachability.mark(&self.node.name, ok);
+        result
+    }
+}
+
+fn answer_of<C: Call>(reply: Reply, node: &ClusterNode) -> Result<C::Answer, PeerError> {
+    match reply {
+        Reply::Answer(bytes) => call::decode::<C::Answer>(&bytes, C::NAME).map_err(|f| {
+            PeerError::Remote(Failure::internal(format!(
+                "bad answer to {} from node {}: {}",
+                C::NAME,
+                node.name,
+                f.text
+            )))
+        }),
+        Reply::Failure(f) => Err(PeerError::Remote(f)),
     }
 }
 

@@ -54,6 +54,25 @@ impl Router {
         debug_assert!(previous.is_none(), "two handlers for peer call {}", C::ID);
         self
     }
+
+    /// Answers call `C` with `handle`, called in the connection's read loop: what it does
+    /// before returning its future happens in the order the requests came (the forwarder
+    /// keeps several publish batches in flight and their messages must stay in order); the
+    /// future runs concurrently like any other call's. `handle` must not block.
+    pub fn on_ordered<C, F, Fut>(&mut self, handle: F) -> &mut Router
+    where
+        C: Call,
+        F: Fn(C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Answer, Failure>> + Send + 'static,
+    {
+        let handler: Handler = Box::new(move |body: Bytes| {
+            let answering = call::decode::<C>(&body, C::NAME).map(&handle);
+            Box::pin(async move { call::encode(&answering?.await?) })
+        });
+        let previous = self.handlers.insert(C::ID, (C::NAME, handler));
+        debug_assert!(previous.is_none(), "two handlers for peer call {}", C::ID);
+        self
+    }
 }
 
 /// Serves one authenticated peer connection until the peer closes it. Requests run

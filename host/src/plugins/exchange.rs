@@ -111,6 +111,7 @@ impl WasmExchangeType {
             info: info.unwrap_or(xt::TypeInfo {
                 needs_headers: false,
                 needs_properties: false,
+                same_key_same_route: false,
             }),
             shards: built,
             next_router: AtomicU64::new(1),
@@ -261,6 +262,12 @@ impl WasmRouter {
 }
 
 impl ExchangeRouter for WasmRouter {
+    fn same_key_same_route(&self) -> bool {
+        // A type that reads headers or properties routes on more than the key, whatever
+        // it says.
+        self.info.same_key_same_route && !self.info.needs_headers && !self.info.needs_properties
+    }
+
     fn bind(
         &mut self,
         id: BindingId,

@@ -54,4 +54,9 @@ pub trait ExchangeRouter: Send + Sync {
     /// Appends the ids of matching bindings to `out` (each at most once);
     /// Err is a failure of the type, worded for a 541 INTERNAL_ERROR.
     fn route(&self, msg: &RouteInput<'_>, out: &mut Vec<BindingId>) -> Result<(), String>;
+    /// True when `route`'s answer depends on nothing but the routing key and the bindings:
+    /// the broker may then remember it per key until a binding changes.
+    fn same_key_same_route(&self) -> bool {
+        false
+    }
 }

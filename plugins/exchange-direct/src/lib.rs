@@ -14,6 +14,8 @@ pub struct Direct {
 }
 
 impl ExchangeType for Direct {
+    const SAME_KEY_SAME_ROUTE: bool = true;
+
     fn create(_arguments: &FieldTable) -> Result<Self, String> {
         Ok(Self::default())
     }

@@ -15,6 +15,8 @@ pub struct Fanout {
 }
 
 impl ExchangeType for Fanout {
+    const SAME_KEY_SAME_ROUTE: bool = true;
+
     fn create(_arguments: &FieldTable) -> Result<Self, String> {
         Ok(Self::default())
     }

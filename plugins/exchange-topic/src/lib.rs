@@ -223,6 +223,8 @@ fn dedup_tail(out: &mut Vec<BindingId>, start: usize) {
 }
 
 impl ExchangeType for Topic {
+    const SAME_KEY_SAME_ROUTE: bool = true;
+
     fn create(_arguments: &FieldTable) -> Result<Self, String> {
         Ok(Self::default())
     }

@@ -20,5 +20,7 @@ from wit_world.exports.exchange_type import TypeInfo
 class ExchangeType(exports.ExchangeType):
     def info(self) -> TypeInfo:
         # Routing reads only the routing key: ask the host not to copy
-        # headers or properties across on every publish.
-        return TypeInfo(needs_headers=False, needs_properties=False)
+        # headers or properties across on every publish, and (the answer
+        # being a function of the key and the bindings) to remember it.
+        return TypeInfo(needs_headers=False, needs_properties=False,
+                        same_key_same_route=True)
