@@ -370,7 +370,7 @@ impl Connection {
                 };
                 let mut last_ticket = None;
                 for (msg, mandatory) in buffer.publishes {
-                    let (ticket, _, _) = self.route_and_enqueue(id, msg, mandatory)?;
+                    let (ticket, _, _) = self.route_and_enqueue(id, msg, mandatory, false)?;
                     last_ticket = last_ticket.max(ticket);
                 }
                 for ack in buffer.acks {
@@ -514,7 +514,7 @@ impl Connection {
                     return Err(fail(AmqpError::not_found(format!(
                         "no exchange '{}' in vhost '{}'",
                         msg.exchange,
-                        vhost.as_ref().map(|v| v.name.as_str()).unwrap_or("")
+                        vhost.as_ref().map(|v| &*v.name).unwrap_or("")
                     ))));
                 }
                 Some(x) if x.record.internal => {
@@ -552,7 +552,9 @@ impl Connection {
             buffer.publishes.push((msg, p.mandatory));
             return Ok(());
         }
-        let (ticket, rejected, remote) = self.route_and_enqueue(id, msg, p.mandatory)?;
+        let confirming = self.channel(id)?.confirm.is_some();
+        let (ticket, rejected, remote) =
+            self.route_and_enqueue(id, msg, p.mandatory, confirming)?;
         let ch = self.channel(id)?;
         if let Some(c) = ch.confirm.as_mut() {
             let seq = c.next_seq;
@@ -578,12 +580,14 @@ impl Connection {
     }
 
     /// Routes a message and hands it to its queues: (highest store ticket, rejected by a
-    /// queue, the answers of the nodes owning the remote queues it went to).
+    /// queue, the answers of the nodes owning the remote queues it went to, when `answers`
+    /// asks for them).
     fn route_and_enqueue(
         &mut self,
         id: u16,
         msg: Arc<Message>,
         mandatory: bool,
+        answers: bool,
     ) -> AmqpResult<Routed> {
         let Some(vhost) = self.vhost.clone() else {
             return Ok((None, false, Vec::new()));
@@ -663,30 +667,36 @@ impl Connection {
             }
         }
         if !queues.remote.is_empty() {
-            let mut by_node: Vec<(String, Vec<String>)> = Vec::new();
-            for (node, queue) in queues.remote {
-                match by_node.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, qs)) => qs.push(queue),
-                    None => by_node.push((node, vec![queue])),
+            let mut by_node: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
+            for r in queues.remote {
+                match by_node.iter_mut().find(|(n, _)| *n == r.node) {
+                    Some((_, qs)) => qs.push(r.name),
+                    None => by_node.push((r.node, vec![r.name])),
                 }
             }
             for (node, qs) in by_node {
-                if node == self.broker.config.node {
+                if *node == *self.broker.config.node {
                     // A quorum queue this node served until a moment ago, its
                     // new leader not known yet: refused, not dropped.
                     rejected = true;
                     continue;
                 }
-                let (tx, rx) = oneshot::channel();
+                // Only a confirming publisher waits for the owner's answer.
+                let done = if answers {
+                    let (tx, rx) = oneshot::channel();
+                    remote.push(rx);
+                    Some(tx)
+                } else {
+                    None
+                };
                 self.broker.forward.send(
                     &self.broker,
                     &node,
                     vhost.name.clone(),
-                    qs,
+                    qs.into_boxed_slice(),
                     msg.clone(),
-                    Some(tx),
+                    done,
                 );
-                remote.push(rx);
             }
         }
         Ok((ticket, rejected, remote))

@@ -749,7 +749,7 @@ impl Connection {
                     .broker
                     .meta
                     .submit(crate::meta::MetaCommand::DeleteQueue {
-                        vhost: v.name.clone(),
+                        vhost: v.name.to_string(),
                         name: q,
                     })
                     .await;

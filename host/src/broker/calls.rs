@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::base::carried::Carried;
     use crate::base::message::{Message, encode_properties};
-    use crate::broker::forward::PublishItem;
+    use crate::broker::forward::{PublishItem, PublishTarget};
     use crate::peer::Call;
 
     #[test]
@@ -95,9 +95,12 @@ mod tests {
         let batch = Publish(PublishBatch {
             from: "rabbit@a".into(),
             id: 7,
-            items: vec![PublishItem {
+            targets: vec![PublishTarget {
                 vhost: "/".into(),
                 queues: vec!["q".into()],
+            }],
+            items: vec![PublishItem {
+                target: 0,
                 message: Carried(msg.clone()),
             }],
         });

@@ -149,12 +149,12 @@ impl Broker {
                     tracing::warn!(queue = %from.name(), error = %e, "dead-lettering failed");
                 }
                 let id = self.next_message_id();
-                for (node, queue) in std::mem::take(&mut dest.remote) {
+                for r in std::mem::take(&mut dest.remote) {
                     self.forward.send(
                         self,
-                        &node,
+                        &r.node,
                         vhost.name.clone(),
-                        vec![queue],
+                        Box::new([r.name]),
                         msg.clone(),
                         None,
                     );

@@ -25,7 +25,7 @@ use super::forward_ledger::{Admission, answer_of};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
 use crate::peer::Sent;
-use crate::queue::PublishOutcome;
+use crate::queue::{PublishOutcome, Queue};
 
 const BATCH: usize = 256;
 /// Batches a forwarder keeps on the wire at once: the owner's fsync of one overlaps the
@@ -34,24 +34,33 @@ const IN_FLIGHT: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One forwarder's batch: `id` is unique for the sending node's run, so that a
-/// repeat is recognised (see `forward_ledger`).
+/// repeat is recognised (see `forward_ledger`). Where its messages go is said once per
+/// batch (`targets`), not once per message: a publisher mostly sends to the same queues.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishBatch {
     pub from: String,
     pub id: u64,
+    pub targets: Vec<PublishTarget>,
     pub items: Vec<PublishItem>,
+}
+
+/// Queues of one vhost that messages of a batch go to.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublishTarget {
+    pub vhost: String,
+    pub queues: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishItem {
-    pub vhost: String,
-    pub queues: Vec<String>,
+    /// Index into the batch's `targets`.
+    pub target: u32,
     pub message: Carried,
 }
 
 struct Item {
-    vhost: String,
-    queues: Vec<String>,
+    vhost: Arc<str>,
+    queues: Box<[Arc<str>]>,
     msg: Arc<Message>,
     done: Option<oneshot::Sender<bool>>,
 }
@@ -68,8 +77,8 @@ impl Forwarders {
         &self,
         broker: &Broker,
         node: &str,
-        vhost: String,
-        queues: Vec<String>,
+        vhost: Arc<str>,
+        queues: Box<[Arc<str>]>,
         msg: Arc<Message>,
         done: Option<oneshot::Sender<bool>>,
     ) {
@@ -80,11 +89,12 @@ impl Forwarders {
             done,
         };
         let mut peers = self.peers.lock();
-        let tx = peers.entry(node.to_string()).or_insert_with(|| {
+        if !peers.contains_key(node) {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(run(broker.me.clone(), node.to_string(), rx));
-            tx
-        });
+            peers.insert(node.to_string(), tx);
+        }
+        let Some(tx) = peers.get(node) else { return };
         if let Err(mpsc::error::SendError(item)) = tx.send(item) {
             // The task ended (node shutting down): refuse rather than drop silently.
             if let Some(done) = item.done {
@@ -143,18 +153,44 @@ fn next_batch_id() -> u64 {
 }
 
 fn request(broker: &Broker, batch: &[Item]) -> Publish {
+    let mut targets: Vec<PublishTarget> = Vec::new();
+    // The item that named the last target: consecutive items mostly share it.
+    let mut last: Option<(&Item, u32)> = None;
+    let mut items = Vec::with_capacity(batch.len());
+    for item in batch {
+        let target = match last {
+            Some((prev, t)) if same_target(prev, item) => t,
+            _ => {
+                let wanted = PublishTarget {
+                    vhost: item.vhost.to_string(),
+                    queues: item.queues.iter().map(|q| q.to_string()).collect(),
+                };
+                let t = match targets.iter().position(|t| *t == wanted) {
+                    Some(t) => t,
+                    None => {
+                        targets.push(wanted);
+                        targets.len() - 1
+                    }
+                } as u32;
+                last = Some((item, t));
+                t
+            }
+        };
+        items.push(PublishItem {
+            target,
+            message: Carried(item.msg.clone()),
+        });
+    }
     Publish(PublishBatch {
         from: broker.config.node.clone(),
         id: next_batch_id(),
-        items: batch
-            .iter()
-            .map(|i| PublishItem {
-                vhost: i.vhost.clone(),
-                queues: i.queues.clone(),
-                message: Carried(i.msg.clone()),
-            })
-            .collect(),
+        targets,
+        items,
     })
+}
+
+fn same_target(a: &Item, b: &Item) -> bool {
+    a.vhost == b.vhost && a.queues == b.queues
 }
 
 /// Puts a batch on the wire to `node`; `None` if it could not be (the caller then
@@ -210,7 +246,7 @@ impl Broker {
         let run = match self.forward_ledger.admit(&batch.from, batch.id) {
             Admission::Seen(answer) => Err(answer),
             Admission::First(done) => {
-                let enqueued = self.enqueue_forwarded(batch.items);
+                let enqueued = self.enqueue_forwarded(batch);
                 // Its own task: a link that drops before the answer must not keep it from
                 // the ledger, where a repeat of the batch finds it.
                 let me = self.clone();
@@ -230,20 +266,29 @@ impl Broker {
     }
 
     /// Enqueues forwarded messages into local queues.
-    fn enqueue_forwarded(&self, items: Vec<PublishItem>) -> Enqueued {
-        let mut answers = Vec::with_capacity(items.len());
+    fn enqueue_forwarded(&self, batch: PublishBatch) -> Enqueued {
+        // Each target's queues, looked up once for the batch; None for a vhost not here.
+        let targets: Vec<Option<Vec<Option<Arc<Queue>>>>> = batch
+            .targets
+            .iter()
+            .map(|t| {
+                let vhost = self.vhost(&t.vhost)?;
+                Some(t.queues.iter().map(|q| vhost.queue(q)).collect())
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(batch.items.len());
         let mut ticket = None;
         let mut replicating = Vec::new();
-        for item in items {
+        for item in batch.items {
             let msg = item.message.into_message();
-            let Some(vhost) = self.vhost(&item.vhost) else {
+            let Some(Some(queues)) = targets.get(item.target as usize) else {
                 answers.push(false);
                 continue;
             };
             let id = self.next_message_id();
             let mut ok = true;
-            for name in &item.queues {
-                match vhost.queue(name) {
+            for q in queues {
+                match q {
                     Some(q) => match q.publish(msg.clone(), id) {
                         PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
                         PublishOutcome::Rejected => ok = false,
@@ -252,7 +297,7 @@ impl Broker {
                         }
                     },
                     None => {
-                        tracing::debug!(queue = %name, "forwarded publish for a queue not served here: refused");
+                        tracing::debug!("forwarded publish for a queue not served here: refused");
                         ok = false
                     }
                 }

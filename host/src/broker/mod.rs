@@ -34,6 +34,7 @@ use crate::queue::{DeathReason, Entry, Queue, QueueConfig, QueueOwner};
 use crate::resources::{AlarmHolder, Alarms};
 use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
+use routing::RemoteQueue;
 pub use routing::{ExchangeRt, VhostRt};
 
 /// What the broker needs from the node's configuration.
@@ -362,7 +363,9 @@ impl MetaListener for Broker {
                     } else if q.node == self.config.node {
                         self.create_queue(q);
                     } else if let Some(v) = self.vhost(&q.vhost) {
-                        v.remote.write().insert(q.name.clone(), q.node.clone());
+                        v.remote
+                            .write()
+                            .insert(q.name.clone(), RemoteQueue::new(&q.node, &q.name));
                     }
                 }
                 MetaEvent::QueueDeleted { vhost, name, uid } => {

@@ -5,7 +5,7 @@
 //! node forwards them. Sessions of a node that stops answering are closed and
 //! their unacked messages requeued.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::calls::{ProxyCancelled, ProxyDeliver};
 use super::relay_sink::{RelayRx, RelaySink, Relayed};
 use crate::base::carried::Carried;
 use crate::base::error::AmqpError;
+use crate::peer::{ClusterNode, PeerError};
 use crate::queue::{ConsumeRequest, Queue};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,73 +189,103 @@ impl Broker {
     }
 }
 
-/// Carries a consumer session's deliveries to the consuming node, in order,
-/// batching what queued up meanwhile. The bytes of a batch count against the
-/// session's hand-over until the consuming node has taken it and says its
-/// client's connection has room, so a consumer that does not read stops the
-/// owner's queue from delivering to it, as a local one would.
+/// Deliveries a relay batch carries at most.
+const RELAY_BATCH: usize = 256;
+/// Batches a relay keeps on the wire at once: the consuming node hands one to its client while
+/// the next is on its way, where one at a time left both nodes waiting for each other.
+const RELAY_IN_FLIGHT: usize = 4;
+
+type Answer = std::pin::Pin<Box<dyn Future<Output = Result<bool, PeerError>> + Send>>;
+
+/// A batch on the wire: its answer, the bytes it is counted for and whether it ends the
+/// session (the queue cancelled the consumer).
+struct InFlight {
+    answer: Answer,
+    cost: u64,
+    cancelled: bool,
+}
+
+/// Carries a consumer session's deliveries to the consuming node, in order, batching what
+/// queued up meanwhile, a few batches at once (the consuming node takes them in the order
+/// they came, see `peer::Router::on_ordered`). The bytes of a batch count against the
+/// session's hand-over until the consuming node has taken it and says its client's
+/// connection has room, so a consumer that does not read stops the owner's queue from
+/// delivering to it, as a local one would. The first batch travels alone: the consuming
+/// node holds it until its client has the consume-ok, and later ones must not pass it.
 async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx) {
     let RelayRx { mut rx, credit } = rx;
-    let mut items = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut cancelled = false;
-        let mut cost = 0;
-        let mut push = |r: Relayed, items: &mut Vec<Delivered>| {
-            cost += r.cost();
-            match r {
-                Relayed::Deliver {
-                    tag,
-                    redelivered,
-                    msg,
-                } => items.push(Delivered {
-                    tag,
-                    redelivered,
-                    message_count: 0,
-                    message: Carried(msg),
-                }),
-                Relayed::Cancelled => cancelled = true,
-            }
-        };
-        push(first, &mut items);
-        while items.len() < 256 {
-            match rx.try_recv() {
-                Ok(r) => push(r, &mut items),
-                Err(_) => break,
-            }
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut first = true;
+    let mut ending = false;
+    let mut open = true;
+    loop {
+        let room = !ending && open && in_flight.len() < if first { 1 } else { RELAY_IN_FLIGHT };
+        if in_flight.is_empty() && !room {
+            break;
         }
-        let Some(b) = broker.upgrade() else { return };
-        let Some(cluster) = b.meta.cluster() else {
-            return;
-        };
-        let Some(peer) = cluster.node_by_name(&node) else {
-            b.proxy_close(&session);
-            return;
-        };
-        let mut batch = ProxyDeliver(DeliverBatch {
-            session: session.clone(),
-            items: std::mem::take(&mut items),
-        });
-        // An empty batch asks only whether the client's connection has room again.
-        loop {
-            let has_room = cluster
-                .peers
-                .call(&peer, &batch, Duration::from_secs(10))
-                .await;
-            match has_room {
-                Ok(true) => break,
-                Ok(false) => batch.0.items.clear(),
-                Err(_) => {
-                    // The consuming node is gone: give its messages back to the queue.
-                    b.proxy_close(&session);
-                    return;
+        tokio::select! {
+            biased;
+            answered = oldest(&mut in_flight), if !in_flight.is_empty() => {
+                let Some(done) = in_flight.pop_front() else { continue };
+                first = false;
+                match answered {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if !wait_for_room(&broker, &session, &node).await {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        // The consuming node is gone: give its messages back to the queue.
+                        if let Some(b) = broker.upgrade() {
+                            b.proxy_close(&session);
+                        }
+                        return;
+                    }
                 }
+                credit.release(done.cost);
+                ending |= done.cancelled;
             }
-            if !b.proxies.sessions.lock().contains_key(&session) {
-                return;
+            next = rx.recv(), if room => {
+                let Some(next) = next else {
+                    open = false;
+                    continue;
+                };
+                let mut taken = vec![next];
+                while taken.len() < RELAY_BATCH && !matches!(taken.last(), Some(Relayed::Cancelled)) {
+                    match rx.try_recv() {
+                        Ok(r) => taken.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let cost = taken.iter().map(Relayed::cost).sum();
+                let mut items = Vec::with_capacity(taken.len());
+                let mut cancelled = false;
+                for r in taken {
+                    match r {
+                        Relayed::Deliver { tag, redelivered, msg } => items.push(Delivered {
+                            tag,
+                            redelivered,
+                            message_count: 0,
+                            message: Carried(msg),
+                        }),
+                        Relayed::Cancelled => cancelled = true,
+                    }
+                }
+                let Some((b, peer)) = peer_of(&broker, &session, &node) else { return };
+                let Some(cluster) = b.meta.cluster() else { return };
+                let batch = ProxyDeliver(DeliverBatch { session: session.clone(), items });
+                let answer: Answer = match cluster.peers.send(&peer, &batch, RELAY_TIMEOUT).await {
+                    Ok(sent) => Box::pin(sent.answer()),
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                };
+                in_flight.push_back(InFlight { answer, cost, cancelled });
+                ending |= cancelled;
             }
         }
-        credit.release(cost);
-        if cancelled {
+    }
+    if ending && let Some((b, peer)) = peer_of(&broker, &session, &node) {
+        if let Some(cluster) = b.meta.cluster() {
             let _ = cluster
                 .peers
                 .call(
@@ -263,8 +294,59 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
                     Duration::from_secs(5),
                 )
                 .await;
-            b.proxy_close(&session);
-            return;
+        }
+        b.proxy_close(&session);
+    }
+}
+
+const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer of the oldest batch on the wire (never resolves when there is none).
+async fn oldest(in_flight: &mut VecDeque<InFlight>) -> Result<bool, PeerError> {
+    match in_flight.front_mut() {
+        Some(f) => f.answer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The broker and the consuming node, while both are there; closes the session when the
+/// node left the cluster.
+fn peer_of(broker: &Weak<Broker>, session: &str, node: &str) -> Option<(Arc<Broker>, ClusterNode)> {
+    let b = broker.upgrade()?;
+    let cluster = b.meta.cluster()?;
+    match cluster.node_by_name(node) {
+        Some(peer) => Some((b, peer)),
+        None => {
+            b.proxy_close(session);
+            None
+        }
+    }
+}
+
+/// Asks with empty batches until the consuming node's client has room again; false when the
+/// session ended meanwhile (closed here, or the node went away).
+async fn wait_for_room(broker: &Weak<Broker>, session: &str, node: &str) -> bool {
+    loop {
+        let Some((b, peer)) = peer_of(broker, session, node) else {
+            return false;
+        };
+        if !b.proxies.sessions.lock().contains_key(session) {
+            return false;
+        }
+        let Some(cluster) = b.meta.cluster() else {
+            return false;
+        };
+        let probe = ProxyDeliver(DeliverBatch {
+            session: session.to_string(),
+            items: Vec::new(),
+        });
+        match cluster.peers.call(&peer, &probe, RELAY_TIMEOUT).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => {
+                b.proxy_close(session);
+                return false;
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Broker;
+use super::routing::RemoteQueue;
 use crate::cluster::ClusterNode;
 use crate::meta::QueueRecord;
 use crate::queue::{Entry, Queue, QueueConfig, QueueType};
@@ -66,7 +67,7 @@ impl Broker {
             v.remote
                 .write()
                 .entry(record.name.clone())
-                .or_insert_with(|| record.node.clone());
+                .or_insert_with(|| RemoteQueue::new(&record.node, &record.name));
         }
         if !record.members.contains(&self.config.node) {
             // No longer a member (delete_member, shrink): this node's copy goes.
@@ -172,8 +173,8 @@ impl Broker {
                 let previous = v
                     .remote
                     .write()
-                    .insert(record.name.clone(), leader.to_string());
-                if previous.as_deref() == Some(leader) {
+                    .insert(record.name.clone(), RemoteQueue::new(leader, &record.name));
+                if previous.is_some_and(|p| &*p.node == leader) {
                     return;
                 }
                 tracing::debug!(queue = %record.name, leader, "quorum queue routed to its leader");
@@ -198,7 +199,7 @@ impl Broker {
             v.remote
                 .write()
                 .entry(record.name.clone())
-                .or_insert_with(|| self.config.node.clone());
+                .or_insert_with(|| RemoteQueue::new(&self.config.node, &record.name));
         }
     }
 
@@ -239,7 +240,7 @@ impl Broker {
         }
         let known = self
             .vhost(vhost)
-            .and_then(|v| v.remote.read().get(name).cloned());
+            .and_then(|v| v.remote.read().get(name).map(|r| r.node.clone()));
         if known.as_deref() != Some(leader) {
             self.quorum_leader_changed(&record, leader, None);
         }
@@ -272,7 +273,7 @@ impl Broker {
         v.remote
             .read()
             .get(&record.name)
-            .cloned()
+            .map(|r| r.node.to_string())
             .unwrap_or_else(|| record.node.clone())
     }
 }

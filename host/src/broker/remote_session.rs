@@ -172,6 +172,26 @@ impl RemoteSession {
         self.owner.lock().clone()
     }
 
+    /// Hands relayed deliveries to the client's channel (dropped if it has closed: the owner
+    /// requeues what is unacked when the session ends).
+    fn deliver(self: &Arc<Self>, items: Vec<Delivered>) {
+        if self.channel.is_closed() {
+            return;
+        }
+        let owner = self.settler();
+        for item in items {
+            self.channel.deliver_remote(RemoteDelivery {
+                owner: owner.clone(),
+                remote_tag: item.tag,
+                consumer_tag: self.consumer_tag.clone(),
+                redelivered: item.redelivered,
+                message_count: item.message_count,
+                msg: item.message.into_message(),
+                no_ack: self.no_ack,
+            });
+        }
+    }
+
     /// Stops the consumer on the owner; unacked deliveries stay settleable.
     pub fn cancel(self: &Arc<Self>) {
         let _ = self.ops.send(Op::Cancel);
@@ -292,34 +312,39 @@ async fn run_ops(
 }
 
 impl Broker {
-    /// Deliveries relayed by an owner node, for one of this node's channels. True once the
-    /// channel's connection has room for more; false after a few seconds without (the owner
-    /// asks again with an empty batch, and delivers nothing more meanwhile).
-    pub async fn accept_proxied(&self, batch: DeliverBatch) -> Result<bool, String> {
-        let Some(session) = self.remote_sessions.get(&batch.session) else {
-            return Err(format!("unknown session {}", batch.session));
-        };
-        let mut ready = session.ready.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
-        if session.channel.is_closed() {
-            return Err("channel closed".into());
+    /// Deliveries relayed by an owner node, for one of this node's channels: handed to the
+    /// channel before this returns when the client already has its consume-ok, so batches
+    /// taken in the order they came (see `peer::Router::on_ordered`) keep the queue's order.
+    /// The future says true once the channel's connection has room for more; false after a
+    /// few seconds without (the owner asks again with an empty batch, and delivers nothing
+    /// more meanwhile).
+    pub fn accept_proxied(
+        &self,
+        batch: DeliverBatch,
+    ) -> impl Future<Output = Result<bool, String>> + Send + use<> {
+        let session = self.remote_sessions.get(&batch.session);
+        let ready = session.as_ref().is_some_and(|s| *s.ready.borrow());
+        let mut items = Some(batch.items);
+        if ready && let Some(s) = &session {
+            s.deliver(items.take().unwrap_or_default());
         }
-        let owner = session.settler();
-        for item in batch.items {
-            let msg = item.message.into_message();
-            session.channel.deliver_remote(RemoteDelivery {
-                owner: owner.clone(),
-                remote_tag: item.tag,
-                consumer_tag: session.consumer_tag.clone(),
-                redelivered: item.redelivered,
-                message_count: item.message_count,
-                msg,
-                no_ack: session.no_ack,
-            });
+        async move {
+            let Some(session) = session else {
+                return Err(format!("unknown session {}", batch.session));
+            };
+            if let Some(items) = items {
+                // The owner sends a session's first batch alone and waits for this answer.
+                let mut ready = session.ready.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+                session.deliver(items);
+            }
+            if session.channel.is_closed() {
+                return Err("channel closed".into());
+            }
+            // Under the caller's 10 s timeout, so that a slow reader is not taken for a dead node.
+            let room = tokio::time::timeout(Duration::from_secs(3), session.channel.room()).await;
+            Ok(room.is_ok())
         }
-        // Under the caller's 10 s timeout, so that a slow reader is not taken for a dead node.
-        let room = tokio::time::timeout(Duration::from_secs(3), session.channel.room()).await;
-        Ok(room.is_ok())
     }
 
     /// The owner cancelled a proxied consumer (its queue was deleted).

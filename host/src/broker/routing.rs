@@ -15,19 +15,36 @@ use crate::queue::Queue;
 use crate::routing::exchange_type::{BindingId, ExchangeRouter, RouteInput, RouterError};
 
 pub struct VhostRt {
-    pub name: String,
+    pub name: Arc<str>,
     pub exchanges: RwLock<HashMap<String, Arc<ExchangeRt>>>,
     pub queues: RwLock<HashMap<String, Arc<Queue>>>,
-    /// Queues owned by other cluster nodes: name → owner node.
-    pub remote: RwLock<HashMap<String, String>>,
+    /// Queues owned by other cluster nodes, by name.
+    pub remote: RwLock<HashMap<String, RemoteQueue>>,
+}
+
+/// A queue another node owns, as routing hands it on: shared names, so that routing a
+/// message to it allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteQueue {
+    pub node: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl RemoteQueue {
+    pub fn new(node: &str, name: &str) -> RemoteQueue {
+        RemoteQueue {
+            node: node.into(),
+            name: name.into(),
+        }
+    }
 }
 
 /// Where a routed message goes: local queues, and queues on other nodes.
 #[derive(Default)]
 pub struct Destinations {
     pub local: Vec<Arc<Queue>>,
-    /// (owner node, queue name), each once.
-    pub remote: Vec<(String, String)>,
+    /// Each once.
+    pub remote: Vec<RemoteQueue>,
 }
 
 impl Destinations {
@@ -35,9 +52,9 @@ impl Destinations {
         self.local.is_empty() && self.remote.is_empty()
     }
 
-    fn push_remote(&mut self, node: &str, queue: &str) {
-        if !self.remote.iter().any(|(n, q)| n == node && q == queue) {
-            self.remote.push((node.to_string(), queue.to_string()));
+    fn push_remote(&mut self, queue: &RemoteQueue) {
+        if !self.remote.iter().any(|r| r == queue) {
+            self.remote.push(queue.clone());
         }
     }
 }
@@ -45,7 +62,7 @@ impl Destinations {
 impl VhostRt {
     pub fn new(name: &str) -> VhostRt {
         VhostRt {
-            name: name.to_string(),
+            name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             remote: RwLock::new(HashMap::new()),
@@ -75,8 +92,8 @@ impl VhostRt {
                 if !dest.local.iter().any(|o| Arc::ptr_eq(o, &q)) {
                     dest.local.push(q);
                 }
-            } else if let Some(node) = self.remote.read().get(routing_key) {
-                dest.push_remote(node, routing_key);
+            } else if let Some(r) = self.remote.read().get(routing_key) {
+                dest.push_remote(r);
             }
             return Ok(());
         }
@@ -137,8 +154,8 @@ impl VhostRt {
                                 if !dest.local.iter().any(|o| Arc::ptr_eq(o, &q)) {
                                     dest.local.push(q);
                                 }
-                            } else if let Some(node) = self.remote.read().get(name) {
-                                dest.push_remote(node, name);
+                            } else if let Some(r) = self.remote.read().get(name) {
+                                dest.push_remote(r);
                             }
                         }
                         Some((DestinationKind::Exchange, e)) => {
@@ -353,7 +370,9 @@ mod tests {
             Arc::new(ExchangeRt::new(record, Some(Box::new(router)))),
         );
         for q in ["q1", "q2"] {
-            v.remote.write().insert(q.into(), "n9@h".into());
+            v.remote
+                .write()
+                .insert(q.into(), RemoteQueue::new("n9@h", q));
         }
         (v, calls)
     }
@@ -372,7 +391,11 @@ mod tests {
     fn queues(v: &VhostRt, key: &str) -> Vec<String> {
         let mut dest = Destinations::default();
         v.route("x", key, None, None, &mut dest).unwrap();
-        let mut names: Vec<String> = dest.remote.into_iter().map(|(_, q)| q).collect();
+        let mut names: Vec<String> = dest
+            .remote
+            .into_iter()
+            .map(|r| r.name.to_string())
+            .collect();
         names.sort();
         names
     }

@@ -171,11 +171,14 @@ pub fn router(node: &Arc<Node>) -> Router {
         alive(&n)?.broker.proxy_close(&req.0);
         Ok(())
     });
-    on!(r, node, |n, req: ProxyDeliver| alive(&n)?
-        .broker
-        .accept_proxied(req.0)
-        .await
-        .map_err(Failure::not_found));
+    {
+        // In the read loop: an owner's relay batches reach the client in the order they came.
+        let weak = node.clone();
+        r.on_ordered(move |req: ProxyDeliver| {
+            let accepting = alive(&weak).map(|n| n.broker.accept_proxied(req.0));
+            async move { accepting?.await.map_err(Failure::not_found) }
+        });
+    }
     on!(r, node, |n, req: ProxyCancelled| {
         alive(&n)?.broker.proxied_cancelled(&req.0);
         Ok(())

@@ -23,7 +23,7 @@ impl Connection {
     pub(crate) fn vhost_name(&self) -> String {
         self.vhost
             .as_ref()
-            .map(|v| v.name.clone())
+            .map(|v| v.name.to_string())
             .unwrap_or_default()
     }
 
