@@ -71,7 +71,8 @@ enum ReadEnd {
 pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Sized when bytes arrive (see `next_frame`): an idle connection holds no read buffer.
+    let mut buf = BytesMut::new();
     let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         while buf.len() < 8 {
             match rd.read_buf(&mut buf).await {
@@ -206,7 +207,7 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => return Err(ReadEnd::Error(e)),
             }
-            let read = rd.read_buf(buf);
+            let read = read_some(rd, buf);
             let n = match timeout {
                 Some(t) => match tokio::time::timeout(t, read).await {
                     Ok(r) => r,
@@ -790,4 +791,23 @@ fn describe_client(props: &FieldTable) -> String {
     format!("{} {}", get("product"), get("version"))
         .trim()
         .to_string()
+}
+
+/// Bytes a connection reads into at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads what the socket has. The buffer is given its room only once the socket is readable,
+/// and an empty one is let go before waiting: a thousand idle connections would otherwise
+/// hold a read chunk each.
+async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    rd.readable().await?;
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    // read_buf, not try_read_buf: it counts against the task's cooperative budget, so a
+    // publisher whose socket always has bytes still yields to the consumers it wakes.
+    rd.read_buf(buf).await
 }

@@ -126,6 +126,11 @@ impl OutboundRx {
         self.rx.try_recv().ok()
     }
 
+    /// Nothing waits to be written: the writer is about to wait.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Gives back the bytes of items written (or dropped); below the low mark the queues
     /// that stopped for this connection deliver again.
     pub fn release(&self, bytes: u64) {

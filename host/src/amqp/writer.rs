@@ -126,10 +126,15 @@ fn encode(out: &mut BytesMut, item: Outbound, frame_max: u32) -> bool {
 }
 
 pub async fn run_writer(mut socket: OwnedWriteHalf, mut rx: OutboundRx, shared: Arc<WriterShared>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Grown by what is encoded into it, and let go whenever the writer waits for more: an
+    // idle connection holds no write buffer.
+    let mut buf = BytesMut::new();
     let mut open = true;
     let mut closed = ClosedChannels::default();
     while open {
+        if rx.is_empty() {
+            buf = BytesMut::new();
+        }
         let hb = shared.heartbeat.load(Ordering::Relaxed);
         let first = if hb == 0 {
             rx.recv().await
