@@ -4,6 +4,7 @@
 
 pub mod carried;
 pub mod clock;
+pub mod encoding;
 pub mod error;
 pub mod ids;
 pub mod message;

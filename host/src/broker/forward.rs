@@ -45,7 +45,7 @@ pub struct PublishBatch {
 }
 
 /// Queues of one vhost that messages of a batch go to.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PublishTarget {
     pub vhost: String,
     pub queues: Vec<String>,
@@ -153,34 +153,31 @@ fn next_batch_id() -> u64 {
 }
 
 fn request(broker: &Broker, batch: &[Item]) -> Publish {
-    let mut targets: Vec<PublishTarget> = Vec::new();
-    // The item that named the last target: consecutive items mostly share it.
-    let mut last: Option<(&Item, u32)> = None;
-    let mut items = Vec::with_capacity(batch.len());
-    for item in batch {
-        let target = match last {
-            Some((prev, t)) if same_target(prev, item) => t,
-            _ => {
-                let wanted = PublishTarget {
-                    vhost: item.vhost.to_string(),
-                    queues: item.queues.iter().map(|q| q.to_string()).collect(),
-                };
-                let t = match targets.iter().position(|t| *t == wanted) {
-                    Some(t) => t,
-                    None => {
-                        targets.push(wanted);
-                        targets.len() - 1
-                    }
-                } as u32;
-                last = Some((item, t));
-                t
+    // The first item to name each target; a publisher's batch mostly has one.
+    let mut named: Vec<&Item> = Vec::new();
+    let items = batch
+        .iter()
+        .map(|item| {
+            let target = match named.iter().position(|n| same_target(n, item)) {
+                Some(t) => t,
+                None => {
+                    named.push(item);
+                    named.len() - 1
+                }
+            };
+            PublishItem {
+                target: target as u32,
+                message: Carried(item.msg.clone()),
             }
-        };
-        items.push(PublishItem {
-            target,
-            message: Carried(item.msg.clone()),
-        });
-    }
+        })
+        .collect();
+    let targets = named
+        .iter()
+        .map(|i| PublishTarget {
+            vhost: i.vhost.to_string(),
+            queues: i.queues.iter().map(|q| q.to_string()).collect(),
+        })
+        .collect();
     Publish(PublishBatch {
         from: broker.config.node.clone(),
         id: next_batch_id(),
@@ -267,13 +264,20 @@ impl Broker {
 
     /// Enqueues forwarded messages into local queues.
     fn enqueue_forwarded(&self, batch: PublishBatch) -> Enqueued {
-        // Each target's queues, looked up once for the batch; None for a vhost not here.
-        let targets: Vec<Option<Vec<Option<Arc<Queue>>>>> = batch
+        // Each target's queues (by name, and served here or not), looked up once for the
+        // batch; None for a vhost not here.
+        type Served<'a> = Vec<(&'a str, Option<Arc<Queue>>)>;
+        let targets: Vec<Option<Served>> = batch
             .targets
             .iter()
             .map(|t| {
                 let vhost = self.vhost(&t.vhost)?;
-                Some(t.queues.iter().map(|q| vhost.queue(q)).collect())
+                Some(
+                    t.queues
+                        .iter()
+                        .map(|q| (q.as_str(), vhost.queue(q)))
+                        .collect(),
+                )
             })
             .collect();
         let mut answers = Vec::with_capacity(batch.items.len());
@@ -287,7 +291,7 @@ impl Broker {
             };
             let id = self.next_message_id();
             let mut ok = true;
-            for q in queues {
+            for (name, q) in queues {
                 match q {
                     Some(q) => match q.publish(msg.clone(), id) {
                         PublishOutcome::Enqueued(t) => ticket = ticket.max(t),
@@ -297,7 +301,7 @@ impl Broker {
                         }
                     },
                     None => {
-                        tracing::debug!("forwarded publish for a queue not served here: refused");
+                        tracing::debug!(queue = %name, "forwarded publish for a queue not served here: refused");
                         ok = false
                     }
                 }

@@ -17,6 +17,7 @@ use super::calls::{ProxyCancelled, ProxyDeliver};
 use super::relay_sink::{RelayRx, RelaySink, Relayed};
 use crate::base::carried::Carried;
 use crate::base::error::AmqpError;
+use crate::cluster::Cluster;
 use crate::peer::{ClusterNode, PeerError};
 use crate::queue::{ConsumeRequest, Queue};
 
@@ -194,15 +195,15 @@ const RELAY_BATCH: usize = 256;
 /// Batches a relay keeps on the wire at once: the consuming node hands one to its client while
 /// the next is on its way, where one at a time left both nodes waiting for each other.
 const RELAY_IN_FLIGHT: usize = 4;
+/// How long a relay batch may wait for the consuming node's answer.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Answer = std::pin::Pin<Box<dyn Future<Output = Result<bool, PeerError>> + Send>>;
 
-/// A batch on the wire: its answer, the bytes it is counted for and whether it ends the
-/// session (the queue cancelled the consumer).
+/// A batch on the wire: its answer, and the bytes it is counted for until then.
 struct InFlight {
     answer: Answer,
     cost: u64,
-    cancelled: bool,
 }
 
 /// Carries a consumer session's deliveries to the consuming node, in order, batching what
@@ -244,7 +245,6 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
                     }
                 }
                 credit.release(done.cost);
-                ending |= done.cancelled;
             }
             next = rx.recv(), if room => {
                 let Some(next) = next else {
@@ -272,34 +272,30 @@ async fn relay(broker: Weak<Broker>, session: String, node: String, rx: RelayRx)
                         Relayed::Cancelled => cancelled = true,
                     }
                 }
-                let Some((b, peer)) = peer_of(&broker, &session, &node) else { return };
-                let Some(cluster) = b.meta.cluster() else { return };
+                let Some((_, cluster, peer)) = peer_of(&broker, &session, &node) else { return };
                 let batch = ProxyDeliver(DeliverBatch { session: session.clone(), items });
                 let answer: Answer = match cluster.peers.send(&peer, &batch, RELAY_TIMEOUT).await {
                     Ok(sent) => Box::pin(sent.answer()),
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                 };
-                in_flight.push_back(InFlight { answer, cost, cancelled });
+                in_flight.push_back(InFlight { answer, cost });
+                // A cancel ends the session once every batch before it is answered.
                 ending |= cancelled;
             }
         }
     }
-    if ending && let Some((b, peer)) = peer_of(&broker, &session, &node) {
-        if let Some(cluster) = b.meta.cluster() {
-            let _ = cluster
-                .peers
-                .call(
-                    &peer,
-                    &ProxyCancelled(session.clone()),
-                    Duration::from_secs(5),
-                )
-                .await;
-        }
+    if ending && let Some((b, cluster, peer)) = peer_of(&broker, &session, &node) {
+        let _ = cluster
+            .peers
+            .call(
+                &peer,
+                &ProxyCancelled(session.clone()),
+                Duration::from_secs(5),
+            )
+            .await;
         b.proxy_close(&session);
     }
 }
-
-const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer of the oldest batch on the wire (never resolves when there is none).
 async fn oldest(in_flight: &mut VecDeque<InFlight>) -> Result<bool, PeerError> {
@@ -309,13 +305,17 @@ async fn oldest(in_flight: &mut VecDeque<InFlight>) -> Result<bool, PeerError> {
     }
 }
 
-/// The broker and the consuming node, while both are there; closes the session when the
-/// node left the cluster.
-fn peer_of(broker: &Weak<Broker>, session: &str, node: &str) -> Option<(Arc<Broker>, ClusterNode)> {
+/// The broker, its cluster and the consuming node, while all are there; closes the session
+/// when the node left the cluster.
+fn peer_of(
+    broker: &Weak<Broker>,
+    session: &str,
+    node: &str,
+) -> Option<(Arc<Broker>, Arc<Cluster>, ClusterNode)> {
     let b = broker.upgrade()?;
     let cluster = b.meta.cluster()?;
     match cluster.node_by_name(node) {
-        Some(peer) => Some((b, peer)),
+        Some(peer) => Some((b, cluster, peer)),
         None => {
             b.proxy_close(session);
             None
@@ -327,15 +327,12 @@ fn peer_of(broker: &Weak<Broker>, session: &str, node: &str) -> Option<(Arc<Brok
 /// session ended meanwhile (closed here, or the node went away).
 async fn wait_for_room(broker: &Weak<Broker>, session: &str, node: &str) -> bool {
     loop {
-        let Some((b, peer)) = peer_of(broker, session, node) else {
+        let Some((b, cluster, peer)) = peer_of(broker, session, node) else {
             return false;
         };
         if !b.proxies.sessions.lock().contains_key(session) {
             return false;
         }
-        let Some(cluster) = b.meta.cluster() else {
-            return false;
-        };
         let probe = ProxyDeliver(DeliverBatch {
             session: session.to_string(),
             items: Vec::new(),

@@ -323,16 +323,19 @@ impl Broker {
         batch: DeliverBatch,
     ) -> impl Future<Output = Result<bool, String>> + Send + use<> {
         let session = self.remote_sessions.get(&batch.session);
-        let ready = session.as_ref().is_some_and(|s| *s.ready.borrow());
-        let mut items = Some(batch.items);
-        if ready && let Some(s) = &session {
-            s.deliver(items.take().unwrap_or_default());
-        }
+        // What waits for the client's consume-ok: nothing, once the client has it.
+        let waiting = match &session {
+            Some(s) if *s.ready.borrow() => {
+                s.deliver(batch.items);
+                None
+            }
+            _ => Some(batch.items),
+        };
         async move {
             let Some(session) = session else {
                 return Err(format!("unknown session {}", batch.session));
             };
-            if let Some(items) = items {
+            if let Some(items) = waiting {
                 // The owner sends a session's first batch alone and waits for this answer.
                 let mut ready = session.ready.subscribe();
                 let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;

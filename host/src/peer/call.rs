@@ -78,17 +78,9 @@ impl PeerError {
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes, Failure> {
-    let failed = |e: postcard::Error| Failure::internal(format!("cannot encode: {e}"));
-    // Measured first, then written once into a buffer of that size: a batch of messages
-    // grown by doubling was copied several times over and churned large allocations.
-    let size = postcard::serialize_with_flavor::<_, _, usize>(
-        value,
-        postcard::ser_flavors::Size::default(),
-    )
-    .map_err(failed)?;
-    postcard::to_extend(value, Vec::with_capacity(size))
+    crate::base::encoding::to_vec(&[], value)
         .map(Bytes::from)
-        .map_err(failed)
+        .map_err(|e| Failure::internal(format!("cannot encode: {e}")))
 }
 
 /// A call's request from a frame's body (what the router does before a handler runs).

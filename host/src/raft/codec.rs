@@ -25,17 +25,8 @@ pub enum CodecError {
 
 /// Encodes `value` for redb (and for snapshots sent to peers).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let failed = |e: postcard::Error| CodecError::Encode(e.to_string());
-    // Measured first, then written once: a quorum queue's entry carries a batch of message
-    // bodies, which a doubling buffer copied several times over.
-    let size = postcard::serialize_with_flavor::<_, _, usize>(
-        value,
-        postcard::ser_flavors::Size::default(),
-    )
-    .map_err(failed)?;
-    let mut out = Vec::with_capacity(1 + size);
-    out.push(POSTCARD_V1);
-    postcard::to_extend(value, out).map_err(failed)
+    crate::base::encoding::to_vec(&[POSTCARD_V1], value)
+        .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Decodes what `encode` wrote, or the JSON an earlier version wrote.
