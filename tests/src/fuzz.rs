@@ -173,11 +173,33 @@ fn node_answers(port: u16) -> bool {
     s.read_exact(&mut head).is_ok() && head[0] == 1
 }
 
+/// Removes the node bases of fuzzers whose process is gone.
+fn remove_bases_of_gone_fuzzers() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("warren-fuzz-node-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A node in this process on a free port, in a temporary base removed at exit by nobody: the
-/// fuzzer is killed, not stopped. It lives under the system temp dir with the pid in its name.
+/// fuzzer is killed, not stopped. It lives under the system temp dir with the pid in its name,
+/// and each fuzzer removes the bases of fuzzers no longer running (they piled up in /tmp).
 fn in_process_node() -> u16 {
     static PORT: OnceLock<u16> = OnceLock::new();
     *PORT.get_or_init(|| {
+        remove_bases_of_gone_fuzzers();
         let port = crate::free_port();
         let base = std::env::temp_dir().join(format!("warren-fuzz-node-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);

@@ -97,8 +97,8 @@ impl MetaStore {
 
     async fn open_cluster(&self, kind: NodeKind) -> Result<Arc<Cluster>, MetaError> {
         let db = match kind {
-            NodeKind::Disc => open_db(Some(&self.raft_path())),
-            NodeKind::Ram => open_db(None),
+            NodeKind::Disc => open_db(Some(&self.raft_path()), super::SIZING.cache_bytes),
+            NodeKind::Ram => open_db(None, super::SIZING.cache_bytes),
         }
         .map_err(storage)?;
         let cluster =

@@ -86,10 +86,12 @@ pub struct Cluster {
 }
 
 /// Metadata is small: snapshots are frequent, so a joining node gets one.
-const SIZING: crate::raft::Sizing = crate::raft::Sizing {
+pub(crate) const SIZING: crate::raft::Sizing = crate::raft::Sizing {
     snapshot_every: 500,
     keep_after_snapshot: 100,
     max_payload_entries: 300,
+    recent_entries: 1024,
+    cache_bytes: 32 << 20,
 };
 
 impl Cluster {

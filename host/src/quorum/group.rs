@@ -34,12 +34,23 @@ const RESTART_QUIET: Duration = Duration::from_secs(3);
 /// A leader that has not heard from a majority for this long refuses publishes at once.
 const QUORUM_SILENCE_MS: u64 = 3000;
 
+/// A snapshot once the bodies logged since the last one pass this and twice what the queue
+/// holds (`snapshot_when_due`).
+const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+/// How often a member looks whether a snapshot is due.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
+
 const SIZING: crate::raft::Sizing = crate::raft::Sizing {
+    // A backstop for entries that carry no bodies (settles); bodies are counted in bytes.
     snapshot_every: 20_000,
-    keep_after_snapshot: 1000,
+    keep_after_snapshot: 128,
     // An append must be answered within the heartbeat interval (openraft
     // drops it otherwise): a follower catching up gets small ones.
     max_payload_entries: 64,
+    // An entry carries up to MAX_BATCH bodies: the leader needs only the entries in flight
+    // to send and apply; a follower further behind reads redb.
+    recent_entries: 32,
+    cache_bytes: 8 << 20,
 };
 
 /// What the live queue asks its group to agree on.
@@ -111,7 +122,7 @@ impl QuorumGroup {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{:016x}.redb", record.uid));
         let fresh = !path.exists();
-        let db = crate::raft::log::open_db(Some(&path))
+        let db = crate::raft::log::open_db(Some(&path), SIZING.cache_bytes)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let contents = Arc::new(Mutex::new(Contents::default()));
         let raft = crate::raft::start(
@@ -162,6 +173,7 @@ impl QuorumGroup {
         tokio::spawn(run_proposer(raft, rx, wtx));
         tokio::spawn(run_waiter(wrx));
         tokio::spawn(follow_leader(Arc::downgrade(&group)));
+        tokio::spawn(snapshot_when_due(Arc::downgrade(&group)));
         Ok(group)
     }
 
@@ -302,6 +314,21 @@ async fn follow_leader(group: Weak<QuorumGroup>) {
                 }
             }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Takes a snapshot (after which Raft purges the log before it) when `Contents::snapshot_due`:
+/// a drained queue's log then stops holding its whole history (openraft's own policy counts
+/// entries, and an entry carries up to MAX_BATCH bodies). Each member decides for its own log.
+async fn snapshot_when_due(group: Weak<QuorumGroup>) {
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK).await;
+        let Some(g) = group.upgrade() else { return };
+        let due = g.contents.lock().snapshot_due(SNAPSHOT_LOG_BYTES);
+        if due {
+            // A snapshot already being built makes this a no-op; the next tick looks again.
+            let _ = g.raft.trigger().snapshot().await;
         }
     }
 }

@@ -28,6 +28,21 @@ pub struct Contents {
     pub messages: BTreeMap<u64, Held>,
     pub next_id: u64,
     pub live: Option<Arc<Queue>>,
+    /// Body bytes of the messages held.
+    pub held_bytes: u64,
+    /// Body bytes enqueued since the last snapshot was taken: about what the log holds
+    /// beyond the snapshot (see `group::snapshot_when_due`).
+    pub logged_bytes: u64,
+}
+
+impl Contents {
+    /// Whether a snapshot is due: the bodies logged since the last one pass `floor` and twice
+    /// what the queue holds, so the log (which the snapshot lets Raft purge) stays within a
+    /// few queue-lengths of the queue's depth, and a deep queue is not written out whole
+    /// more often than every two queue-lengths of traffic.
+    pub fn snapshot_due(&self, floor: u64) -> bool {
+        self.logged_bytes > floor.max(2 * self.held_bytes)
+    }
 }
 
 /// The contents at one applied index. Messages are shared, not copied, until the snapshot
@@ -56,7 +71,8 @@ impl Machine<QueueRaft> for QueueMachine {
     }
 
     fn freeze(&self) -> QueueSnapshot {
-        let c = self.0.lock();
+        let mut c = self.0.lock();
+        c.logged_bytes = 0;
         QueueSnapshot {
             next_id: c.next_id,
             messages: c
@@ -83,6 +99,8 @@ impl Machine<QueueRaft> for QueueMachine {
                 )
             })
             .collect();
+        c.held_bytes = c.messages.values().map(|h| h.msg.size() as u64).sum();
+        c.logged_bytes = 0;
     }
 }
 
@@ -114,6 +132,9 @@ fn enqueue(c: &mut Contents, carried: Vec<Carried>, reply: &mut QueueReply) {
         let id = c.next_id;
         c.next_id += 1;
         let msg = m.into_message();
+        let size = msg.size() as u64;
+        c.held_bytes += size;
+        c.logged_bytes += size;
         c.messages.insert(
             id,
             Held {
@@ -131,7 +152,9 @@ fn enqueue(c: &mut Contents, carried: Vec<Carried>, reply: &mut QueueReply) {
 
 fn settle(c: &mut Contents, ids: Vec<u64>) {
     for id in ids {
-        c.messages.remove(&id);
+        if let Some(h) = c.messages.remove(&id) {
+            c.held_bytes = c.held_bytes.saturating_sub(h.msg.size() as u64);
+        }
     }
 }
 
@@ -181,14 +204,14 @@ mod tests {
         ]));
         machine.apply(QueueCommand::Return(vec![1]));
         machine.apply(QueueCommand::Settle(vec![0]));
-        let mut leader = Replicated::open(open_db(None).unwrap(), machine).unwrap();
+        let mut leader = Replicated::open(open_db(None, 1 << 20).unwrap(), machine).unwrap();
         let snapshot = leader.build_snapshot().await.unwrap();
         let bytes = snapshot.snapshot.get_ref().clone();
         // Bodies as bytes: the 2 KiB body is in there once, not as base64.
         assert!(bytes.len() < 2048 + 256, "{} bytes", bytes.len());
 
         let other = Arc::new(Mutex::new(Contents::default()));
-        let db = open_db(None).unwrap();
+        let db = open_db(None, 1 << 20).unwrap();
         let mut follower = Replicated::open(db.clone(), QueueMachine(other.clone())).unwrap();
         follower
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -219,6 +242,36 @@ mod tests {
             bodies(&contents.lock()),
             vec![(1, b"b".to_vec(), 1), (2, b"c".to_vec(), 0)]
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_due_when_the_log_outgrows_twice_the_queue_and_not_after_one() {
+        let contents = Arc::new(Mutex::new(Contents::default()));
+        let mut machine = QueueMachine(contents.clone());
+        let kib = [7u8; 1024];
+        machine.apply(QueueCommand::Enqueue(vec![
+            message(&kib),
+            message(&kib),
+            message(&kib),
+        ]));
+        assert!(!contents.lock().snapshot_due(0), "3 KiB logged, 3 held");
+        machine.apply(QueueCommand::Settle(vec![0, 1]));
+        {
+            let c = contents.lock();
+            assert_eq!((c.logged_bytes, c.held_bytes), (3072, 1024));
+            assert!(c.snapshot_due(0));
+            assert!(!c.snapshot_due(4096), "under the floor");
+        }
+        let frozen = machine.freeze();
+        assert!(!contents.lock().snapshot_due(0));
+        machine.apply(QueueCommand::Enqueue(vec![message(&kib)]));
+        assert!(!contents.lock().snapshot_due(0), "1 KiB logged, 2 held");
+
+        // A member restored from a snapshot counts what it holds, and nothing logged yet.
+        let other = Arc::new(Mutex::new(Contents::default()));
+        QueueMachine(other.clone()).restore(frozen);
+        let c = other.lock();
+        assert_eq!((c.logged_bytes, c.held_bytes), (0, 1024));
     }
 
     #[test]

@@ -48,11 +48,18 @@ pub fn write_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write(AnyError::error(e.to_string())).into()
 }
 
-/// Opens a Raft database: a file, or memory when `path` is None.
-pub fn open_db(path: Option<&std::path::Path>) -> Result<Arc<Database>, redb::Error> {
+/// Opens a Raft database: a file, or memory when `path` is None. `cache_bytes` bounds redb's
+/// page cache, which is 1 GiB per database by default: a node with a few quorum queues
+/// filled it for each of them and was killed for want of memory.
+pub fn open_db(
+    path: Option<&std::path::Path>,
+    cache_bytes: usize,
+) -> Result<Arc<Database>, redb::Error> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
     let db = match path {
-        Some(p) => Database::create(p)?,
-        None => Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?,
+        Some(p) => builder.create(p)?,
+        None => builder.create_with_backend(redb::backends::InMemoryBackend::new())?,
     };
     let tx = db.begin_write()?;
     tx.open_table(LOG)?;
@@ -92,15 +99,13 @@ fn put_meta_with<T: Serialize>(
     tx.commit().map_err(write_err)
 }
 
-/// How many of the newest entries stay in memory: a follower a little behind, and the
-/// state machine, read them from here.
-const RECENT_ENTRIES: usize = 1024;
-
 /// The newest entries of the log, a contiguous run that always ends at its last entry (every
 /// append goes through it; a gap starts it afresh). Empty after a restart until appends
-/// come; reads it cannot answer in whole go to redb.
+/// come; reads it cannot answer in whole go to redb. At most `capacity` entries: a follower
+/// a little behind, and the state machine, read them from here.
 struct Recent<C: RaftTypeConfig> {
     entries: VecDeque<Entry<C>>,
+    capacity: usize,
 }
 
 impl<C> Recent<C>
@@ -121,7 +126,7 @@ where
             self.entries.clear();
         }
         self.entries.push_back(entry);
-        while self.entries.len() > RECENT_ENTRIES {
+        while self.entries.len() > self.capacity {
             self.entries.pop_front();
         }
     }
@@ -182,11 +187,13 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
-    pub fn new(db: Arc<Database>) -> LogStore<C> {
+    /// A log store on `db` keeping its newest `recent_entries` entries in memory too.
+    pub fn new(db: Arc<Database>, recent_entries: usize) -> LogStore<C> {
         LogStore {
             db,
             recent: Arc::new(Mutex::new(Recent {
                 entries: VecDeque::new(),
+                capacity: recent_entries,
             })),
             flushes: Arc::new(Mutex::new(Flushes {
                 waiting: Vec::new(),
@@ -422,10 +429,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_log_written_as_json_reads_and_grows_in_postcard() {
-        let db = open_db(None).unwrap();
+        let db = open_db(None, 1 << 20).unwrap();
         let vote = Vote::new_committed(3, 1);
         write_json_like_before(&db, &[entry(1, "a"), entry(2, "b")], &vote);
-        let mut store = LogStore::<TypeConfig>::new(db.clone());
+        let mut store = LogStore::<TypeConfig>::new(db.clone(), 1024);
         assert_eq!(store.read_vote().await.unwrap(), Some(vote));
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
@@ -463,6 +470,7 @@ mod tests {
     fn the_recent_entries_are_the_log_s_newest_run_and_answer_only_what_they_hold_in_whole() {
         let mut recent = Recent::<TypeConfig> {
             entries: VecDeque::new(),
+            capacity: 1024,
         };
         assert!(recent.range(1, None).is_none());
         for i in 5..=9 {
@@ -495,17 +503,17 @@ mod tests {
         recent.purge(20);
         assert!(recent.range(20, None).is_none());
 
-        for i in 21..(21 + RECENT_ENTRIES as u64 + 10) {
+        for i in 21..(21 + 1024 + 10) {
             recent.push(entry(i, "y"));
         }
-        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
+        assert_eq!(recent.entries.len(), 1024);
         assert!(recent.range(21, None).is_none());
     }
 
     #[tokio::test]
     async fn a_purged_log_reopens_with_its_purge_point_and_the_entries_after_it() {
         // A Raft purges its log after each snapshot; the node must start from it after.
-        let db = open_db(None).unwrap();
+        let db = open_db(None, 1 << 20).unwrap();
         let tx = db.begin_write().unwrap();
         {
             let mut log = tx.open_table(LOG).unwrap();
@@ -515,11 +523,11 @@ mod tests {
             }
         }
         tx.commit().unwrap();
-        let mut store = LogStore::<TypeConfig>::new(db.clone());
+        let mut store = LogStore::<TypeConfig>::new(db.clone(), 1024);
         let purge_point = entry(3, "v").log_id;
         store.purge(purge_point).await.unwrap();
 
-        let mut reopened = LogStore::<TypeConfig>::new(db);
+        let mut reopened = LogStore::<TypeConfig>::new(db, 1024);
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(purge_point));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
@@ -535,14 +543,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_entry_is_a_storage_error() {
-        let db = open_db(None).unwrap();
+        let db = open_db(None, 1 << 20).unwrap();
         let tx = db.begin_write().unwrap();
         {
             let mut log = tx.open_table(LOG).unwrap();
             log.insert(1, [0x01u8, 0xff, 0xff].as_slice()).unwrap();
         }
         tx.commit().unwrap();
-        let mut store = LogStore::<TypeConfig>::new(db);
+        let mut store = LogStore::<TypeConfig>::new(db, 1024);
         assert!(store.try_get_log_entries(1..=1).await.is_err());
         assert!(store.get_log_state().await.is_err());
     }

@@ -48,6 +48,10 @@ pub struct Sizing {
     pub keep_after_snapshot: u64,
     /// Most entries in one append.
     pub max_payload_entries: u64,
+    /// The newest entries also kept in memory (see `log::LogStore`).
+    pub recent_entries: usize,
+    /// redb's page cache for the Raft's database.
+    pub cache_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +111,7 @@ where
         node_id(me),
         config,
         Network::new(peers, calls),
-        LogStore::<C>::new(db),
+        LogStore::<C>::new(db, sizing.recent_entries),
         replicated,
     )
     .await
