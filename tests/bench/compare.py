@@ -615,6 +615,7 @@ def cluster_run(broker, key, clients, delete=(), seconds=SECONDS):
         return _runs[key]
     env = dict(os.environ, RUST_BACKTRACE="0")
     before = sum(cpu_ticks(p) for p in broker.pids)
+    rss_before = [rss_kb(p) for p in broker.pids]
     procs = [(i, args, subprocess.Popen(perf_command(broker.ports[i], args, seconds), env=env,
                                         text=True, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE))
@@ -630,6 +631,7 @@ def cluster_run(broker, key, clients, delete=(), seconds=SECONDS):
                 p.kill()
                 p.wait()
     after = sum(cpu_ticks(p) for p in broker.pids)
+    rss_after = [rss_kb(p) for p in broker.pids]
     total = {"sent": 0, "confirmed": 0, "received": 0}
     for i, args, out, err, rc in outs:
         r = perf_parse(out, err, rc, args, f"{broker.name} node {i + 1}")
@@ -637,6 +639,8 @@ def cluster_run(broker, key, clients, delete=(), seconds=SECONDS):
             total[k] += r[k]
     messages = total["received"] * seconds
     total["cpu_us"] = (after - before) / CLK_TCK * 1e6 / messages if messages else math.nan
+    # Measured with the run's queues still there, drained: what they keep once traffic stops.
+    total["rss_growth_mb"] = max(a - b for a, b in zip(rss_after, rss_before)) / 1024
     by_owner = {}
     for name, owner in delete:
         by_owner.setdefault(owner, []).append(name)
@@ -755,6 +759,9 @@ QUORUM_SCENARIOS = [
      lambda b: quorum_run(b)["confirmed"], True),
     (f"3 nodes: quorum queue, 1 KiB, confirms 1000, prefetch 1000 [raw]: {CPU}",
      lambda b: quorum_run(b)["cpu_us"], False),
+    ("3 nodes: quorum queue, 1 KiB, confirms 1000, prefetch 1000 [raw]: largest RSS growth of "
+     "a node over the run, queue drained, MB (lower is better)",
+     lambda b: quorum_run(b)["rss_growth_mb"], False),
 ]
 CROSS_SCENARIOS = []
 for _v, _what in (("p", "classic queue on node 1, 1 KiB persistent, confirms 1000, "
