@@ -37,7 +37,7 @@ impl Serialize for Carried {
         if s.is_human_readable() {
             s.serialize_str(&self.0.to_wire_text())
         } else {
-            s.serialize_bytes(&self.0.encoded())
+            s.serialize_bytes(self.0.encoded_ref())
         }
     }
 }

@@ -13,7 +13,30 @@ pub fn to_vec<T: Serialize + ?Sized>(prefix: &[u8], value: &T) -> postcard::Resu
     )?;
     let mut out = Vec::with_capacity(prefix.len() + size);
     out.extend_from_slice(prefix);
-    postcard::to_extend(value, out)
+    postcard::serialize_with_flavor(value, Filled(out))
+}
+
+/// A Vec that is written with `extend_from_slice` (a memcpy): postcard's `to_extend` pushes
+/// through `Extend` byte by byte, which was a tenth of a quorum queue leader's CPU for its
+/// 1 KiB bodies, and its `AllocVec` cannot start from a buffer of the measured size.
+struct Filled(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Filled {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 #[cfg(test)]

@@ -121,25 +121,29 @@ impl Message {
     }
 
     pub fn encoded(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| {
-                let mut out = BytesMut::with_capacity(
-                    12 + self.exchange.len()
-                        + self.routing_key.len()
-                        + self.properties_raw.len()
-                        + self.body.len(),
-                );
-                out.put_u64(self.published_at);
-                out.put_u8(self.exchange.len() as u8);
-                out.extend_from_slice(self.exchange.as_bytes());
-                out.put_u8(self.routing_key.len() as u8);
-                out.extend_from_slice(self.routing_key.as_bytes());
-                out.put_u32(self.properties_raw.len() as u32);
-                out.extend_from_slice(&self.properties_raw);
-                out.extend_from_slice(&self.body);
-                out.freeze()
-            })
-            .clone()
+        self.encoded_ref().clone()
+    }
+
+    /// The store's encoding, borrowed: serializing a message twice per destination (measure,
+    /// then write) need not touch the shared count of its bytes each time.
+    pub fn encoded_ref(&self) -> &Bytes {
+        self.encoded.get_or_init(|| {
+            let mut out = BytesMut::with_capacity(
+                12 + self.exchange.len()
+                    + self.routing_key.len()
+                    + self.properties_raw.len()
+                    + self.body.len(),
+            );
+            out.put_u64(self.published_at);
+            out.put_u8(self.exchange.len() as u8);
+            out.extend_from_slice(self.exchange.as_bytes());
+            out.put_u8(self.routing_key.len() as u8);
+            out.extend_from_slice(self.routing_key.as_bytes());
+            out.put_u32(self.properties_raw.len() as u32);
+            out.extend_from_slice(&self.properties_raw);
+            out.extend_from_slice(&self.body);
+            out.freeze()
+        })
     }
 
     /// Reads a message back from the store's encoding.

@@ -301,6 +301,17 @@ pub async fn serve_dist_connection<H: CtlHandler>(
                     source,
                 });
         }
+        (Some(other), _) if other != handshake::PEER_PROTOCOL && other.starts_with("peer/") => {
+            return Err(CtlError::Protocol {
+                peer: peer_label,
+                reason: format!(
+                    "node {} speaks peer protocol '{other}', this node '{}': nodes of \
+                     different Warren versions cannot form a cluster",
+                    peer.node,
+                    handshake::PEER_PROTOCOL
+                ),
+            });
+        }
         (Some(other), _) => {
             return Err(CtlError::Protocol {
                 peer: peer_label,

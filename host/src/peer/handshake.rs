@@ -297,8 +297,11 @@ pub async fn write_msg<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     w.flush().await.map_err(io_err)
 }
 
-/// What a peer node asks for in its hello: binary peer frames after the verdict.
-pub const PEER_PROTOCOL: &str = "peer/1";
+/// What a peer node asks for in its hello: binary peer frames after the verdict. The number
+/// changes whenever a peer message's encoding does (postcard has no field names to tolerate
+/// a change): a node of another version is refused at the handshake, by name, instead of
+/// misreading frames. peer/2: publish batches name their targets once (`PublishBatch`).
+pub const PEER_PROTOCOL: &str = "peer/2";
 
 /// An authenticated connection, ready for requests.
 pub struct Authenticated {
