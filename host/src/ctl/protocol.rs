@@ -486,8 +486,13 @@ async fn accept_loop<H: CtlHandler>(
                     let (node, cookie, handler) = (node.clone(), cookie.clone(), handler.clone());
                     let peers = peers.clone();
                     conns.spawn(async move {
-                        if let Err(e) = serve_dist_connection(stream, &node, &cookie, handler, peers).await {
-                            tracing::debug!(%addr, "control connection ended: {e}");
+                        match serve_dist_connection(stream, &node, &cookie, handler, peers).await {
+                            // A node of another version: the operator must hear of it.
+                            Err(e @ CtlError::Protocol { .. }) => {
+                                tracing::warn!(%addr, "connection refused: {e}");
+                            }
+                            Err(e) => tracing::debug!(%addr, "control connection ended: {e}"),
+                            Ok(()) => {}
                         }
                     });
                 }

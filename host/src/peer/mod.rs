@@ -1,7 +1,8 @@
 //! How nodes talk to each other: a protocol of its own, not the CLI's.
 //!
 //! A peer connection opens with the dist port's cookie handshake (`handshake`, shared with the
-//! CLI), asking for `peer/2` (the version of its frames); after that it carries length-prefixed binary frames (`frame`).
+//! CLI), asking for `peer/2` (the version of its frames); after that it carries
+//! length-prefixed binary frames (`frame`).
 //! Each request is one typed [`Call`], encoded with postcard, and carries a correlation id, so
 //! many requests are in flight on one connection and answers come back in any order. Message
 //! bodies travel as raw bytes. A refusal is a [`Failure`] with an AMQP reply code as a number.
