@@ -12,7 +12,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, Snapshot,
-    SnapshotMeta, StoredMembership,
+    SnapshotMeta, StorageError, StoredMembership,
 };
 use redb::Database;
 use serde::de::DeserializeOwned;
@@ -123,12 +123,20 @@ where
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        let bytes = codec::encode(&data).map_err(write_err)?;
-        let stored = StoredSnapshotRef {
-            meta: &meta,
-            data: &data,
-        };
-        put_meta(&self.db, "snapshot", &stored)?;
+        // A deep quorum queue's snapshot is its every body: encoded and written durably off
+        // the runtime's two workers, which its clients' connections share.
+        let db = self.db.clone();
+        let (bytes, meta) = tokio::task::spawn_blocking(move || {
+            let bytes = codec::encode(&data).map_err(write_err)?;
+            let stored = StoredSnapshotRef {
+                meta: &meta,
+                data: &data,
+            };
+            put_meta(&db, "snapshot", &stored)?;
+            Ok::<_, StorageError<NodeId>>((bytes, meta))
+        })
+        .await
+        .map_err(write_err)??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -198,13 +206,24 @@ where
         meta: &SnapshotMeta<NodeId, ClusterNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let data: M::Snapshot = codec::decode(snapshot.get_ref()).map_err(read_err)?;
-        // Kept as received, so this node can pass it on and restart from it.
-        put_meta(
-            &self.db,
-            "snapshot",
-            &StoredSnapshotRef { meta, data: &data },
-        )?;
+        // Decoded and kept as received (so this node can pass it on and restart from it) off
+        // the runtime's workers, as in `build_snapshot`.
+        let db = self.db.clone();
+        let kept_meta = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let data: M::Snapshot = codec::decode(snapshot.get_ref()).map_err(read_err)?;
+            put_meta(
+                &db,
+                "snapshot",
+                &StoredSnapshotRef {
+                    meta: &kept_meta,
+                    data: &data,
+                },
+            )?;
+            Ok::<_, StorageError<NodeId>>(data)
+        })
+        .await
+        .map_err(write_err)??;
         self.machine.restore(data);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -215,16 +234,21 @@ where
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>> {
-        let stored: Option<StoredSnapshot<M::Snapshot>> = get_meta(&self.db, "snapshot")?;
-        Ok(match stored {
-            Some(s) => {
-                let bytes = codec::encode(&s.data).map_err(read_err)?;
-                Some(Snapshot {
-                    meta: s.meta,
-                    snapshot: Box::new(Cursor::new(bytes)),
-                })
-            }
-            None => None,
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let stored: Option<StoredSnapshot<M::Snapshot>> = get_meta(&db, "snapshot")?;
+            Ok(match stored {
+                Some(s) => {
+                    let bytes = codec::encode(&s.data).map_err(read_err)?;
+                    Some(Snapshot {
+                        meta: s.meta,
+                        snapshot: Box::new(Cursor::new(bytes)),
+                    })
+                }
+                None => None,
+            })
         })
+        .await
+        .map_err(read_err)?
     }
 }
