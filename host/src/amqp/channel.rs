@@ -689,14 +689,17 @@ impl Connection {
                 } else {
                     None
                 };
-                self.broker.forward.send(
+                if let Some(backlog) = self.broker.forward.send(
                     &self.broker,
                     &node,
                     vhost.name.clone(),
                     qs.into_boxed_slice(),
                     msg.clone(),
                     done,
-                );
+                ) {
+                    // Waited for in the read loop, before the next frame is read.
+                    self.forward_flow = Some(backlog);
+                }
             }
         }
         Ok((ticket, rejected, remote))

@@ -56,6 +56,8 @@ pub struct Connection {
     pub(crate) close_ok_expected: std::collections::HashSet<u16>,
     pub(crate) info: Option<Arc<ConnectionInfo>>,
     pub(crate) has_published: bool,
+    /// A peer's forwarding backlog this connection's last publish took past its high mark.
+    pub(crate) forward_flow: Option<Arc<crate::broker::forward_backlog::Backlog>>,
     recv_bytes: u64,
     /// When bytes last arrived: heartbeat detection counts from here.
     last_recv: tokio::time::Instant,
@@ -124,6 +126,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         has_published: false,
         recv_bytes: 0,
         last_recv: tokio::time::Instant::now(),
+        forward_flow: None,
         auth_mechanism: "PLAIN",
     };
     let served = CatchUnwind::new(async {
@@ -421,6 +424,11 @@ impl Connection {
                 {
                     return;
                 }
+                if let Some(backlog) = self.forward_flow.take()
+                    && !self.wait_for_forwarding(&backlog, info.as_deref()).await
+                {
+                    return;
+                }
             }
             let hb = self.writer.heartbeat.load(Ordering::Relaxed);
             // Two missed heartbeats mean the peer is gone.
@@ -514,6 +522,29 @@ impl Connection {
                 .on_channel(id),
             );
         }
+    }
+
+    /// Holds a publisher whose messages for another node's queues wait faster than that node
+    /// answers (see `broker::forward_backlog`): nothing is read from its socket meanwhile.
+    /// False if the connection is being closed.
+    async fn wait_for_forwarding(
+        &mut self,
+        backlog: &crate::broker::forward_backlog::Backlog,
+        info: Option<&ConnectionInfo>,
+    ) -> bool {
+        if backlog.bytes() < crate::broker::forward_backlog::LOW {
+            return true;
+        }
+        let drained = tokio::select! {
+            d = backlog.drained() => d,
+            _ = killed(info) => return false,
+        };
+        if !drained {
+            tracing::warn!(peer = %self.peer, "forwarded publishes unanswered for {:?}: publisher let go", crate::broker::forward_backlog::MAX_WAIT);
+        }
+        // Nothing was read while waiting: the client's heartbeats count from now.
+        self.last_recv = tokio::time::Instant::now();
+        true
     }
 
     /// Blocks a publishing connection until the alarm clears. False if the client went away.

@@ -150,7 +150,8 @@ impl Broker {
                 }
                 let id = self.next_message_id();
                 for r in std::mem::take(&mut dest.remote) {
-                    self.forward.send(
+                    // A dead letter has no publisher to hold back: the backlog is only counted.
+                    let _ = self.forward.send(
                         self,
                         &r.node,
                         vhost.name.clone(),

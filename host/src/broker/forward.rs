@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Broker;
 use super::calls::Publish;
+use super::forward_backlog::{self, Backlog};
 use super::forward_ledger::{Admission, answer_of};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
@@ -63,16 +64,25 @@ struct Item {
     queues: Box<[Arc<str>]>,
     msg: Arc<Message>,
     done: Option<oneshot::Sender<bool>>,
+    /// What it counts for in the peer's backlog until answered.
+    cost: u64,
+}
+
+/// One peer's forwarder: its task's queue and the bytes sent to it and not answered yet.
+struct Forwarder {
+    tx: mpsc::UnboundedSender<Item>,
+    backlog: Arc<Backlog>,
 }
 
 #[derive(Default)]
 pub struct Forwarders {
-    peers: Mutex<HashMap<String, mpsc::UnboundedSender<Item>>>,
+    peers: Mutex<HashMap<String, Forwarder>>,
 }
 
 impl Forwarders {
     /// Queues `msg` for `queues` (in `vhost`) on `node`; `done` learns whether
-    /// the owner accepted it.
+    /// the owner accepted it. Returns the peer's backlog when this message took it past its
+    /// high mark: the publishing connection then waits for it to drain before reading on.
     pub fn send(
         &self,
         broker: &Broker,
@@ -81,31 +91,50 @@ impl Forwarders {
         queues: Box<[Arc<str>]>,
         msg: Arc<Message>,
         done: Option<oneshot::Sender<bool>>,
-    ) {
+    ) -> Option<Arc<Backlog>> {
+        let cost = forward_backlog::cost(&msg);
         let item = Item {
             vhost,
             queues,
             msg,
             done,
+            cost,
         };
         let mut peers = self.peers.lock();
         if !peers.contains_key(node) {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(broker.me.clone(), node.to_string(), rx));
-            peers.insert(node.to_string(), tx);
+            let backlog = Arc::new(Backlog::default());
+            tokio::spawn(run(
+                broker.me.clone(),
+                node.to_string(),
+                rx,
+                backlog.clone(),
+            ));
+            peers.insert(node.to_string(), Forwarder { tx, backlog });
         }
-        let Some(tx) = peers.get(node) else { return };
-        if let Err(mpsc::error::SendError(item)) = tx.send(item) {
-            // The task ended (node shutting down): refuse rather than drop silently.
-            if let Some(done) = item.done {
-                let _ = done.send(false);
+        let f = peers.get(node)?;
+        let full = f.backlog.charge(cost);
+        match f.tx.send(item) {
+            Ok(()) => full.then(|| f.backlog.clone()),
+            Err(mpsc::error::SendError(item)) => {
+                // The task ended (node shutting down): refuse rather than drop silently.
+                f.backlog.release(cost);
+                if let Some(done) = item.done {
+                    let _ = done.send(false);
+                }
+                peers.remove(node);
+                None
             }
-            peers.remove(node);
         }
     }
 }
 
-async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver<Item>) {
+async fn run(
+    broker: Weak<Broker>,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    backlog: Arc<Backlog>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // While every slot is taken, what comes in joins the next batch.
@@ -124,6 +153,7 @@ async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver
         // Sent here, in order; answered in its own task, so the next batch need not wait.
         let sent = send(&b, &node, &request).await;
         let node = node.clone();
+        let backlog = backlog.clone();
         tokio::spawn(async move {
             let answered = match sent {
                 Some(sent) => sent.answer().await.ok(),
@@ -134,11 +164,14 @@ async fn run(broker: Weak<Broker>, node: String, mut rx: mpsc::UnboundedReceiver
                 // Once more under the same batch id, on a fresh link if need be.
                 None => forward(&b, &node, &request).await,
             };
+            let mut answered_bytes = 0;
             for (i, item) in batch.into_iter().enumerate() {
+                answered_bytes += item.cost;
                 if let Some(done) = item.done {
                     let _ = done.send(accepted.get(i).copied().unwrap_or(false));
                 }
             }
+            backlog.release(answered_bytes);
             drop(slot);
         });
     }

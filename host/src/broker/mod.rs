@@ -7,6 +7,7 @@ pub mod channels;
 pub mod dead_letter;
 pub mod direct_reply;
 pub mod forward;
+pub mod forward_backlog;
 pub mod forward_ledger;
 pub mod permissions;
 pub mod proxy;
