@@ -532,9 +532,6 @@ impl Connection {
         backlog: &crate::broker::forward_backlog::Backlog,
         info: Option<&ConnectionInfo>,
     ) -> bool {
-        if backlog.bytes() < crate::broker::forward_backlog::LOW {
-            return true;
-        }
         let drained = tokio::select! {
             d = backlog.drained() => d,
             _ = killed(info) => return false,

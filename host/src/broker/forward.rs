@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Broker;
 use super::calls::Publish;
-use super::forward_backlog::{self, Backlog};
+use super::forward_backlog::Backlog;
 use super::forward_ledger::{Admission, answer_of};
 use crate::base::carried::Carried;
 use crate::base::message::Message;
@@ -92,7 +92,8 @@ impl Forwarders {
         msg: Arc<Message>,
         done: Option<oneshot::Sender<bool>>,
     ) -> Option<Arc<Backlog>> {
-        let cost = forward_backlog::cost(&msg);
+        // Counted as a delivery to a client is (`queue::credit`): body and method.
+        let cost = crate::queue::credit::message_cost(&msg);
         let item = Item {
             vhost,
             queues,

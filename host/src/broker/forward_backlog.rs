@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::base::message::Message;
-
 /// Unanswered bytes at which publishers to the peer wait: sixteen full batches of 4 KiB
 /// messages, well past what four batches in flight need to keep the link busy.
 pub const HIGH: u64 = 16 << 20;
@@ -20,11 +18,6 @@ pub const LOW: u64 = 4 << 20;
 /// The longest a publisher waits: the forwarder answers or refuses every batch within its
 /// timeouts, so a longer wait means its task is gone, and the publisher is not held for it.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
-
-/// What a forwarded message counts for: its body and a fixed share for the rest.
-pub fn cost(msg: &Message) -> u64 {
-    64 + msg.size() as u64
-}
 
 #[derive(Default)]
 pub struct Backlog {

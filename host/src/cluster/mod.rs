@@ -86,7 +86,7 @@ pub struct Cluster {
 }
 
 /// Metadata is small: snapshots are frequent, so a joining node gets one.
-pub(crate) const SIZING: crate::raft::Sizing = crate::raft::Sizing {
+const SIZING: crate::raft::Sizing = crate::raft::Sizing {
     snapshot_every: 500,
     keep_after_snapshot: 100,
     max_payload_entries: 300,
