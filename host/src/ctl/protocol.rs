@@ -302,14 +302,11 @@ pub async fn serve_dist_connection<H: CtlHandler>(
                 });
         }
         (Some(other), _) if other != handshake::PEER_PROTOCOL && other.starts_with("peer/") => {
-            return Err(CtlError::Protocol {
+            return Err(CtlError::PeerVersion {
                 peer: peer_label,
-                reason: format!(
-                    "node {} speaks peer protocol '{other}', this node '{}': nodes of \
-                     different Warren versions cannot form a cluster",
-                    peer.node,
-                    handshake::PEER_PROTOCOL
-                ),
+                node: peer.node,
+                theirs: other.to_string(),
+                ours: handshake::PEER_PROTOCOL,
             });
         }
         (Some(other), _) => {
@@ -488,7 +485,7 @@ async fn accept_loop<H: CtlHandler>(
                     conns.spawn(async move {
                         match serve_dist_connection(stream, &node, &cookie, handler, peers).await {
                             // A node of another version: the operator must hear of it.
-                            Err(e @ CtlError::Protocol { .. }) => {
+                            Err(e @ CtlError::PeerVersion { .. }) => {
                                 tracing::warn!(%addr, "connection refused: {e}");
                             }
                             Err(e) => tracing::debug!(%addr, "control connection ended: {e}"),
@@ -540,5 +537,40 @@ mod tests {
         assert_eq!(Response::error(75, "later").effective_exit_code(), 75);
         let q: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
         assert_eq!(q, Request::new("status"));
+    }
+
+    struct Silent;
+
+    impl CtlHandler for Silent {
+        async fn handle(&self, _req: Request) -> Response {
+            Response::message("")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_of_another_peer_protocol_version_is_refused_by_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve_dist_connection(stream, "new@host", "cookie", Arc::new(Silent), None).await
+        });
+        // The cookie is right: the refusal is about the version alone.
+        let _client = handshake::connect(
+            &addr,
+            "cookie",
+            "old@host",
+            Some("peer/1"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let refused = server.await.unwrap().unwrap_err();
+        assert!(matches!(refused, CtlError::PeerVersion { .. }), "{refused}");
+        let text = refused.to_string();
+        assert!(
+            text.contains("old@host") && text.contains("'peer/1'") && text.contains("'peer/2'"),
+            "{text}"
+        );
     }
 }

@@ -77,6 +77,17 @@ pub enum DistError {
     ClientRejected { client: String, addr: String },
     #[error("protocol error with {peer}: {reason}")]
     Protocol { peer: String, reason: String },
+    /// Server side: an authenticated node of another Warren version asked for its peer
+    /// protocol.
+    #[error(
+        "node {node} ({peer}) speaks peer protocol '{theirs}', this node '{ours}': nodes of different Warren versions cannot form a cluster"
+    )]
+    PeerVersion {
+        peer: String,
+        node: String,
+        theirs: String,
+        ours: &'static str,
+    },
     #[error("connection to {peer} closed")]
     Closed { peer: String },
     #[error("no answer from node {node} within {} s", timeout.as_secs_f64())]
@@ -92,7 +103,9 @@ impl DistError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DistError::RequestTimeout { .. } => exit_code::TEMP_FAIL,
-            DistError::Protocol { .. } | DistError::Bind { .. } => exit_code::SOFTWARE,
+            DistError::Protocol { .. } | DistError::PeerVersion { .. } | DistError::Bind { .. } => {
+                exit_code::SOFTWARE
+            }
             _ => exit_code::UNAVAILABLE,
         }
     }
