@@ -26,26 +26,6 @@ fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-fn join(node: &Node, seed: &Node) {
-    node.ctl_ok(&["stop_app"]);
-    node.ctl_ok(&["reset"]);
-    node.ctl_ok(&["join_cluster", &seed.full_name()]);
-    node.ctl_ok(&["start_app"]);
-}
-
-fn cluster_of_three(dir: &TempDir, prefix: &str) -> Vec<Node> {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| Node::new(&format!("{prefix}{i}"), &dir.0))
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
-    for i in 1..3 {
-        join(&nodes[i], &nodes[0]);
-    }
-    nodes
-}
-
 /// The queue's row in `list_queues` on `node`.
 fn queue_row(node: &Node, name: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     ctl_rows(

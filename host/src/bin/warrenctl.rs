@@ -61,6 +61,52 @@ struct VhostArg {
     vhost: String,
 }
 
+/// What `set_policy` and `set_operator_policy` take.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    #[command(flatten)]
+    vhost: VhostArg,
+    /// Priority: of the policies matching a name, the one of highest priority applies
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    priority: Option<String>,
+    /// What the policy applies to: queues, classic_queues, quorum_queues, exchanges or all
+    #[arg(long = "apply-to", value_name = "KIND")]
+    apply_to: Option<String>,
+    name: String,
+    /// A regular expression matched against queue and exchange names
+    #[arg(allow_hyphen_values = true)]
+    pattern: String,
+    /// The settings, as a JSON object, e.g. '{"max-length":1000}'
+    #[arg(allow_hyphen_values = true)]
+    definition: String,
+}
+
+impl PolicyArgs {
+    fn request(&self, verb: &str) -> Request {
+        let mut r = Request::new(verb)
+            .args([&self.name, &self.pattern, &self.definition])
+            .option("vhost", &self.vhost.vhost);
+        if let Some(p) = &self.priority {
+            r = r.option("priority", p);
+        }
+        if let Some(a) = &self.apply_to {
+            r = r.option("apply_to", a);
+        }
+        r
+    }
+
+    fn banner(&self, what: &str) -> String {
+        format!(
+            "Setting {what} \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{}\" ...",
+            self.name,
+            self.pattern,
+            self.definition,
+            self.priority.as_deref().unwrap_or("0"),
+            self.vhost.vhost
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 #[command(rename_all = "snake_case")]
 enum Command {
@@ -218,6 +264,38 @@ enum Command {
     },
     /// Lists a user's permissions in every virtual host
     ListUserPermissions { user: String },
+    /// Sets a policy: settings for the queues and exchanges whose names match PATTERN
+    SetPolicy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Clears a policy
+    ClearPolicy {
+        #[command(flatten)]
+        vhost: VhostArg,
+        name: String,
+    },
+    /// Lists the policies of a virtual host
+    ListPolicies {
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// Sets an operator policy: limits that cap those of user policies and queue arguments
+    SetOperatorPolicy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Clears an operator policy
+    ClearOperatorPolicy {
+        #[command(flatten)]
+        vhost: VhostArg,
+        name: String,
+    },
+    /// Lists the operator policies of a virtual host
+    ListOperatorPolicies {
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
     /// Checks a user's credentials
     AuthenticateUser {
         user: String,
@@ -612,6 +690,47 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
                 vhost.vhost
             )),
         },
+        C::SetPolicy { policy } => Plan {
+            request: policy.request("set_policy"),
+            banner: Some(policy.banner("policy")),
+        },
+        C::SetOperatorPolicy { policy } => Plan {
+            request: policy.request("set_operator_policy"),
+            banner: Some(policy.banner("operator policy override")),
+        },
+        C::ClearPolicy { vhost, name } => Plan {
+            request: Request::new("clear_policy")
+                .arg(name)
+                .option("vhost", &vhost.vhost),
+            banner: Some(format!(
+                "Clearing policy \"{name}\" on vhost \"{}\" ...",
+                vhost.vhost
+            )),
+        },
+        C::ClearOperatorPolicy { vhost, name } => Plan {
+            request: Request::new("clear_operator_policy")
+                .arg(name)
+                .option("vhost", &vhost.vhost),
+            banner: Some(format!(
+                "Clearing operator policy \"{name}\" on vhost \"{}\" ...",
+                vhost.vhost
+            )),
+        },
+        C::ListPolicies { vhost } => listing(
+            "list_policies",
+            Some(&vhost.vhost),
+            Vec::new(),
+            format!("Listing policies for vhost \"{}\" ...", vhost.vhost),
+        ),
+        C::ListOperatorPolicies { vhost } => listing(
+            "list_operator_policies",
+            Some(&vhost.vhost),
+            Vec::new(),
+            format!(
+                "Listing operator policy overrides for vhost \"{}\" ...",
+                vhost.vhost
+            ),
+        ),
         C::ListUserPermissions { user } => Plan {
             request: Request::new("list_user_permissions").arg(user),
             banner: Some(format!("Listing permissions for user \"{user}\" ...")),

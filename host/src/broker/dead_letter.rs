@@ -134,10 +134,10 @@ fn without_expiration(p: &AMQPProperties) -> AMQPProperties {
 impl Broker {
     pub fn dead_letter(&self, from: &Arc<Queue>, dead: Vec<(Entry, DeathReason)>) {
         let vhost = self.vhost(from.vhost());
+        let config = from.config();
         for (entry, reason) in dead {
-            if let (Some(dlx), Some(vhost)) = (&from.config.dead_letter_exchange, &vhost) {
-                let rk = from
-                    .config
+            if let (Some(dlx), Some(vhost)) = (&config.dead_letter_exchange, &vhost) {
+                let rk = config
                     .dead_letter_routing_key
                     .clone()
                     .unwrap_or_else(|| entry.msg.routing_key.clone());

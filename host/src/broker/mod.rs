@@ -10,6 +10,7 @@ pub mod forward;
 pub mod forward_backlog;
 pub mod forward_ledger;
 pub mod permissions;
+pub mod policies;
 pub mod proxy;
 pub mod queue_delete;
 pub mod quorum_members;
@@ -31,7 +32,7 @@ use crate::cluster::MetaStore;
 use crate::meta::*;
 use crate::plugins::PluginHost;
 use crate::plugins::exchange::WasmExchangeType;
-use crate::queue::{DeathReason, Entry, Queue, QueueConfig, QueueOwner};
+use crate::queue::{DeathReason, Entry, Queue, QueueOwner};
 use crate::resources::{AlarmHolder, Alarms};
 use crate::routing::exchange_type::{ExchangeRouter, ExchangeType, RouterError};
 use crate::store::message_store::MessageStore;
@@ -247,19 +248,11 @@ impl Broker {
         Ok(())
     }
 
-    fn create_queue(&self, rec: &QueueRecord) {
+    fn create_queue(&self, state: &MetaState, rec: &QueueRecord) {
         let Some(vhost) = self.vhost(&rec.vhost) else {
             return;
         };
-        let config = match QueueConfig::parse(&rec.arguments, &rec.name, &rec.vhost) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(queue = %rec.name, error = %e, "stored queue has invalid arguments; using defaults");
-                // Arguments were validated at declare time; a stored record that no longer
-                // parses keeps working with defaults rather than vanishing.
-                QueueConfig::default()
-            }
-        };
+        let config = policies::queue_config(state, rec);
         let recovered = self.recovered.lock().remove(&rec.uid).unwrap_or_default();
         if !recovered.is_empty() {
             tracing::info!(queue = %rec.name, vhost = %rec.vhost, messages = recovered.len(), "queue recovered its messages");
@@ -273,14 +266,16 @@ impl Broker {
         vhost.queues.write().insert(rec.name.clone(), q);
     }
 
-    fn create_exchange(&self, rec: &ExchangeRecord) {
+    fn create_exchange(&self, state: &MetaState, rec: &ExchangeRecord) {
         let Some(vhost) = self.vhost(&rec.vhost) else {
             return;
         };
-        vhost.exchanges.write().insert(
-            rec.name.clone(),
-            Arc::new(ExchangeRt::new(rec.clone(), self.router_for(rec))),
-        );
+        let x = ExchangeRt::new(rec.clone(), self.router_for(rec));
+        x.set_alternate(policies::alternate_exchange(state, rec));
+        vhost
+            .exchanges
+            .write()
+            .insert(rec.name.clone(), Arc::new(x));
     }
 
     /// The routing state for an exchange, from its type's plugin. The default
@@ -352,7 +347,7 @@ impl MetaListener for Broker {
                     }
                 }
                 MetaEvent::UsersChanged => self.permissions.clear(),
-                MetaEvent::ExchangeAdded(x) => self.create_exchange(x),
+                MetaEvent::ExchangeAdded(x) => self.create_exchange(state, x),
                 MetaEvent::ExchangeDeleted { vhost, name } => {
                     if let Some(v) = self.vhost(vhost) {
                         v.exchanges.write().remove(name);
@@ -362,7 +357,7 @@ impl MetaListener for Broker {
                     if crate::quorum::is_quorum(q) {
                         self.quorum_queue_added(q);
                     } else if q.node == self.config.node {
-                        self.create_queue(q);
+                        self.create_queue(state, q);
                     } else if let Some(v) = self.vhost(&q.vhost) {
                         v.remote
                             .write()
@@ -398,6 +393,7 @@ impl MetaListener for Broker {
                         x.bind(*id, binding);
                     }
                 }
+                MetaEvent::PoliciesChanged { vhost } => self.policies_changed(state, vhost),
                 MetaEvent::BindingRemoved { id, binding } => {
                     if let Some(x) = self
                         .vhost(&binding.vhost)

@@ -10,7 +10,7 @@ use super::Broker;
 use super::routing::RemoteQueue;
 use crate::cluster::ClusterNode;
 use crate::meta::QueueRecord;
-use crate::queue::{Entry, Queue, QueueConfig, QueueType};
+use crate::queue::{Entry, Queue};
 use crate::quorum::{GroupHost, Proposer, QuorumGroup, calls, is_quorum};
 
 impl Broker {
@@ -143,9 +143,7 @@ impl Broker {
         entries: Vec<Entry>,
         proposer: Proposer,
     ) -> Arc<Queue> {
-        let mut config =
-            QueueConfig::parse(&record.arguments, &record.name, &record.vhost).unwrap_or_default();
-        config.queue_type = QueueType::Quorum;
+        let config = self.queue_config_now(record);
         Queue::new_replicated(record.clone(), config, proposer, self.me.clone(), entries)
     }
 

@@ -168,9 +168,9 @@ impl VhostRt {
             }
             if dest.local.len() + dest.remote.len() == before
                 && !reached_exchange
-                && let Some(ae) = &x.alternate
+                && let Some(ae) = x.alternate()
             {
-                pending.push(ae.clone());
+                pending.push(ae);
             }
         }
         Ok(())
@@ -246,14 +246,15 @@ impl Routing {
 
 pub struct ExchangeRt {
     pub record: ExchangeRecord,
-    pub alternate: Option<String>,
+    /// Its `alternate-exchange` argument, else its policy's (`broker::policies`).
+    alternate: RwLock<Option<String>>,
     routing: RwLock<Routing>,
 }
 
 impl ExchangeRt {
     pub fn new(record: ExchangeRecord, router: Option<Box<dyn ExchangeRouter>>) -> ExchangeRt {
         ExchangeRt {
-            alternate: string_arg(&record.arguments, "alternate-exchange"),
+            alternate: RwLock::new(string_arg(&record.arguments, "alternate-exchange")),
             record,
             routing: RwLock::new(Routing {
                 router,
@@ -261,6 +262,14 @@ impl ExchangeRt {
                 known: RwLock::new(HashMap::new()),
             }),
         }
+    }
+
+    pub fn alternate(&self) -> Option<String> {
+        self.alternate.read().clone()
+    }
+
+    pub fn set_alternate(&self, alternate: Option<String>) {
+        *self.alternate.write() = alternate;
     }
 
     pub fn bind(&self, id: BindingId, b: &BindingRecord) {

@@ -106,7 +106,7 @@ impl HostServices for Broker {
                 out.push(wit::QueueStats {
                     vhost: name.clone(),
                     name: q.name().to_string(),
-                    queue_type: q.config.queue_type.as_str().to_string(),
+                    queue_type: q.queue_type().as_str().to_string(),
                     messages_ready: s.messages_ready as u64,
                     messages_unacknowledged: s.messages_unacknowledged as u64,
                     consumers: s.consumers as u32,

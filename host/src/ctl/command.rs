@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use super::policies::PolicyCommand;
 use super::protocol::Request;
 use super::refusal::Refused;
 use crate::cluster::NodeKind;
+use crate::meta::policy::PolicyKind;
 
 /// Node lifecycle (`lifecycle.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +134,7 @@ pub enum Command {
     Membership(MembershipCommand),
     Quorum(QuorumCommand),
     Access(AccessCommand),
+    Policy(PolicyCommand),
     Plugins(PluginsCommand),
     /// Listings keep their request: the fields it names are the columns.
     List(Listing, Request),
@@ -279,6 +282,25 @@ impl Command {
                 user: a.get(0, "user")?,
             }),
 
+            "set_policy" | "set_operator_policy" => Command::Policy(PolicyCommand::Set {
+                kind: policy_kind(&req.command),
+                vhost: a.vhost(),
+                name: a.get(0, "name")?,
+                pattern: a.get(1, "pattern")?,
+                definition: a.get(2, "definition")?,
+                priority: req.options.get("priority").cloned(),
+                apply_to: req.options.get("apply_to").cloned(),
+            }),
+            "clear_policy" | "clear_operator_policy" => Command::Policy(PolicyCommand::Clear {
+                kind: policy_kind(&req.command),
+                vhost: a.vhost(),
+                name: a.get(0, "name")?,
+            }),
+            "list_policies" | "list_operator_policies" => Command::Policy(PolicyCommand::List {
+                kind: policy_kind(&req.command),
+                vhost: a.vhost(),
+            }),
+
             "plugins_list" => Command::Plugins(PluginsCommand::List),
             "plugins_enable" | "plugins_disable" => {
                 let names = a.rest(0);
@@ -301,6 +323,14 @@ impl Command {
             other => return Err(Refused::usage(format!("unknown command '{other}'"))),
         };
         Ok(command)
+    }
+}
+
+fn policy_kind(verb: &str) -> PolicyKind {
+    if verb.contains("operator") {
+        PolicyKind::Operator
+    } else {
+        PolicyKind::User
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::command::{Command, Listing};
 use super::lifecycle::Lifecycle;
 use super::protocol::{CtlHandler, Request, Response, exit_code};
-use super::{access, lifecycle, membership, plugins, quorum_members};
+use super::{access, lifecycle, membership, plugins, policies, quorum_members};
 use crate::broker::Broker;
 
 pub struct NodeHandler {
@@ -34,6 +34,7 @@ impl NodeHandler {
             Command::Membership(c) => membership::run(node.as_ref(), broker, c).await,
             Command::Quorum(c) => quorum_members::run(node.as_ref(), broker, c).await,
             Command::Access(c) => access::run(broker, c).await,
+            Command::Policy(c) => policies::run(broker, c).await,
             Command::Plugins(c) => plugins::run(&node.config().node_name, broker, c).await,
             Command::List(listing, req) => Ok(match listing {
                 Listing::Queues => self.list_queues_cluster(&req).await,

@@ -157,7 +157,30 @@ const QUEUE_FIELDS: &[&str] = &[
     "online",
     "exclusive_consumer_tag",
     "messages_persistent",
+    "policy",
+    "operator_policy",
+    "effective_policy_definition",
 ];
+
+/// A queue's policy columns: its policy's name, its operator policy's name (empty when
+/// none, as RabbitMQ prints them) and the settings they give it together.
+fn policy_cells(state: &crate::meta::MetaState, r: &QueueRecord) -> [Value; 3] {
+    let (user, operator) = state.queue_policies(r);
+    [
+        json!(user.map_or("", |p| p.name.as_str())),
+        json!(operator.map_or("", |p| p.name.as_str())),
+        crate::meta::policy::definition_json(&crate::broker::policies::queue_definition(state, r)),
+    ]
+}
+
+fn policy_cell(field: &str, cells: &[Value; 3]) -> Option<Value> {
+    match field {
+        "policy" => Some(cells[0].clone()),
+        "operator_policy" => Some(cells[1].clone()),
+        "effective_policy_definition" => Some(cells[2].clone()),
+        _ => None,
+    }
+}
 
 impl NodeHandler {
     /// Every queue of the cluster: this node's, the other running nodes'
@@ -233,10 +256,14 @@ impl NodeHandler {
             .collect();
         let broker = self.broker.clone();
         for r in down {
+            let policies = policy_cells(&broker.meta.read(), &r);
             rows.push(
                 columns
                     .iter()
                     .map(|f| match f.as_str() {
+                        f @ ("policy" | "operator_policy" | "effective_policy_definition") => {
+                            policy_cell(f, &policies).unwrap_or(Value::Null)
+                        }
                         "name" => json!(r.name),
                         "vhost" => json!(r.vhost),
                         "durable" => json!(r.durable),
@@ -301,18 +328,19 @@ impl NodeHandler {
         let rows = queues.into_iter().map(|q| {
             let s = q.stats();
             let r = q.record.clone();
-            let qtype = q.config.queue_type.as_str();
+            let qtype = q.queue_type().as_str();
             let consumers = q.consumers();
             let quorum = crate::quorum::is_quorum(&r);
             let me = broker.config.node.clone();
             // The live queue's record is a copy from when it started here;
             // members change after that.
-            let members = broker
-                .meta
-                .read()
+            let state = broker.meta.read();
+            let members = state
                 .queue(&r.vhost, &r.name)
                 .map(|m| m.members.clone())
                 .unwrap_or_default();
+            let policies = policy_cells(&state, &r);
+            drop(state);
             let online = broker.quorum_online_of(&members);
             let state = q.state();
             Box::new(move |f: &str| match f {
@@ -342,7 +370,7 @@ impl NodeHandler {
                     .map_or(Value::Null, |c| json!(c.tag)),
                 // RabbitMQ: always 0 for a transient queue.
                 "messages_persistent" => json!(if r.durable { s.messages_persistent } else { 0 }),
-                _ => Value::Null,
+                f => policy_cell(f, &policies).unwrap_or(Value::Null),
             }) as Row
         });
         table(&req.args, QUEUE_FIELDS, rows)
@@ -357,9 +385,17 @@ impl NodeHandler {
             .filter(|x| x.vhost == vhost)
             .cloned()
             .collect();
+        let rows: Vec<(ExchangeRecord, String)> = rows
+            .into_iter()
+            .map(|x| {
+                let policy = state.exchange_policies(&x).0.map(|p| p.name.clone());
+                (x, policy.unwrap_or_default())
+            })
+            .collect();
         drop(state);
-        let rows = rows.into_iter().map(|x| {
+        let rows = rows.into_iter().map(|(x, policy)| {
             Box::new(move |f: &str| match f {
+                "policy" => json!(policy),
                 "name" => json!(x.name),
                 "vhost" => json!(x.vhost),
                 "type" => json!(x.kind),
@@ -380,6 +416,7 @@ impl NodeHandler {
                 "auto_delete",
                 "internal",
                 "arguments",
+                "policy",
             ],
             rows,
         )

@@ -9,6 +9,7 @@
 //! - `quorum_members`: quorum_status, add / delete member, grow / shrink;
 //! - `access`: users, vhosts, permissions;
 //! - `plugins`: list, enable, disable;
+//! - `policies`: policies and operator policies;
 //! - `listings`: queues, exchanges, bindings, connections, channels, consumers.
 //!
 //! Why a command is refused is a `Refused` (`refusal`), an exit code for the CLI.
@@ -20,6 +21,7 @@ pub mod lifecycle;
 pub mod listings;
 pub mod membership;
 pub mod plugins;
+pub mod policies;
 pub mod protocol;
 pub mod quorum_members;
 pub mod refusal;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::*;
+use super::policy::{PolicyKind, PolicyRecord};
 use super::state::MetaError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,16 @@ pub enum MetaCommand {
     SetClusterName {
         name: String,
     },
+    /// `set_policy` / `set_operator_policy`: adds or replaces the policy of that name.
+    SetPolicy {
+        kind: PolicyKind,
+        policy: PolicyRecord,
+    },
+    ClearPolicy {
+        kind: PolicyKind,
+        vhost: String,
+        name: String,
+    },
 }
 
 impl MetaCommand {
@@ -121,6 +132,11 @@ pub enum MetaEvent {
     BindingRemoved {
         id: u64,
         binding: BindingRecord,
+    },
+    /// The policies or operator policies of a vhost changed: its queues and exchanges take
+    /// their settings again.
+    PoliciesChanged {
+        vhost: String,
     },
 }
 

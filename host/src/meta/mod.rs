@@ -4,6 +4,7 @@
 pub mod command;
 pub mod equivalence;
 pub mod model;
+pub mod policy;
 pub mod state;
 
 pub use command::{MetaCommand, MetaEvent, MetaOutcome};

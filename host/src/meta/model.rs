@@ -62,6 +62,13 @@ pub struct QueueRecord {
     pub members: Vec<String>,
 }
 
+impl QueueRecord {
+    /// Whether this is a quorum queue's record (declared with `x-queue-type: quorum`).
+    pub fn is_quorum(&self) -> bool {
+        super::state::string_arg(&self.arguments, "x-queue-type").as_deref() == Some("quorum")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DestinationKind {
     Queue,

@@ -9,6 +9,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use super::command::{MetaCommand, MetaEvent, MetaOutcome};
 use super::equivalence;
 use super::model::*;
+use super::policy::{self, PolicyKind, PolicyRecord, Target};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetaError {
@@ -41,6 +42,9 @@ pub struct MetaState {
     next_binding_id: u64,
     /// Set by `set_cluster_name`, or seeded when the cluster's first node starts.
     pub cluster_name: Option<String>,
+    /// Keyed by (vhost, name).
+    pub policies: BTreeMap<Key, PolicyRecord>,
+    pub operator_policies: BTreeMap<Key, PolicyRecord>,
 }
 
 /// The whole state as plain lists: what a Raft snapshot carries between nodes.
@@ -56,6 +60,22 @@ pub struct MetaSnapshot {
     /// Absent in snapshots written before cluster names were kept.
     #[serde(default)]
     pub cluster_name: Option<String>,
+    /// Absent in snapshots written before policies existed (see `absent_at_end`).
+    #[serde(default, deserialize_with = "absent_at_end")]
+    pub policies: Vec<PolicyRecord>,
+    #[serde(default, deserialize_with = "absent_at_end")]
+    pub operator_policies: Vec<PolicyRecord>,
+}
+
+/// A field added at the end of a snapshot: a snapshot written before it simply ends where
+/// the field would start. JSON (the oldest snapshots) says so with `serde(default)`;
+/// postcard has no field names and fails at the end of its input, which reads as "absent".
+fn absent_at_end<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    Ok(T::deserialize(d).unwrap_or_default())
 }
 
 impl MetaState {
@@ -73,6 +93,8 @@ impl MetaState {
                 .collect(),
             next_binding_id: self.next_binding_id,
             cluster_name: self.cluster_name.clone(),
+            policies: self.policies.values().cloned().collect(),
+            operator_policies: self.operator_policies.values().cloned().collect(),
         }
     }
 
@@ -99,6 +121,12 @@ impl MetaState {
         }
         st.next_binding_id = s.next_binding_id;
         st.cluster_name = s.cluster_name;
+        for p in s.policies {
+            st.policies.insert(key(&p.vhost, &p.name), p);
+        }
+        for p in s.operator_policies {
+            st.operator_policies.insert(key(&p.vhost, &p.name), p);
+        }
         st
     }
 
@@ -162,6 +190,22 @@ impl MetaState {
                 });
             }
         }
+        let mut changed: Vec<&String> = Vec::new();
+        for (a, b) in [
+            (&old.policies, &new.policies),
+            (&new.policies, &old.policies),
+            (&old.operator_policies, &new.operator_policies),
+            (&new.operator_policies, &old.operator_policies),
+        ] {
+            for (k, p) in a {
+                if b.get(k) != Some(p) && !changed.contains(&&k.0) {
+                    changed.push(&k.0);
+                }
+            }
+        }
+        ev.extend(changed.into_iter().map(|vhost| MetaEvent::PoliciesChanged {
+            vhost: vhost.clone(),
+        }));
         ev
     }
 
@@ -268,6 +312,8 @@ impl MetaState {
                     self.remove_exchange(&v, &x, ev);
                 }
                 self.permissions.retain(|k, _| &k.0 != name);
+                self.policies.retain(|k, _| &k.0 != name);
+                self.operator_policies.retain(|k, _| &k.0 != name);
                 ev.push(MetaEvent::VhostDeleted(name.clone()));
                 ev.push(MetaEvent::UsersChanged);
             }
@@ -436,6 +482,33 @@ impl MetaState {
                 }
                 self.cluster_name = Some(name.clone());
             }
+            MetaCommand::SetPolicy { kind, policy } => {
+                if !self.vhosts.contains_key(&policy.vhost) {
+                    return Err(no_vhost(&policy.vhost));
+                }
+                policy
+                    .validate(*kind)
+                    .map_err(|e| MetaError::Precondition(format!("Validation failed\n\n{e}")))?;
+                self.policies_mut(*kind)
+                    .insert(key(&policy.vhost, &policy.name), policy.clone());
+                ev.push(MetaEvent::PoliciesChanged {
+                    vhost: policy.vhost.clone(),
+                });
+            }
+            MetaCommand::ClearPolicy { kind, vhost, name } => {
+                if self.policies_mut(*kind).remove(&key(vhost, name)).is_none() {
+                    return Err(MetaError::NotFound(format!(
+                        "no {} '{name}' in vhost '{vhost}'",
+                        match kind {
+                            PolicyKind::User => "policy",
+                            PolicyKind::Operator => "operator policy",
+                        }
+                    )));
+                }
+                ev.push(MetaEvent::PoliciesChanged {
+                    vhost: vhost.clone(),
+                });
+            }
             MetaCommand::NodeRestarted {
                 node,
                 whole_cluster,
@@ -465,6 +538,63 @@ impl MetaState {
             }
         }
         Ok(MetaOutcome::Done)
+    }
+
+    fn policies_mut(&mut self, kind: PolicyKind) -> &mut BTreeMap<Key, PolicyRecord> {
+        match kind {
+            PolicyKind::User => &mut self.policies,
+            PolicyKind::Operator => &mut self.operator_policies,
+        }
+    }
+
+    /// The policy and operator policy that apply to a queue, if any.
+    pub fn queue_policies(
+        &self,
+        q: &QueueRecord,
+    ) -> (Option<&PolicyRecord>, Option<&PolicyRecord>) {
+        let target = if q.is_quorum() {
+            Target::QuorumQueue
+        } else {
+            Target::ClassicQueue
+        };
+        self.policies_for(&q.vhost, &q.name, target)
+    }
+
+    /// The policy and operator policy that apply to an exchange, if any. The default
+    /// exchange takes none (it is a protocol rule, not an object one can configure).
+    pub fn exchange_policies(
+        &self,
+        x: &ExchangeRecord,
+    ) -> (Option<&PolicyRecord>, Option<&PolicyRecord>) {
+        if x.name.is_empty() {
+            return (None, None);
+        }
+        self.policies_for(&x.vhost, &x.name, Target::Exchange)
+    }
+
+    fn policies_for(
+        &self,
+        vhost: &str,
+        name: &str,
+        target: Target,
+    ) -> (Option<&PolicyRecord>, Option<&PolicyRecord>) {
+        fn of_vhost<'a>(
+            m: &'a BTreeMap<Key, PolicyRecord>,
+            vhost: &str,
+        ) -> impl Iterator<Item = &'a PolicyRecord> {
+            m.range((vhost.to_string(), String::new())..)
+                .take_while(move |(k, _)| k.0 == vhost)
+                .map(|(_, p)| p)
+        }
+        (
+            policy::applicable(of_vhost(&self.policies, vhost), vhost, name, target),
+            policy::applicable(
+                of_vhost(&self.operator_policies, vhost),
+                vhost,
+                name,
+                target,
+            ),
+        )
     }
 
     fn user_mut(&mut self, name: &str) -> Result<&mut UserRecord, MetaError> {
@@ -625,6 +755,93 @@ pub fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn a_policy(vhost: &str, name: &str) -> PolicyRecord {
+        PolicyRecord {
+            vhost: vhost.into(),
+            name: name.into(),
+            pattern: "^q".into(),
+            apply_to: policy::ApplyTo::Queues,
+            priority: 1,
+            definition: [("max-length".to_string(), policy::PolicyValue::Int(3))].into(),
+        }
+    }
+
+    #[test]
+    fn policies_are_snapshotted_and_a_snapshot_from_before_policies_still_reads() {
+        let mut st = state_with_vhost();
+        st.apply(&MetaCommand::SetPolicy {
+            kind: PolicyKind::Operator,
+            policy: a_policy("/", "cap"),
+        })
+        .unwrap();
+        let snap = st.to_snapshot();
+        let bytes = crate::raft::codec::encode(&snap).unwrap();
+        let back: MetaSnapshot = crate::raft::codec::decode(&bytes).unwrap();
+        assert_eq!(back, snap);
+        assert_eq!(back.operator_policies, vec![a_policy("/", "cap")]);
+        assert_eq!(
+            MetaState::diff_events(&state_with_vhost(), &MetaState::from_snapshot(back)),
+            vec![MetaEvent::PoliciesChanged { vhost: "/".into() }]
+        );
+
+        // The snapshot as written before policies: the same fields, fewer of them.
+        #[derive(serde::Serialize)]
+        struct Before {
+            vhosts: Vec<VhostRecord>,
+            users: Vec<UserRecord>,
+            permissions: Vec<PermissionRecord>,
+            exchanges: Vec<ExchangeRecord>,
+            queues: Vec<QueueRecord>,
+            bindings: Vec<(u64, BindingRecord)>,
+            next_binding_id: u64,
+            cluster_name: Option<String>,
+        }
+        let before = Before {
+            vhosts: snap.vhosts.clone(),
+            users: Vec::new(),
+            permissions: Vec::new(),
+            exchanges: snap.exchanges.clone(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+            next_binding_id: 7,
+            cluster_name: Some("c".into()),
+        };
+        let old: MetaSnapshot =
+            crate::raft::codec::decode(&crate::raft::codec::encode(&before).unwrap()).unwrap();
+        assert_eq!(old.next_binding_id, 7);
+        assert_eq!(old.cluster_name.as_deref(), Some("c"));
+        assert!(old.policies.is_empty() && old.operator_policies.is_empty());
+    }
+
+    #[test]
+    fn a_policy_needs_its_vhost_is_checked_again_when_applied_and_goes_with_the_vhost() {
+        let mut st = state_with_vhost();
+        let err = st
+            .apply(&MetaCommand::SetPolicy {
+                kind: PolicyKind::User,
+                policy: a_policy("nowhere", "p"),
+            })
+            .unwrap_err();
+        assert_eq!(err, MetaError::NotFound("no vhost 'nowhere'".into()));
+        let mut bad = a_policy("/", "p");
+        bad.pattern = "(".into();
+        assert!(matches!(
+            st.apply(&MetaCommand::SetPolicy {
+                kind: PolicyKind::User,
+                policy: bad,
+            }),
+            Err(MetaError::Precondition(_))
+        ));
+        st.apply(&MetaCommand::SetPolicy {
+            kind: PolicyKind::User,
+            policy: a_policy("/", "p"),
+        })
+        .unwrap();
+        st.apply(&MetaCommand::DeleteVhost { name: "/".into() })
+            .unwrap();
+        assert!(st.policies.is_empty());
+    }
 
     fn state_with_vhost() -> MetaState {
         let mut s = MetaState::default();

@@ -3,6 +3,7 @@
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::meta::equivalence::{as_int, type_name};
+use crate::meta::policy::{Definition, PolicyValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -38,8 +39,16 @@ pub struct QueueConfig {
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
     pub queue_type: QueueType,
+    /// Redeliveries allowed before a message is dead-lettered; None: no limit.
     pub delivery_limit: Option<u64>,
+    /// `x-delivery-limit` as declared (-1 and below: no limit), before policies and defaults.
+    delivery_limit_arg: Option<i64>,
+    /// Whether `x-overflow` was declared (it then wins over a policy's).
+    overflow_from_arg: bool,
 }
+
+/// RabbitMQ 4's delivery limit for a quorum queue that sets none.
+pub const QUORUM_DEFAULT_DELIVERY_LIMIT: u64 = 20;
 
 /// The longest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`): ten years, in milliseconds.
 const MAX_EXPIRY_MS: i128 = 315_360_000_000;
@@ -59,6 +68,8 @@ impl Default for QueueConfig {
             single_active_consumer: false,
             queue_type: QueueType::Classic,
             delivery_limit: None,
+            delivery_limit_arg: None,
+            overflow_from_arg: false,
         }
     }
 }
@@ -144,6 +155,7 @@ impl QueueConfig {
                 ));
             }
         };
+        let overflow_from_arg = get("x-overflow").is_some();
         let overflow = match string("x-overflow")?.as_deref() {
             None | Some("drop-head") => Overflow::DropHead,
             Some("reject-publish") => Overflow::RejectPublish,
@@ -155,7 +167,9 @@ impl QueueConfig {
             Some(AMQPValue::Boolean(b)) => *b,
             Some(v) => return Err(invalid("x-single-active-consumer", unacceptable(v))),
         };
-        Ok(QueueConfig {
+        let delivery_limit_arg =
+            int("x-delivery-limit")?.map(|i| i.clamp(-1, i64::MAX as i128) as i64);
+        let mut config = QueueConfig {
             message_ttl,
             expires,
             max_length,
@@ -166,8 +180,68 @@ impl QueueConfig {
             max_priority,
             single_active_consumer,
             queue_type,
-            delivery_limit: non_negative("x-delivery-limit")?,
-        })
+            delivery_limit: None,
+            delivery_limit_arg,
+            overflow_from_arg,
+        };
+        config.settle_delivery_limit(delivery_limit_arg);
+        Ok(config)
+    }
+
+    /// The settings once a policy's (already merged with an operator policy's) apply, by
+    /// RabbitMQ's rules: for TTLs, expiry and length limits the lower of argument and policy
+    /// wins; for dead-lettering the argument wins over the policy; for the delivery limit a
+    /// limit beats none and the lower limit beats the higher.
+    pub fn with_policy(mut self, policy: &Definition) -> QueueConfig {
+        let int = |key: &str| policy.get(key).and_then(PolicyValue::as_int);
+        let text = |key: &str| {
+            policy
+                .get(key)
+                .and_then(PolicyValue::as_text)
+                .map(str::to_string)
+        };
+        let non_negative = |key: &str| int(key).filter(|i| *i >= 0).map(|i| i as u64);
+        let lower = |arg: Option<u64>, pol: Option<u64>| match (arg, pol) {
+            (Some(a), Some(p)) => Some(a.min(p)),
+            (a, p) => a.or(p),
+        };
+        self.message_ttl = lower(self.message_ttl, non_negative("message-ttl"));
+        self.expires = lower(self.expires, non_negative("expires").filter(|e| *e > 0));
+        self.max_length = lower(self.max_length, non_negative("max-length"));
+        self.max_length_bytes = lower(self.max_length_bytes, non_negative("max-length-bytes"));
+        // A quorum queue takes the policy's overflow over its argument (RabbitMQ's
+        // `policy_has_precedence`), a classic queue its argument.
+        if !self.overflow_from_arg || self.queue_type == QueueType::Quorum {
+            match text("overflow").as_deref() {
+                Some("reject-publish") => self.overflow = Overflow::RejectPublish,
+                Some("reject-publish-dlx") => self.overflow = Overflow::RejectPublishDlx,
+                Some("drop-head") => self.overflow = Overflow::DropHead,
+                _ => {}
+            }
+        }
+        if self.dead_letter_exchange.is_none() {
+            self.dead_letter_exchange = text("dead-letter-exchange");
+        }
+        if self.dead_letter_routing_key.is_none() {
+            self.dead_letter_routing_key = text("dead-letter-routing-key");
+        }
+        let limit = match (self.delivery_limit_arg, int("delivery-limit")) {
+            // A negative value on either side turns the limit off (RabbitMQ 4's -1).
+            (Some(a), Some(p)) if a < 0 || p < 0 => Some(a.max(p)),
+            (Some(a), Some(p)) => Some(a.min(p)),
+            (a, p) => a.or(p),
+        };
+        self.settle_delivery_limit(limit);
+        self
+    }
+
+    fn settle_delivery_limit(&mut self, limit: Option<i64>) {
+        self.delivery_limit = match (limit, self.queue_type) {
+            (Some(l), _) if l < 0 => None,
+            (Some(l), _) => Some(l as u64),
+            (None, QueueType::Quorum) => Some(QUORUM_DEFAULT_DELIVERY_LIMIT),
+            (None, QueueType::Classic) => None,
+        };
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 use crate::base::clock::now_ms;
@@ -144,7 +144,10 @@ pub struct ConsumerInfo {
 
 pub struct Queue {
     pub record: QueueRecord,
-    pub config: QueueConfig,
+    /// Its arguments combined with the policies that match it: replaced when they change.
+    config: RwLock<Arc<QueueConfig>>,
+    /// Fixed at declare (no policy changes it), read on every publish without the lock.
+    queue_type: QueueType,
     store: Option<MessageStore>,
     /// A quorum queue's live copy on its group's leader: every change to the
     /// messages goes through the group's log.
@@ -206,7 +209,8 @@ impl Queue {
         }
         let q = Arc::new(Queue {
             record,
-            config,
+            queue_type: config.queue_type,
+            config: RwLock::new(Arc::new(config)),
             store,
             replica,
             broker,
@@ -224,6 +228,33 @@ impl Queue {
         &self.record.name
     }
 
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// The settings the queue runs with now.
+    pub fn config(&self) -> Arc<QueueConfig> {
+        self.config.read().clone()
+    }
+
+    /// A policy that matches the queue changed: limits lowered below the queue's length
+    /// drop from the head at once (dead-lettered), as RabbitMQ does; a new TTL applies to
+    /// messages published from now on, and a new expiry restarts the expiry timer.
+    pub fn set_config(self: &Arc<Self>, config: QueueConfig) {
+        if **self.config.read() == config {
+            return;
+        }
+        let config = Arc::new(config);
+        *self.config.write() = config.clone();
+        if config.overflow == Overflow::DropHead {
+            self.locked(|st| {
+                self.enforce_max_length(&config, st);
+                self.dispatch(st);
+            });
+        }
+        self.timer.notify_one();
+    }
+
     pub fn vhost(&self) -> &str {
         &self.record.vhost
     }
@@ -235,7 +266,7 @@ impl Queue {
         }
         self.store.is_some()
             && self.record.durable
-            && (msg.persistent() || self.config.queue_type == QueueType::Quorum)
+            && (msg.persistent() || self.queue_type == QueueType::Quorum)
     }
 
     /// Marks the queue used now (consume, cancel, get, declare): the x-expires clock restarts.
@@ -280,7 +311,7 @@ impl Queue {
     ) -> PublishOutcome {
         let outcome = self.enqueue(msg, id, delivery_count);
         if matches!(outcome, PublishOutcome::Rejected)
-            && self.config.overflow == Overflow::RejectPublish
+            && self.config().overflow == Overflow::RejectPublish
             && let Some(r) = &self.replica
         {
             r.settle(vec![id]);
@@ -295,7 +326,8 @@ impl Queue {
         delivery_count: u32,
     ) -> PublishOutcome {
         let now = now_ms();
-        let expires_at = expiry(&self.config, &msg);
+        let config = self.config();
+        let expires_at = expiry(&config, &msg);
         let stored = self.stores(&msg);
         // A TTL of 0: delivered at once or never (RabbitMQ's rule), even within the same ms.
         let published_at = msg.published_at;
@@ -310,8 +342,8 @@ impl Queue {
         };
         let outcome = self.locked(|st| {
             self.expire_head(st, now);
-            if self.config.overflow != Overflow::DropHead && self.full_for(st, &entry) {
-                if self.config.overflow == Overflow::RejectPublishDlx {
+            if config.overflow != Overflow::DropHead && full_for(&config, st, &entry) {
+                if config.overflow == Overflow::RejectPublishDlx {
                     st.dead_letters.push((entry, DeathReason::Maxlen));
                 }
                 return PublishOutcome::Rejected;
@@ -325,10 +357,10 @@ impl Queue {
             };
             st.published += 1;
             st.ready.add(&entry);
-            let lane = lane_of(&self.config, &entry.msg);
+            let lane = lane_of(&config, &entry.msg);
             st.lanes[lane].push_back(entry);
-            if self.config.overflow == Overflow::DropHead {
-                self.enforce_max_length(st);
+            if config.overflow == Overflow::DropHead {
+                self.enforce_max_length(&config, st);
             }
             self.dispatch(st);
             if zero_ttl {
@@ -344,26 +376,12 @@ impl Queue {
         outcome
     }
 
-    fn full_for(&self, st: &QueueState, entry: &Entry) -> bool {
-        let by_count = self
-            .config
-            .max_length
-            .is_some_and(|max| st.ready.count as u64 >= max);
-        let by_bytes = self
-            .config
-            .max_length_bytes
-            .is_some_and(|max| st.ready.bytes + entry.msg.size() as u64 > max);
-        by_count || by_bytes
-    }
-
-    fn enforce_max_length(&self, st: &mut QueueState) {
+    fn enforce_max_length(&self, config: &QueueConfig, st: &mut QueueState) {
         loop {
-            let over_count = self
-                .config
+            let over_count = config
                 .max_length
                 .is_some_and(|max| st.ready.count as u64 > max);
-            let over_bytes = self
-                .config
+            let over_bytes = config
                 .max_length_bytes
                 .is_some_and(|max| st.ready.bytes > max);
             if !(over_count || over_bytes) {
@@ -383,7 +401,7 @@ impl Queue {
     }
 
     fn push_front_sorted(&self, st: &mut QueueState, e: Entry) {
-        let lane = &mut st.lanes[lane_of(&self.config, &e.msg)];
+        let lane = &mut st.lanes[lane_of(&self.config(), &e.msg)];
         let pos = lane.partition_point(|x| x.id < e.id);
         st.ready.add(&e);
         lane.insert(pos, e);
@@ -552,7 +570,7 @@ impl Queue {
             let pos = st.consumers.partition_point(|x| x.priority >= c.priority);
             st.consumers.insert(pos, c);
             st.had_consumers = true;
-            if self.config.single_active_consumer && st.single_active.is_none() {
+            if self.config().single_active_consumer && st.single_active.is_none() {
                 st.single_active = Some(id);
             }
             self.dispatch(st);
@@ -643,7 +661,7 @@ impl Queue {
                     continue;
                 };
                 let over_limit = self
-                    .config
+                    .config()
                     .delivery_limit
                     .is_some_and(|limit| e.delivery_count as u64 > limit);
                 if requeue && !over_limit {
@@ -779,7 +797,7 @@ impl Queue {
             (self.next_expiry(st), st.consumers.is_empty())
         });
         let mut wait = next.map(|t| Duration::from_millis(t.saturating_sub(now) + 1));
-        if let (Some(expires), true) = (self.config.expires, idle) {
+        if let (Some(expires), true) = (self.config().expires, idle) {
             let last = self.last_used_ms.load(Ordering::Relaxed);
             let deadline = last.saturating_add(expires);
             if now >= deadline {
@@ -822,6 +840,16 @@ fn expiry(config: &QueueConfig, msg: &Message) -> Option<u64> {
         (a, b) => a.or(b),
     };
     ttl.map(|t| msg.published_at.saturating_add(t))
+}
+
+fn full_for(config: &QueueConfig, st: &QueueState, entry: &Entry) -> bool {
+    let by_count = config
+        .max_length
+        .is_some_and(|max| st.ready.count as u64 >= max);
+    let by_bytes = config
+        .max_length_bytes
+        .is_some_and(|max| st.ready.bytes + entry.msg.size() as u64 > max);
+    by_count || by_bytes
 }
 
 fn lane_of(config: &QueueConfig, msg: &Message) -> usize {

@@ -29,7 +29,7 @@ pub const DEFAULT_GROUP_SIZE: usize = 3;
 
 /// Whether a queue record is a quorum queue's.
 pub fn is_quorum(record: &QueueRecord) -> bool {
-    crate::meta::state::string_arg(&record.arguments, "x-queue-type").as_deref() == Some("quorum")
+    record.is_quorum()
 }
 
 /// This node's members of quorum queue groups, by queue uid.

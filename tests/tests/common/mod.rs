@@ -258,6 +258,28 @@ pub async fn queue_exists(conn: &Connection, name: &str) -> bool {
     }
 }
 
+/// Joins `node` to `seed`'s cluster as RabbitMQ's walkthrough does it.
+pub fn join_cluster(node: &Node, seed: &Node) {
+    node.ctl_ok(&["stop_app"]);
+    node.ctl_ok(&["reset"]);
+    node.ctl_ok(&["join_cluster", &seed.full_name()]);
+    node.ctl_ok(&["start_app"]);
+}
+
+/// Three disc nodes named `<prefix>1..3`, the second and third joined to the first.
+pub fn cluster_of_three(dir: &warren_tests::TempDir, prefix: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&format!("{prefix}{i}"), &dir.0))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    for i in 1..3 {
+        join_cluster(&nodes[i], &nodes[0]);
+    }
+    nodes
+}
+
 /// Runs `warrenctl <args> --formatter json` and parses the JSON it prints.
 pub fn ctl_json(node: &Node, args: &[&str]) -> serde_json::Value {
     let mut all: Vec<&str> = args.to_vec();

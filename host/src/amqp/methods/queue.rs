@@ -41,19 +41,27 @@ impl Connection {
     }
 
     /// Which node a new queue lives on: this one (`client-local`, the
-    /// default), or with `x-queue-leader-locator = balanced` the running node
-    /// owning the fewest queues. Exclusive queues always stay with their connection.
+    /// default), or with `x-queue-leader-locator = balanced` (or a policy's
+    /// `queue-leader-locator`) the running node owning the fewest queues. Exclusive queues always stay with their connection.
     fn owner_for(&self, record: &QueueRecord) -> AmqpResult<String> {
         let me = self.broker.config.node.clone();
-        let locator = ["x-queue-leader-locator", "x-queue-master-locator"]
-            .iter()
-            .find_map(|k| crate::meta::state::string_arg(&record.arguments, k));
+        // A policy's locator wins over the argument (RabbitMQ's rabbit_queue_location).
+        let from_policy =
+            crate::broker::policies::queue_definition(&self.broker.meta.read(), record)
+                .get("queue-leader-locator")
+                .and_then(|v| v.as_text())
+                .map(str::to_string);
+        let locator = from_policy.or_else(|| {
+            ["x-queue-leader-locator", "x-queue-master-locator"]
+                .iter()
+                .find_map(|k| crate::meta::state::string_arg(&record.arguments, k))
+        });
         let Some(locator) = locator else {
             return Ok(me);
         };
         match locator.as_str() {
             "client-local" => Ok(me),
-            "balanced" | "min-masters" | "random" => {
+            "balanced" | "min-masters" | "random" | "least-leaders" => {
                 if record.exclusive_owner.is_some() {
                     return Ok(me);
                 }
