@@ -361,3 +361,111 @@ async fn loopback_users_none_lets_guest_in_from_anywhere() {
         "{rows:?}"
     );
 }
+
+#[tokio::test]
+async fn topic_permissions_restrict_the_routing_keys_of_publishes_and_binds() {
+    let broker = broker_with_user("tom", "pw", ".*", ".*", ".*");
+    let set = broker.ctl_ok(&[
+        "set_topic_permissions",
+        "tom",
+        "amq.topic",
+        "^{username}\\.",
+        "^public\\.",
+    ]);
+    assert!(
+        set.contains("Setting topic permissions on \"amq.topic\" for user \"tom\""),
+        "{set}"
+    );
+    let rows = ctl_rows(&broker, &["list_topic_permissions"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["user"], "tom");
+    assert_eq!(rows[0]["exchange"], "amq.topic");
+    assert_eq!(rows[0]["write"], "^{username}\\.");
+    assert_eq!(rows[0]["read"], "^public\\.");
+    assert_eq!(
+        ctl_rows(&broker, &["list_user_topic_permissions", "tom"])[0]["vhost"],
+        "/"
+    );
+
+    let (conn, ch) = open(&url_for(broker.port, "tom", "pw", "/")).await;
+    declare(&ch, "tom-q", Default::default(), FieldTable::default()).await;
+    ch.queue_bind(
+        "tom-q".into(),
+        "amq.topic".into(),
+        "public.#".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("a binding key the read pattern allows");
+    ch.confirm_select(Default::default()).await.unwrap();
+    // {username} stands for the user: tom may publish under "tom.".
+    publish_confirmed(&ch, "amq.topic", "tom.news", b"mine", Default::default()).await;
+    // Other topic exchanges and other exchange types are not restricted.
+    publish_confirmed(&ch, "amq.direct", "anything", b"ok", Default::default()).await;
+
+    let ch2 = conn.create_channel().await.unwrap();
+    let refused = ch2
+        .basic_publish(
+            "amq.topic".into(),
+            "alice.news".into(),
+            Default::default(),
+            b"not mine",
+            Default::default(),
+        )
+        .await;
+    let text = match refused {
+        Err(e) => expect_code::<()>(Err(e), 403),
+        Ok(_) => {
+            // The refusal closes the channel after the frame was sent.
+            let e = ch2
+                .queue_declare(
+                    "tom-q".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect_err("the channel was closed");
+            expect_code::<()>(Err(e), 403)
+        }
+    };
+    assert!(
+        text.contains(
+            "write access to topic 'alice.news' in exchange 'amq.topic' in vhost '/' refused for user 'tom'"
+        ),
+        "{text}"
+    );
+    let ch3 = conn.create_channel().await.unwrap();
+    let text = expect_code(
+        ch3.queue_bind(
+            "tom-q".into(),
+            "amq.topic".into(),
+            "private.#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await,
+        403,
+    );
+    assert!(
+        text.contains("read access to topic 'private.#' in exchange 'amq.topic'"),
+        "{text}"
+    );
+
+    // Cleared: every key again, at once on new channels.
+    broker.ctl_ok(&["clear_topic_permissions", "tom", "amq.topic"]);
+    assert!(ctl_rows(&broker, &["list_topic_permissions"]).is_empty());
+    let ch4 = conn.create_channel().await.unwrap();
+    ch4.confirm_select(Default::default()).await.unwrap();
+    publish_confirmed(
+        &ch4,
+        "amq.topic",
+        "alice.news",
+        b"now allowed",
+        Default::default(),
+    )
+    .await;
+}

@@ -264,6 +264,31 @@ enum Command {
     },
     /// Lists a user's permissions in every virtual host
     ListUserPermissions { user: String },
+    /// Sets a user's topic permissions on a topic exchange (routing keys to publish and bind with)
+    SetTopicPermissions {
+        #[command(flatten)]
+        vhost: VhostArg,
+        user: String,
+        exchange: String,
+        #[arg(allow_hyphen_values = true)]
+        write: String,
+        #[arg(allow_hyphen_values = true)]
+        read: String,
+    },
+    /// Clears a user's topic permissions (on one exchange, or all in the vhost)
+    ClearTopicPermissions {
+        #[command(flatten)]
+        vhost: VhostArg,
+        user: String,
+        exchange: Option<String>,
+    },
+    /// Lists the topic permissions in a virtual host
+    ListTopicPermissions {
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// Lists a user's topic permissions in every virtual host
+    ListUserTopicPermissions { user: String },
     /// Sets a policy: settings for the queues and exchanges whose names match PATTERN
     SetPolicy {
         #[command(flatten)]
@@ -689,6 +714,53 @@ fn plan(cmd: &Command, node: &str) -> Result<Plan, Failure> {
                 "Listing permissions for vhost \"{}\" ...",
                 vhost.vhost
             )),
+        },
+        C::SetTopicPermissions {
+            vhost,
+            user,
+            exchange,
+            write,
+            read,
+        } => Plan {
+            request: Request::new("set_topic_permissions")
+                .args([user, exchange, write, read])
+                .option("vhost", &vhost.vhost),
+            banner: Some(format!(
+                "Setting topic permissions on \"{exchange}\" for user \"{user}\" in vhost \"{}\" ...",
+                vhost.vhost
+            )),
+        },
+        C::ClearTopicPermissions {
+            vhost,
+            user,
+            exchange,
+        } => Plan {
+            request: Request::new("clear_topic_permissions")
+                .args(std::iter::once(user).chain(exchange.iter()))
+                .option("vhost", &vhost.vhost),
+            banner: Some(match exchange {
+                Some(x) => format!(
+                    "Clearing topic permissions on \"{x}\" for user \"{user}\" in vhost \"{}\" ...",
+                    vhost.vhost
+                ),
+                None => format!(
+                    "Clearing topic permissions for user \"{user}\" in vhost \"{}\" ...",
+                    vhost.vhost
+                ),
+            }),
+        },
+        C::ListTopicPermissions { vhost } => listing(
+            "list_topic_permissions",
+            Some(&vhost.vhost),
+            Vec::new(),
+            format!(
+                "Listing topic permissions for vhost \"{}\" ...",
+                vhost.vhost
+            ),
+        ),
+        C::ListUserTopicPermissions { user } => Plan {
+            request: Request::new("list_user_topic_permissions").arg(user),
+            banner: Some(format!("Listing topic permissions for user \"{user}\" ...")),
         },
         C::SetPolicy { policy } => Plan {
             request: policy.request("set_policy"),

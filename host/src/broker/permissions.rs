@@ -61,6 +61,8 @@ pub enum LoginError {
 }
 
 type CacheKey = (bool, String, Access);
+/// (exchange, routing key, access) → allowed, and the permission generation it holds for.
+type TopicCache = (u64, HashMap<(String, String, Access), bool>);
 
 /// A logged-in user, and the backend that vouched for them.
 pub struct AuthSession {
@@ -72,6 +74,8 @@ pub struct AuthSession {
     /// The last answer again, compared without allocating: a publisher asks
     /// the same question (write on one exchange) for every message.
     last: Mutex<Option<(u64, CacheKey, bool)>>,
+    /// Answers about routing keys on topic exchanges: (exchange, key, access).
+    topics: Mutex<TopicCache>,
 }
 
 impl AuthSession {
@@ -139,6 +143,7 @@ impl Broker {
             backend,
             cache: Mutex::new((0, HashMap::new())),
             last: Mutex::new(None),
+            topics: Mutex::new((0, HashMap::new())),
         }))
     }
 
@@ -196,6 +201,59 @@ impl Broker {
         } else {
             Err(AmqpError::access_refused(format!(
                 "{} access to {kind} '{checked}' in vhost '{vhost}' refused for user '{}'",
+                access.as_str(),
+                session.username
+            )))
+        }
+    }
+
+    /// RabbitMQ's topic authorisation: may the user publish with (write) or bind with (read)
+    /// `routing_key` on the topic exchange `exchange`? Asked of the backend that logged the
+    /// user in; answers are remembered per session until users or permissions change.
+    pub fn check_topic_access(
+        &self,
+        session: &AuthSession,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        access: Access,
+    ) -> Result<(), AmqpError> {
+        let generation = self.permissions.generation.load(Ordering::Relaxed);
+        let key = (exchange.to_string(), routing_key.to_string(), access);
+        let cached = {
+            let mut c = session.topics.lock();
+            if c.0 != generation {
+                *c = (generation, HashMap::new());
+            }
+            c.1.get(&key).copied()
+        };
+        let allowed = match cached {
+            Some(a) => a,
+            None => {
+                let a = session
+                    .backend
+                    .check_topic(
+                        &session.user,
+                        vhost,
+                        exchange,
+                        routing_key,
+                        access.permission(),
+                    )
+                    .map_err(plugin_failure)?;
+                let mut c = session.topics.lock();
+                // Routing keys are open-ended: bounded like the resource cache.
+                if c.1.len() > 1024 {
+                    c.1.clear();
+                }
+                c.1.insert(key, a);
+                a
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(AmqpError::access_refused(format!(
+                "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{}'",
                 access.as_str(),
                 session.username
             )))

@@ -52,6 +52,21 @@ impl HostServices for Broker {
         })
     }
 
+    fn user_topic_permissions(&self, user: &str, vhost: &str) -> Vec<users::TopicPermissions> {
+        let state = self.meta.read();
+        let from = (vhost.to_string(), user.to_string(), String::new());
+        state
+            .topic_permissions
+            .range(from..)
+            .take_while(|((v, u, _), _)| v == vhost && u == user)
+            .map(|(_, t)| users::TopicPermissions {
+                exchange: t.exchange.clone(),
+                write: t.write.clone(),
+                read: t.read.clone(),
+            })
+            .collect()
+    }
+
     fn node_stats(&self) -> wit::NodeStats {
         let connections = self.connection_list();
         let channels: u64 = connections

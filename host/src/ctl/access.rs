@@ -10,7 +10,8 @@ use super::protocol::Response;
 use super::refusal::Refused;
 use crate::broker::Broker;
 use crate::meta::{
-    MetaCommand, PASSWORD_HASHING_SHA256, PermissionRecord, UserRecord, VhostRecord,
+    MetaCommand, PASSWORD_HASHING_SHA256, PermissionRecord, TopicPermissionRecord, UserRecord,
+    VhostRecord,
 };
 
 async fn submit(broker: &Broker, cmd: MetaCommand) -> Result<(), Refused> {
@@ -120,6 +121,99 @@ pub async fn clear_permissions(broker: &Broker, user: &str, vhost: &str) -> Resu
         },
     )
     .await
+}
+
+/// Sets a user's topic permission on one exchange; write and read must be valid regexes.
+pub async fn set_topic_permissions(
+    broker: &Broker,
+    t: TopicPermissionRecord,
+) -> Result<(), Refused> {
+    for (what, re) in [("write", &t.write), ("read", &t.read)] {
+        // Checked as the backend will see it, with its variables filled in.
+        let expanded = re
+            .replace("{username}", "u")
+            .replace("{vhost}", "v")
+            .replace("{client_id}", "c");
+        if regex::Regex::new(&expanded).is_err() {
+            return Err(Refused::Invalid(format!("invalid {what} regex: {re}")));
+        }
+    }
+    submit(broker, MetaCommand::SetTopicPermissions(t)).await
+}
+
+pub async fn clear_topic_permissions(
+    broker: &Broker,
+    user: &str,
+    vhost: &str,
+    exchange: Option<&str>,
+) -> Result<(), Refused> {
+    submit(
+        broker,
+        MetaCommand::ClearTopicPermissions {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            exchange: exchange.map(str::to_string),
+        },
+    )
+    .await
+}
+
+/// Topic permissions matching `keep`, after checking that what `missing` names exists.
+fn topic_permissions_where(
+    broker: &Broker,
+    missing: Option<Refused>,
+    keep: impl Fn(&TopicPermissionRecord) -> bool,
+) -> Result<Vec<TopicPermissionRecord>, Refused> {
+    if let Some(refused) = missing {
+        return Err(refused);
+    }
+    Ok(broker
+        .meta
+        .read()
+        .topic_permissions
+        .values()
+        .filter(|t| keep(t))
+        .cloned()
+        .collect())
+}
+
+pub fn vhost_topic_permissions(
+    broker: &Broker,
+    vhost: &str,
+) -> Result<Vec<TopicPermissionRecord>, Refused> {
+    let missing = (!broker.meta.read().vhosts.contains_key(vhost))
+        .then(|| Refused::NotFound(format!("Virtual host '{vhost}' does not exist")));
+    topic_permissions_where(broker, missing, |t| t.vhost == vhost)
+}
+
+pub fn user_topic_permissions(
+    broker: &Broker,
+    user: &str,
+) -> Result<Vec<TopicPermissionRecord>, Refused> {
+    let missing = (!broker.meta.read().users.contains_key(user))
+        .then(|| Refused::NotFound(format!("User \"{user}\" does not exist")));
+    topic_permissions_where(broker, missing, |t| t.user == user)
+}
+
+fn topic_permission_table(first: &str, rows: Vec<TopicPermissionRecord>) -> Response {
+    let rows = rows
+        .into_iter()
+        .map(|t| {
+            vec![
+                json!(if first == "user" { t.user } else { t.vhost }),
+                json!(t.exchange),
+                json!(t.write),
+                json!(t.read),
+            ]
+        })
+        .collect();
+    Response::table(
+        [first, "exchange", "write", "read"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        rows,
+    )
 }
 
 pub fn users(broker: &Broker) -> Vec<UserRecord> {
@@ -267,6 +361,24 @@ pub async fn run(broker: &Broker, cmd: AccessCommand) -> Result<Response, Refuse
         }
         A::ListUserPermissions { user } => {
             permission_table("vhost", user_permissions(broker, &user)?, false)
+        }
+        A::SetTopicPermissions(t) => {
+            set_topic_permissions(broker, t).await?;
+            Response::ok()
+        }
+        A::ClearTopicPermissions {
+            user,
+            vhost,
+            exchange,
+        } => {
+            clear_topic_permissions(broker, &user, &vhost, exchange.as_deref()).await?;
+            Response::ok()
+        }
+        A::ListTopicPermissions { vhost } => {
+            topic_permission_table("user", vhost_topic_permissions(broker, &vhost)?)
+        }
+        A::ListUserTopicPermissions { user } => {
+            topic_permission_table("vhost", user_topic_permissions(broker, &user)?)
         }
     })
 }

@@ -9,6 +9,7 @@ use super::policies::PolicyCommand;
 use super::protocol::Request;
 use super::refusal::Refused;
 use crate::cluster::NodeKind;
+use crate::meta::TopicPermissionRecord;
 use crate::meta::policy::PolicyKind;
 
 /// Node lifecycle (`lifecycle.rs`).
@@ -105,6 +106,18 @@ pub enum AccessCommand {
         vhost: String,
     },
     ListUserPermissions {
+        user: String,
+    },
+    SetTopicPermissions(TopicPermissionRecord),
+    ClearTopicPermissions {
+        user: String,
+        vhost: String,
+        exchange: Option<String>,
+    },
+    ListTopicPermissions {
+        vhost: String,
+    },
+    ListUserTopicPermissions {
         user: String,
     },
 }
@@ -279,6 +292,26 @@ impl Command {
             "list_vhosts" => Command::Access(A::ListVhosts { fields: a.rest(0) }),
             "list_permissions" => Command::Access(A::ListPermissions { vhost: a.vhost() }),
             "list_user_permissions" => Command::Access(A::ListUserPermissions {
+                user: a.get(0, "user")?,
+            }),
+            "set_topic_permissions" => {
+                Command::Access(A::SetTopicPermissions(TopicPermissionRecord {
+                    user: a.get(0, "user")?,
+                    vhost: a.vhost(),
+                    exchange: a.get(1, "exchange")?,
+                    write: a.get(2, "write")?,
+                    read: a.get(3, "read")?,
+                }))
+            }
+            "clear_topic_permissions" => Command::Access(A::ClearTopicPermissions {
+                user: a.get(0, "user")?,
+                vhost: a.vhost(),
+                exchange: req.args.get(1).cloned(),
+            }),
+            "list_topic_permissions" => {
+                Command::Access(A::ListTopicPermissions { vhost: a.vhost() })
+            }
+            "list_user_topic_permissions" => Command::Access(A::ListUserTopicPermissions {
                 user: a.get(0, "user")?,
             }),
 

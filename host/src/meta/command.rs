@@ -78,6 +78,13 @@ pub enum MetaCommand {
         vhost: String,
         name: String,
     },
+    SetTopicPermissions(TopicPermissionRecord),
+    /// One exchange's, or all of the user's in the vhost when `exchange` is None.
+    ClearTopicPermissions {
+        user: String,
+        vhost: String,
+        exchange: Option<String>,
+    },
 }
 
 impl MetaCommand {

@@ -31,6 +31,17 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// `set_topic_permissions`: on one topic exchange, the routing keys a user may publish with
+/// (write) and bind with (read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPermissionRecord {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExchangeRecord {
     pub vhost: String,

@@ -45,6 +45,8 @@ pub struct MetaState {
     /// Keyed by (vhost, name).
     pub policies: BTreeMap<Key, PolicyRecord>,
     pub operator_policies: BTreeMap<Key, PolicyRecord>,
+    /// Keyed by (vhost, user, exchange).
+    pub topic_permissions: BTreeMap<(String, String, String), TopicPermissionRecord>,
 }
 
 /// The whole state as plain lists: what a Raft snapshot carries between nodes.
@@ -65,6 +67,8 @@ pub struct MetaSnapshot {
     pub policies: Vec<PolicyRecord>,
     #[serde(default, deserialize_with = "absent_at_end")]
     pub operator_policies: Vec<PolicyRecord>,
+    #[serde(default, deserialize_with = "absent_at_end")]
+    pub topic_permissions: Vec<TopicPermissionRecord>,
 }
 
 /// A field added at the end of a snapshot: a snapshot written before it simply ends where
@@ -95,6 +99,7 @@ impl MetaState {
             cluster_name: self.cluster_name.clone(),
             policies: self.policies.values().cloned().collect(),
             operator_policies: self.operator_policies.values().cloned().collect(),
+            topic_permissions: self.topic_permissions.values().cloned().collect(),
         }
     }
 
@@ -126,6 +131,9 @@ impl MetaState {
         }
         for p in s.operator_policies {
             st.operator_policies.insert(key(&p.vhost, &p.name), p);
+        }
+        for t in s.topic_permissions {
+            st.topic_permissions.insert(topic_key(&t), t);
         }
         st
     }
@@ -169,7 +177,10 @@ impl MetaState {
                 ev.push(MetaEvent::VhostAdded(v.clone()));
             }
         }
-        if old.users != new.users || old.permissions != new.permissions {
+        if old.users != new.users
+            || old.permissions != new.permissions
+            || old.topic_permissions != new.topic_permissions
+        {
             ev.push(MetaEvent::UsersChanged);
         }
         for (k, x) in &new.exchanges {
@@ -258,6 +269,10 @@ fn key(vhost: &str, name: &str) -> Key {
     (vhost.to_string(), name.to_string())
 }
 
+fn topic_key(t: &TopicPermissionRecord) -> (String, String, String) {
+    (t.vhost.clone(), t.user.clone(), t.exchange.clone())
+}
+
 fn no_vhost(name: &str) -> MetaError {
     MetaError::NotFound(format!("no vhost '{name}'"))
 }
@@ -314,6 +329,7 @@ impl MetaState {
                 self.permissions.retain(|k, _| &k.0 != name);
                 self.policies.retain(|k, _| &k.0 != name);
                 self.operator_policies.retain(|k, _| &k.0 != name);
+                self.topic_permissions.retain(|k, _| &k.0 != name);
                 ev.push(MetaEvent::VhostDeleted(name.clone()));
                 ev.push(MetaEvent::UsersChanged);
             }
@@ -345,6 +361,7 @@ impl MetaState {
                     return Err(MetaError::NotFound(format!("no user '{name}'")));
                 }
                 self.permissions.retain(|k, _| &k.1 != name);
+                self.topic_permissions.retain(|k, _| &k.1 != name);
                 ev.push(MetaEvent::UsersChanged);
             }
             MetaCommand::SetPermissions(p) => {
@@ -481,6 +498,32 @@ impl MetaState {
                     ));
                 }
                 self.cluster_name = Some(name.clone());
+            }
+            MetaCommand::SetTopicPermissions(t) => {
+                if !self.users.contains_key(&t.user) {
+                    return Err(MetaError::NotFound(format!("no user '{}'", t.user)));
+                }
+                if !self.vhosts.contains_key(&t.vhost) {
+                    return Err(no_vhost(&t.vhost));
+                }
+                self.topic_permissions.insert(topic_key(t), t.clone());
+                ev.push(MetaEvent::UsersChanged);
+            }
+            MetaCommand::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => {
+                if !self.users.contains_key(user) {
+                    return Err(MetaError::NotFound(format!("no user '{user}'")));
+                }
+                if !self.vhosts.contains_key(vhost) {
+                    return Err(no_vhost(vhost));
+                }
+                self.topic_permissions.retain(|(v, u, x), _| {
+                    !(v == vhost && u == user && exchange.as_ref().is_none_or(|e| e == x))
+                });
+                ev.push(MetaEvent::UsersChanged);
             }
             MetaCommand::SetPolicy { kind, policy } => {
                 if !self.vhosts.contains_key(&policy.vhost) {

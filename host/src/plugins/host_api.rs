@@ -20,6 +20,7 @@ pub trait HostServices: Send + Sync {
     fn lookup_user(&self, name: &str) -> Option<users::User>;
     fn vhost_exists(&self, vhost: &str) -> bool;
     fn user_permissions(&self, user: &str, vhost: &str) -> Option<users::Permissions>;
+    fn user_topic_permissions(&self, user: &str, vhost: &str) -> Vec<users::TopicPermissions>;
     fn node_stats(&self) -> stats::NodeStats;
     fn queue_stats(&self) -> Vec<stats::QueueStats>;
     fn cluster_name(&self) -> String;
@@ -103,6 +104,17 @@ impl users::Host for State {
 
     fn user_permissions(&mut self, user: String, vhost: String) -> Option<users::Permissions> {
         self.ctx.services()?.user_permissions(&user, &vhost)
+    }
+
+    fn user_topic_permissions(
+        &mut self,
+        user: String,
+        vhost: String,
+    ) -> Vec<users::TopicPermissions> {
+        self.ctx
+            .services()
+            .map(|s| s.user_topic_permissions(&user, &vhost))
+            .unwrap_or_default()
     }
 }
 

@@ -10,7 +10,9 @@
 //! * Resource permissions are three regular expressions per user and vhost,
 //!   see [`permissions`]. They are looked up on every check, so changes take
 //!   effect immediately; only compiled regexes are cached, keyed by pattern.
-//! * Topic permissions are not stored in Warren yet, so every topic check passes.
+//! * Topic permissions (`set_topic_permissions`) restrict the routing keys a user may
+//!   publish (write) and bind (read) with on a topic exchange; an exchange without one
+//!   allows every key, see [`permissions::topic_allowed`].
 //!
 //! The logic lives in functions that take the looked-up data as arguments,
 //! so it is unit-tested natively; [`Internal`]'s `Guest` impl only fetches.
@@ -167,15 +169,34 @@ impl Guest for Internal {
     }
 
     fn check_topic(
-        _user: AuthedUser,
-        _vhost: String,
-        _exchange: String,
-        _routing_key: String,
-        _permission: Permission,
+        user: AuthedUser,
+        vhost: String,
+        exchange: String,
+        routing_key: String,
+        permission: Permission,
     ) -> bool {
-        // Warren stores no topic permissions yet; RabbitMQ's internal backend
-        // likewise allows every routing key when none are set.
-        true
+        let topics = users::user_topic_permissions(&user.username, &vhost);
+        let topic = topics.iter().find(|t| t.exchange == exchange);
+        PATTERNS.with_borrow_mut(|cache| {
+            permissions::topic_allowed(
+                cache,
+                topic,
+                &user.username,
+                &vhost,
+                &routing_key,
+                permission,
+            )
+            .unwrap_or_else(|e| {
+                log::log(
+                    log::Level::Warn,
+                    &format!(
+                        "topic permission pattern of user '{}' on exchange '{exchange}' in vhost '{vhost}' does not compile, so it allows nothing: {e}",
+                        user.username
+                    ),
+                );
+                false
+            })
+        })
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use regex::{Regex, RegexBuilder};
-use warren_sdk::auth::users::Permissions;
+use warren_sdk::auth::users::{Permissions, TopicPermissions};
 use warren_sdk::auth::{Permission, ResourceKind};
 
 /// At most this many compiled patterns are kept; past it the cache starts over.
@@ -103,9 +103,59 @@ pub fn resource_allowed(
     cache.is_match(pattern_for(perms, permission), checked_name(kind, name))
 }
 
+/// May the user publish with (write) or bind with (read) `routing_key` on a topic exchange,
+/// given their topic permission on it (`rabbit_auth_backend_internal:check_topic_access/4`)?
+/// No topic permission on the exchange allows every key; an empty pattern allows only the
+/// empty key; `{username}` and `{vhost}` in a pattern stand for the user's name and the vhost.
+pub fn topic_allowed(
+    cache: &mut PatternCache,
+    topic: Option<&TopicPermissions>,
+    username: &str,
+    vhost: &str,
+    routing_key: &str,
+    permission: Permission,
+) -> Result<bool, regex::Error> {
+    let Some(topic) = topic else {
+        return Ok(true);
+    };
+    let pattern = match permission {
+        Permission::Write => &topic.write,
+        Permission::Read => &topic.read,
+        // Topic permissions have no configure side; RabbitMQ never asks for it.
+        Permission::Configure => return Ok(true),
+    };
+    let expanded = pattern
+        .replace("{username}", username)
+        .replace("{vhost}", vhost);
+    cache.is_match(&expanded, routing_key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_keys_are_checked_only_where_a_topic_permission_exists() {
+        let mut cache = PatternCache::default();
+        let t = TopicPermissions {
+            exchange: "amq.topic".into(),
+            write: "^{username}\\.".into(),
+            read: "".into(),
+        };
+        let check = |cache: &mut PatternCache, topic, key, perm| {
+            topic_allowed(cache, topic, "bob", "/", key, perm).unwrap()
+        };
+        assert!(check(&mut cache, None, "anything", Permission::Write));
+        assert!(check(&mut cache, Some(&t), "bob.orders", Permission::Write));
+        assert!(!check(
+            &mut cache,
+            Some(&t),
+            "alice.orders",
+            Permission::Write
+        ));
+        assert!(check(&mut cache, Some(&t), "", Permission::Read));
+        assert!(!check(&mut cache, Some(&t), "bob.orders", Permission::Read));
+    }
 
     fn perms(configure: &str, write: &str, read: &str) -> Permissions {
         Permissions {

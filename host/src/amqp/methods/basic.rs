@@ -31,10 +31,12 @@ impl Connection {
                 }
                 let exchange = p.exchange.as_str().to_string();
                 self.check("exchange", &exchange, Access::Write)?;
+                let routing_key = p.routing_key.as_str().to_string();
+                self.check_topic(&exchange, &routing_key, Access::Write)?;
                 self.has_published = true;
                 self.channel(id)?.pending = Some(PendingPublish {
                     exchange,
-                    routing_key: p.routing_key.as_str().to_string(),
+                    routing_key,
                     mandatory: p.mandatory,
                     header: None,
                     chunks: Vec::new(),

@@ -35,6 +35,29 @@ impl Connection {
             .check_access(session, &self.vhost_name(), kind, name, access)
     }
 
+    /// Topic authorisation (RabbitMQ's check_topic_authorisation): on a topic exchange, the
+    /// routing key of a publish (write) or the binding key of a bind (read) must be allowed.
+    pub(crate) fn check_topic(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        access: Access,
+    ) -> AmqpResult<()> {
+        let (Some(session), Some(vhost)) = (&self.session, &self.vhost) else {
+            return Ok(());
+        };
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        match vhost.exchange(exchange) {
+            Some(x) if x.record.kind == "topic" => {
+                self.broker
+                    .check_topic_access(session, &vhost.name, exchange, routing_key, access)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn reply(&self, id: u16, nowait: bool, method: AMQPClass) {
         if !nowait {
             self.send(id, method);
@@ -210,6 +233,7 @@ impl Connection {
         }
         self.check("exchange", destination, Access::Write)?;
         self.check("exchange", source, Access::Read)?;
+        self.check_topic(source, routing_key, Access::Read)?;
         let record = BindingRecord {
             vhost: self.vhost_name(),
             source: source.to_string(),

@@ -569,6 +569,7 @@ impl Connection {
         }
         self.check("queue", queue, Access::Write)?;
         self.check("exchange", exchange, Access::Read)?;
+        self.check_topic(exchange, routing_key, Access::Read)?;
         if let Some(q) = self.vhost.as_ref().and_then(|v| v.queue(queue)) {
             self.check_exclusive(&q)?;
         }
